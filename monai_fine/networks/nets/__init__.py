@@ -1,0 +1,4 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+from monai_fine.networks.nets.fine import FINE, Fine, fine_bcv, fine_tiny
+
+__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny"]

@@ -1,0 +1,98 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Multi-head self-attention with a fused (SDPA) and a manual path that compute the same function."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai_fine.config import use_fused_attn
+
+__all__ = ["Attention", "resolve_attn_mask"]
+
+
+def resolve_attn_mask(bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Merge an additive bias and a boolean mask into the one tensor both attention paths take.
+
+    Args:
+        bias: additive logits bias broadcastable to ``(B, heads, L_q, L_k)``, or None.
+        mask: bool, ``True`` = may attend, broadcastable to ``(B, heads, L_q, L_k)``, or None.
+
+    Returns:
+        None, the bool mask (no bias), or a float tensor with ``-inf`` where the mask forbids attention.
+    """
+    if mask is None:
+        return bias
+    if mask.dtype != torch.bool:
+        raise TypeError(f"attention masks are bool (True = may attend), got dtype {mask.dtype}.")
+    if bias is None:
+        return mask
+    return bias.masked_fill(~mask, float("-inf"))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over ``(B, L, C)`` tokens (timm vocabulary)."""
+
+    fused_attn: Final[bool]
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        use_flash_attention: bool | None = None,
+    ) -> None:
+        """
+        Args:
+            dim: token channels.
+            num_heads: attention heads; must divide ``dim``.
+            qkv_bias: bias in the fused qkv projection.
+            attn_drop: dropout on the attention weights (training only).
+            proj_drop: dropout after the output projection.
+            use_flash_attention: use ``F.scaled_dot_product_attention``; None takes
+                :func:`monai_fine.config.use_fused_attn`.
+
+        Raises:
+            ValueError: ``dim`` is not divisible by ``num_heads``.
+        """
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.fused_attn = use_fused_attn() if use_flash_attention is None else bool(use_flash_attention)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            x: ``(B, L, C)`` tokens.
+            attn_mask: from :func:`resolve_attn_mask`: bool (True = may attend) or additive float, broadcastable
+                to ``(B, heads, L, L)``.
+
+        Returns:
+            ``(B, L, C)``.
+        """
+        B, L, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if attn_mask is not None:
+                attn = attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        x = x.transpose(1, 2).reshape(B, L, C)
+        return self.proj_drop(self.proj(x))

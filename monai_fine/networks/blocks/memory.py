@@ -1,0 +1,105 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Volume-token memory: which grid cells a crop intersects, and the per-scan memory of the scan-memory option.
+
+The volume is divided into a grid of ``memory_grid = (gx, gy, gz)`` cells over the preprocessed full volume, cell
+``(i, j, k)`` covering ``[i/gx, (i+1)/gx) x [j/gy, (j+1)/gy) x [k/gz, (k+1)/gz)`` in volume fractions. Cells are
+flattened x-major: ``index = (i * gy + j) * gz + k``. A crop's location is its ``roi_box``, a ``(2, 3)`` array of
+``[start, stop)`` fractions per axis (see ``monai_fine.transforms.CropLocationd``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["intersecting_cells", "ScanMemory"]
+
+_EPS = 1e-6  # overlaps shorter than this (in cell widths) do not count
+
+
+def intersecting_cells(roi_box: torch.Tensor | None, grid: Sequence[int], batch_size: int = 1) -> torch.Tensor:
+    """Boolean ``(B, gx * gy * gz)`` mask of the memory cells each crop intersects.
+
+    A cell intersects a crop when their overlap is longer than ``1e-6`` cell widths along every axis (so a box that
+    ends exactly on a cell border, up to float rounding, does not reach into the next cell). The box is clamped to
+    the volume, so parts covering padding (outside ``[0, 1]``) add no cells; a box lying entirely outside the volume
+    along an axis maps to the nearest border cell of that axis (clamping, not wrapping around).
+
+    Args:
+        roi_box: ``(B, 2, 3)`` ``[start, stop)`` fractions, or None for "the whole volume" (every cell).
+        grid: cells per axis ``(gx, gy, gz)``.
+        batch_size: B, used when ``roi_box`` is None.
+
+    Raises:
+        ValueError: wrong shape, non-finite values, or ``stop <= start``.
+    """
+    gx, gy, gz = (int(g) for g in grid)
+    if roi_box is None:
+        return torch.ones(batch_size, gx * gy * gz, dtype=torch.bool)
+    roi_box = torch.as_tensor(roi_box)
+    if roi_box.ndim != 3 or roi_box.shape[1:] != (2, 3):
+        raise ValueError(f"roi_box must have shape (B, 2, 3) ([start, stop) per spatial axis), got {tuple(roi_box.shape)}.")
+    box = roi_box.detach().to(device="cpu", dtype=torch.float64)
+    if not torch.isfinite(box).all():
+        raise ValueError(f"roi_box has non-finite values: {box.tolist()}.")
+    if (box[:, 1] <= box[:, 0]).any():
+        raise ValueError(f"roi_box needs stop > start along every axis, got {box.tolist()}.")
+    per_axis = []
+    for axis, g in enumerate((gx, gy, gz)):
+        start, stop = box[:, 0, axis] * g, box[:, 1, axis] * g
+        lo = torch.floor(start + _EPS).clamp(0, g - 1)
+        hi = (torch.ceil(stop - _EPS) - 1).clamp(0, g - 1)
+        hi = torch.maximum(hi, lo)
+        cells = torch.arange(g, dtype=torch.float64)
+        per_axis.append((cells[None] >= lo[:, None]) & (cells[None] <= hi[:, None]))  # (B, g)
+    mask = per_axis[0][:, :, None, None] & per_axis[1][:, None, :, None] & per_axis[2][:, None, None, :]
+    return mask.reshape(box.shape[0], gx * gy * gz)
+
+
+class ScanMemory:
+    """Per-scan volume-token memory: filled by a "write" pass over a scan's crops, read by a second pass.
+
+    In the write pass every crop adds, for every stage, the change its blocks made to the volume tokens of the cells
+    it intersects (and has seen) into its scan's slot. In the read pass the volume tokens of a stage start from the
+    learned tokens plus the mean of those changes, so every crop reads what the other crops of its scan wrote.
+    Created by :meth:`monai_fine.networks.FINE.new_scan_memory`; the network does the writing and reading.
+
+    Args:
+        num_scans: slots (scans) held.
+        num_tokens: volume tokens per stage (cells x tokens per cell).
+        dims: channels of each stage.
+    """
+
+    def __init__(self, num_scans: int, num_tokens: int, dims: Sequence[int], device=None, dtype=None) -> None:
+        self.num_scans = int(num_scans)
+        self.mode = "write"
+        self.sums = [torch.zeros(num_scans, num_tokens, d, device=device, dtype=dtype) for d in dims]
+        self.counts = [torch.zeros(num_scans, num_tokens, 1, device=device, dtype=dtype) for _ in dims]
+
+    def set_mode(self, mode: str) -> ScanMemory:
+        """``"write"`` (accumulate) or ``"read"`` (use what was written). Returns self."""
+        if mode not in ("write", "read"):
+            raise ValueError(f"ScanMemory mode must be 'write' or 'read', got {mode!r}.")
+        self.mode = mode
+        return self
+
+    def _check_ids(self, scan_index: torch.Tensor) -> None:
+        if scan_index.numel() and (int(scan_index.min()) < 0 or int(scan_index.max()) >= self.num_scans):
+            raise ValueError(f"scan index out of range [0, {self.num_scans}): {scan_index.tolist()}.")
+
+    def write(self, stage: int, scan_index: torch.Tensor, delta: torch.Tensor, written: torch.Tensor) -> None:
+        """Add ``delta (B, V, C)`` where ``written (B, V)`` into the slots ``scan_index (B,)`` (differentiable)."""
+        self._check_ids(scan_index)
+        w = written.to(delta.dtype)[..., None]
+        self.sums[stage] = self.sums[stage].index_add(0, scan_index, delta * w)
+        self.counts[stage] = self.counts[stage].index_add(0, scan_index, w)
+
+    def read(self, stage: int, scan_index: torch.Tensor) -> torch.Tensor:
+        """``(B, V, C)`` mean change written per token (zero where nothing was written)."""
+        self._check_ids(scan_index)
+        return (self.sums[stage] / self.counts[stage].clamp(min=1.0))[scan_index]
+
+    def written_tokens(self, scan_index: torch.Tensor) -> torch.Tensor:
+        """``(B, V)`` bool: tokens of each sample's scan that hold written content."""
+        return (self.counts[0] > 0)[scan_index, :, 0]

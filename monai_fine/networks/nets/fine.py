@@ -1,0 +1,317 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""FINE: Full resolutIoN mEmory transformer.
+
+Themyr et al., "Full Contextual Attention for Multi-resolution Transformers in Semantic Segmentation" / "Memory
+transformers for full context and high-resolution 3D medical segmentation", MLMI 2022, https://arxiv.org/abs/2210.05313
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from monai_fine.networks.blocks.memory import ScanMemory, intersecting_cells
+from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
+from monai_fine.networks.blocks.transformer import MEMORY_MODES, FineStage, MemoryContext
+
+__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny"]
+
+
+class FINE(nn.Module):
+    """FINE 3D Swin U-Net with window tokens and a volume-token memory (Themyr et al., MLMI 2022, arXiv:2210.05313)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        feature_size: int = 48,
+        depths: Sequence[int] = (2, 2, 2, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        patch_size: Sequence[int] = (2, 2, 2),
+        window_size: int = 4,
+        memory: str = "full",
+        memory_grid: Sequence[int] = (4, 4, 1),
+        num_window_tokens: int = 1,
+        num_volume_tokens: int = 1,
+        scan_memory: bool = False,
+        share_memory_attention: bool = True,
+        deep_supervision: bool = False,
+        use_checkpoint: bool = False,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        use_flash_attention: bool | None = None,
+        roi_size: Sequence[int] | None = None,
+        spatial_dims: int = 3,
+    ) -> None:
+        """
+        Args:
+            in_channels: input channels.
+            out_channels: output channels (classes incl. background).
+            feature_size: channels of the first stage; stage ``i`` has ``feature_size * 2**i``.
+            depths: blocks per encoder stage; decoder stage ``i`` has ``depths[i]`` blocks too.
+            num_heads: attention heads per stage; each must divide its stage's channels.
+            patch_size: patch-embedding stride per axis (entries 1, 2 or 4).
+            window_size: attention window edge (per axis, clipped to the stage size).
+            memory: ``"none"`` (backbone only, nnFormer-equivalent), ``"window"`` (+ window tokens, W-MSA and
+                G-MSA), ``"released"`` (what the official code computes: window tokens + intersecting learned volume
+                tokens, no V-MSA) or ``"full"`` (the paper's design: V-MSA over all seen volume tokens, G-MSA,
+                W-MSA in every block; unseen volume tokens masked).
+            memory_grid: volume-token cells per axis ``(gx, gy, gz)`` over the whole volume; the paper keeps the
+                memory constant along z (``gz = 1``).
+            num_window_tokens: window tokens per window (``Nv`` in the paper).
+            num_volume_tokens: volume tokens per cell (``Nw`` in the paper).
+            scan_memory: when a forward gets ``scan_id``, crops of one scan share a per-scan memory (two passes:
+                write, then read). Needs ``memory="full"``.
+            share_memory_attention: G-MSA and V-MSA reuse each block's W-MSA projections (own LayerNorms); False
+                gives them their own projections (about +50 % parameters, as in the official code).
+            deep_supervision: in training mode also return the two lower decoder stages' logits.
+            use_checkpoint: gradient checkpointing of every block in training.
+            mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate: transformer hyperparameters.
+            use_flash_attention: fused SDPA attention; None takes ``monai_fine.config.use_fused_attn()``.
+            roi_size: the crop size the net is meant for (exposed as ``self.roi_size``; checked for divisibility).
+            spatial_dims: must be 3.
+
+        Raises:
+            ValueError: an argument out of range, naming it and its value.
+        """
+        super().__init__()
+        if spatial_dims != 3:
+            raise ValueError(f"FINE is 3D only, got spatial_dims={spatial_dims}.")
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}.")
+        depths, num_heads = tuple(depths), tuple(num_heads)
+        if len(depths) < 2 or len(num_heads) != len(depths):
+            raise ValueError(f"depths {depths} and num_heads {num_heads} need the same length >= 2.")
+        if len(patch_size) != 3 or len(memory_grid) != 3 or min(memory_grid) < 1:
+            raise ValueError(f"patch_size {tuple(patch_size)} and memory_grid {tuple(memory_grid)} need 3 entries >= 1.")
+        if window_size < 1 or num_window_tokens < 0 or num_volume_tokens < 1:
+            raise ValueError(
+                f"window_size ({window_size}) >= 1, num_window_tokens ({num_window_tokens}) >= 0 and "
+                f"num_volume_tokens ({num_volume_tokens}) >= 1 are required."
+            )
+        if memory != "none" and num_window_tokens < 1:
+            raise ValueError(f"memory={memory!r} needs num_window_tokens >= 1, got {num_window_tokens}.")
+        if scan_memory and memory != "full":
+            raise ValueError(f"scan_memory=True needs memory='full', got memory={memory!r}.")
+        dims = [feature_size * 2**i for i in range(len(depths))]
+        for d, h in zip(dims, num_heads):
+            if d % h:
+                raise ValueError(f"stage channels ({d}) must be divisible by num_heads ({h}); feature_size={feature_size}.")
+
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.num_stages = len(depths)
+        self.memory = memory
+        self.memory_grid = tuple(int(g) for g in memory_grid)
+        self.num_volume_tokens = num_volume_tokens
+        self.scan_memory = scan_memory
+        self.deep_supervision = deep_supervision
+        self.stride = tuple(p * 2 ** (self.num_stages - 1) for p in self.patch_size)
+        self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
+        if self.roi_size is not None:
+            self._check_spatial(self.roi_size)
+
+        num_cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
+        # visit count per memory cell; cells never visited in training stay masked (saved in checkpoints)
+        self.register_buffer("memory_visits", torch.zeros(num_cells))
+        stage_kwargs = dict(
+            window_size=window_size,
+            memory=memory,
+            num_window_tokens=num_window_tokens,
+            num_volume_tokens=num_cells * num_volume_tokens,
+            use_checkpoint=use_checkpoint,
+            share_memory_attention=share_memory_attention,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            use_flash_attention=use_flash_attention,
+        )
+        self.patch_embed = PatchEmbed3d(in_channels, feature_size, self.patch_size)
+        enc_dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dec_dpr = torch.linspace(0, drop_path_rate, sum(depths[:-1])).tolist()[::-1]
+        self.encoder_stages = nn.ModuleList()
+        self.encoder_norms = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for i in range(self.num_stages):
+            dpr = enc_dpr[sum(depths[:i]) : sum(depths[: i + 1])]
+            self.encoder_stages.append(FineStage(dims[i], depths[i], num_heads[i], drop_path=dpr, **stage_kwargs))
+            self.encoder_norms.append(nn.LayerNorm(dims[i]))
+            if i < self.num_stages - 1:  # no down-sampling after the bottleneck (dead in the official code)
+                self.downsamples.append(PatchMerging3d(dims[i]))
+        self.upsamples = nn.ModuleList()
+        self.decoder_stages = nn.ModuleList()
+        start = 0
+        for i in reversed(range(self.num_stages - 1)):  # decoder stage for level i, deepest first
+            dpr = dec_dpr[start : start + depths[i]]
+            start += depths[i]
+            self.upsamples.append(PatchExpand3d(dims[i]))
+            self.decoder_stages.append(FineStage(dims[i], depths[i], num_heads[i], drop_path=dpr, **stage_kwargs))
+        self.decoder_norm = nn.LayerNorm(dims[0])
+        self.head = nn.ConvTranspose3d(dims[0], out_channels, kernel_size=self.patch_size, stride=self.patch_size)
+        # deep-supervision heads on decoder levels 1 and 2 (1/2 and 1/4 resolution)
+        self.ds_heads = nn.ModuleList(
+            nn.ConvTranspose3d(dims[lvl], out_channels, kernel_size=self.patch_size, stride=self.patch_size)
+            for lvl in range(1, min(3, self.num_stages - 1))
+        ) if deep_supervision else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @property
+    def stage_dims(self) -> list[int]:
+        """Channels of every stage in forward order (encoder, then decoder)."""
+        return [s.blocks[0].norm1.normalized_shape[0] for s in (*self.encoder_stages, *self.decoder_stages)]
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to exclude from weight decay (memory tokens, position tables)."""
+        return {n for n, _ in self.named_parameters() if n.endswith(("_tokens", "relative_position_bias_table"))}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in (*self.encoder_stages, *self.decoder_stages):
+            stage.use_checkpoint = enable
+
+    def new_scan_memory(self, num_scans: int = 1, device=None, dtype=None) -> ScanMemory:
+        """An empty per-scan memory (write mode) for two-pass inference; see :class:`ScanMemory`."""
+        if self.memory != "full":
+            raise ValueError(f"scan memory needs memory='full', this net has memory={self.memory!r}.")
+        ref = self.encoder_stages[0].volume_tokens
+        cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
+        return ScanMemory(
+            num_scans, cells * self.num_volume_tokens, self.stage_dims, device or ref.device, dtype or ref.dtype
+        )
+
+    def _check_spatial(self, spatial: Sequence[int]) -> None:
+        if len(spatial) != 3 or any(s % d for s, d in zip(spatial, self.stride)):
+            raise ValueError(
+                f"spatial size {tuple(spatial)} must have 3 entries divisible by the network stride {self.stride} "
+                f"(patch_size {self.patch_size} x 2**{self.num_stages - 1})."
+            )
+
+    @torch.jit.unused
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 5:
+            raise ValueError(f"FINE expects (B, C, X, Y, Z) input, got shape {tuple(x.shape)}.")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels, the network expects in_channels={self.in_channels}.")
+        self._check_spatial(tuple(x.shape[2:]))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        roi_box: torch.Tensor | None = None,
+        scan_id: torch.Tensor | None = None,
+        scan_memory: ScanMemory | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """
+        Args:
+            x: ``(B, C_in, X, Y, Z)``.
+            roi_box: ``(B, 2, 3)`` ``[start, stop)`` of each crop per spatial axis as fractions of the preprocessed
+                full volume (may leave [0, 1] over padding); None means the input is the whole volume.
+            scan_id: ``(B,)`` ints; with ``scan_memory=True`` (constructor) crops with equal ids share a memory
+                (two passes over the batch). Ignored otherwise.
+            scan_memory: an explicit :class:`ScanMemory` (from :meth:`new_scan_memory`): in its write mode the
+                forward adds each crop's memory updates to it, in read mode it reads them. Samples use slot
+                ``scan_id`` (default 0).
+
+        Returns:
+            ``(B, out_channels, X, Y, Z)`` logits; in training mode with deep supervision a list
+            ``[full, 1/2, 1/4 resolution]`` as MONAI's ``DeepSupervisionLoss`` takes.
+        """
+        if not torch.jit.is_tracing() and not torch.jit.is_scripting():
+            self._check_input(x)
+        B = x.shape[0]
+        intersect = seen = None
+        if self.memory in ("released", "full"):
+            cells = intersecting_cells(roi_box, self.memory_grid, B).to(x.device)
+            if self.training:
+                with torch.no_grad():
+                    self.memory_visits += cells.sum(0).to(self.memory_visits.dtype)
+            seen = self.memory_visits > 0
+            intersect = cells.repeat_interleave(self.num_volume_tokens, dim=1)
+            seen = seen.repeat_interleave(self.num_volume_tokens)
+        if scan_memory is None and self.scan_memory and scan_id is not None:
+            scan_index = torch.unique(torch.as_tensor(scan_id).reshape(-1), return_inverse=True)[1].to(x.device)
+            scan_memory = self.new_scan_memory(int(scan_index.max()) + 1)
+            self._forward(x, MemoryContext(intersect, seen, scan_memory, scan_index), heads=False)
+            scan_memory.set_mode("read")
+        elif scan_memory is not None:
+            if self.memory != "full":
+                raise ValueError(f"scan_memory needs memory='full', this net has memory={self.memory!r}.")
+            scan_index = torch.zeros(B, dtype=torch.long, device=x.device) if scan_id is None else scan_id
+            scan_index = torch.as_tensor(scan_index, device=x.device).long().reshape(-1)
+        else:
+            scan_index = None
+        return self._forward(x, MemoryContext(intersect, seen, scan_memory, scan_index))
+
+    def _forward(self, x: torch.Tensor, ctx: MemoryContext, heads: bool = True):
+        x = self.patch_embed(x)  # (B, X', Y', Z', C)
+        skips = []
+        for i, stage in enumerate(self.encoder_stages):
+            x = stage(x, ctx, i)
+            skips.append(self.encoder_norms[i](x))
+            if i < self.num_stages - 1:
+                x = self.downsamples[i](skips[-1])
+        x = skips[-1]
+        levels = []
+        for j, (up, stage) in enumerate(zip(self.upsamples, self.decoder_stages)):
+            x = up(x) + skips[self.num_stages - 2 - j]
+            x = stage(x, ctx, self.num_stages + j)
+            levels.append(x)
+        if not heads:
+            return None
+        out = self.head(self.decoder_norm(x).permute(0, 4, 1, 2, 3))
+        if self.deep_supervision and self.training:
+            lower = levels[-2::-1]  # decoder levels 1, 2, ...
+            return [out] + [h(t.permute(0, 4, 1, 2, 3)) for h, t in zip(self.ds_heads, lower)]
+        return out
+
+
+Fine = FINE
+
+
+def fine_bcv(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
+    """The paper's BCV size: feature 192, depths (2,2,2,2), heads (6,12,24,48), patch (4,4,2), window 4,
+    for ``roi_size=(128, 128, 64)`` (the paper's 64x128x128 z-first crop) and a 4x4x1 memory grid."""
+    cfg = dict(
+        feature_size=192,
+        depths=(2, 2, 2, 2),
+        num_heads=(6, 12, 24, 48),
+        patch_size=(4, 4, 2),
+        window_size=4,
+        memory_grid=(4, 4, 1),
+        drop_path_rate=0.2,
+        roi_size=(128, 128, 64),
+    )
+    cfg.update(kwargs)
+    return FINE(in_channels, out_channels, **cfg)
+
+
+def fine_tiny(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
+    """A CPU preset for tests and the demo: feature 24, depths (2,2,2,2), heads (1,2,4,8), patch (2,2,2),
+    window 4, for ``roi_size=(64, 64, 32)`` and a 4x4x1 memory grid."""
+    cfg = dict(
+        feature_size=24,
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 4, 8),
+        patch_size=(2, 2, 2),
+        window_size=4,
+        memory_grid=(4, 4, 1),
+        roi_size=(64, 64, 32),
+    )
+    cfg.update(kwargs)
+    return FINE(in_channels, out_channels, **cfg)
