@@ -1,0 +1,259 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from monai_fine.networks import FINE, fine_bcv, fine_tiny
+
+MODES = ["none", "window", "released", "full"]
+
+
+def tiny(**kw) -> FINE:
+    cfg = dict(feature_size=12, num_heads=(1, 2, 2, 4), patch_size=(2, 2, 2), roi_size=(32, 32, 16))
+    cfg.update(kw)
+    return fine_tiny(1, 4, **cfg)
+
+
+def boxes(*rows) -> torch.Tensor:
+    return torch.tensor([[r[:3], r[3:]] for r in rows], dtype=torch.float32)
+
+
+LEFT = (0.0, 0.0, 0.0, 0.25, 0.25, 1.0)  # cell (0, 0) of a 4x4x1 grid
+RIGHT = (0.75, 0.75, 0.0, 1.0, 1.0, 1.0)  # cell (3, 3)
+MIDDLE = (0.25, 0.25, 0.0, 0.5, 0.5, 1.0)  # cell (1, 1)
+
+
+def cell(i, j, grid=(4, 4, 1)) -> int:
+    return i * grid[1] * grid[2] + j * grid[2]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("size", [(32, 32, 16), (64, 32, 48), (16, 16, 16)], ids=str)
+def test_output_shapes(mode, size):
+    net = tiny(memory=mode, deep_supervision=True)
+    x = torch.randn(2, 1, *size)
+    out = net(x, boxes(LEFT, RIGHT))
+    assert [tuple(o.shape) for o in out] == [
+        (2, 4, *size),
+        (2, 4, *(s // 2 for s in size)),
+        (2, 4, *(s // 4 for s in size)),
+    ]
+    net.eval()
+    assert net(x).shape == (2, 4, *size)
+
+
+def test_bad_sizes_raise():
+    net = tiny()
+    with pytest.raises(ValueError, match=r"\(40, 32, 16\).*stride \(16, 16, 16\)"):
+        net(torch.randn(1, 1, 40, 32, 16))
+    with pytest.raises(ValueError, match="channels"):
+        net(torch.randn(1, 2, 32, 32, 16))
+    with pytest.raises(ValueError, match=r"\(B, C, X, Y, Z\)"):
+        net(torch.randn(32, 32, 16))
+    with pytest.raises(ValueError, match="roi_box must have shape"):
+        net(torch.randn(1, 1, 32, 32, 16), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="memory must be one of"):
+        tiny(memory="intended")
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        tiny(feature_size=10, num_heads=(3, 3, 3, 3))
+    with pytest.raises(ValueError, match="scan_memory=True needs memory='full'"):
+        tiny(memory="window", scan_memory=True)
+    with pytest.raises(ValueError, match=r"\(100, 128, 64\)"):
+        fine_tiny(roi_size=(100, 128, 64))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_parameter_gets_a_gradient(mode):
+    net = tiny(memory=mode, deep_supervision=True)
+    out = net(torch.randn(2, 1, 32, 32, 16), boxes(LEFT, MIDDLE))
+    sum(o.square().mean() for o in out).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    zero = [n for n, p in net.named_parameters() if p.grad is not None and p.grad.abs().sum() == 0]
+    assert not missing and not zero, (missing, zero)
+    assert all(torch.isfinite(o).all() for o in out)
+
+
+def test_token_parameters_are_named():
+    names = [n for n, _ in tiny(memory="full").named_parameters()]
+    assert sum("volume_tokens" in n for n in names) == 7  # one per stage: 4 encoder + 3 decoder
+    assert sum("window_tokens" in n for n in names) == 7
+    none_names = [n for n, _ in tiny(memory="none").named_parameters()]
+    assert not any("tokens" in n for n in none_names)
+
+
+def _visit(net: FINE, *rows) -> None:
+    """Training-mode forwards mark the cells of the given crops as visited."""
+    net.train()
+    with torch.no_grad():
+        for r in rows:
+            net(torch.randn(1, 1, 32, 32, 16), boxes(r))
+    net.eval()
+
+
+def _perturb_cell(net: FINE, c: int, scale: float = 1.0) -> FINE:
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if name.endswith("volume_tokens"):
+                p[c] += scale * torch.randn_like(p[c])
+    return other
+
+
+@pytest.mark.parametrize("mode,changes", [("full", True), ("released", False)])
+def test_seen_non_intersecting_volume_token_reaches_the_output(mode, changes):
+    net = tiny(memory=mode)
+    _visit(net, LEFT, RIGHT)
+    x = torch.randn(1, 1, 32, 32, 16)
+    ref = net(x, boxes(LEFT))
+    out = _perturb_cell(net, cell(3, 3))(x, boxes(LEFT))  # cell of RIGHT, not intersecting LEFT
+    diff = (out - ref).abs().max().item()
+    assert (diff > 0) == changes, diff  # unreached parameters leave the computation bit-identical
+    # the intersecting cell changes the output in both modes
+    assert (_perturb_cell(net, cell(0, 0))(x, boxes(LEFT)) - ref).abs().max() > 0
+
+
+def test_unseen_cells_have_no_effect_and_no_gradient():
+    net = tiny(memory="full")
+    net.train()
+    x = torch.randn(2, 1, 32, 32, 16)
+    out = net(x, boxes(LEFT, MIDDLE))
+    out.square().mean().backward()
+    visited = {cell(0, 0), cell(1, 1)}
+    for name, p in net.named_parameters():
+        if name.endswith("volume_tokens"):
+            rows = p.grad.abs().sum(1)
+            assert all(rows[c] > 0 for c in visited), name
+            assert all(rows[c] == 0 for c in range(16) if c not in visited), name
+    net.eval()
+    # a crop that intersects an unseen cell: that cell's token changes nothing, in eval or in a new training pass
+    ref = net(x[:1], boxes(RIGHT))
+    assert torch.equal(_perturb_cell(net, cell(3, 3), 10.0)(x[:1], boxes(RIGHT)), ref)
+    assert torch.equal(_perturb_cell(net, cell(2, 2), 10.0)(x[:1], boxes(LEFT)), net(x[:1], boxes(LEFT)))
+
+
+def test_eval_does_not_mark_visits_and_visits_are_saved():
+    net = tiny(memory="full").eval()
+    with torch.no_grad():
+        net(torch.randn(1, 1, 32, 32, 16), boxes(LEFT))
+    assert net.memory_visits.sum() == 0
+    _visit(net, LEFT, LEFT, RIGHT)
+    assert net.memory_visits[cell(0, 0)] == 2 and net.memory_visits[cell(3, 3)] == 1
+    state = net.state_dict()
+    assert "memory_visits" in state
+    fresh = tiny(memory="full")
+    fresh.load_state_dict(state)
+    fresh.eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    torch.testing.assert_close(fresh(x, boxes(MIDDLE)), net(x, boxes(MIDDLE)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_of_three_equals_three_batches_of_one(mode):
+    net = tiny(memory=mode)
+    _visit(net, LEFT, RIGHT, MIDDLE)
+    x = torch.randn(3, 1, 32, 32, 16)
+    b = boxes(LEFT, RIGHT, MIDDLE)
+    batched = net(x, b)
+    single = torch.cat([net(x[i : i + 1], b[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_is_deterministic_with_dropout():
+    net = tiny(memory="full", drop_rate=0.3, attn_drop_rate=0.3, drop_path_rate=0.3).eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    torch.testing.assert_close(net(x, boxes(LEFT)), net(x, boxes(LEFT)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["none", "full"])
+def test_gradient_checkpointing_parity(mode):
+    net = tiny(memory=mode, deep_supervision=True)
+    ckpt = copy.deepcopy(net)
+    ckpt.set_grad_checkpointing(True)
+    x = torch.randn(2, 1, 32, 32, 16)
+    for m in (net, ckpt):
+        out = m(x, boxes(LEFT, MIDDLE))
+        sum(o.square().mean() for o in out).backward()
+    for (n, p), (_, q) in zip(net.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_and_manual_networks_agree(fused):
+    a = tiny(memory="full", use_flash_attention=True)
+    b = tiny(memory="full", use_flash_attention=False)
+    b.load_state_dict(a.state_dict())
+    _visit(a, LEFT)
+    _visit(b, LEFT)
+    x = torch.randn(1, 1, 48, 32, 16)  # 48 -> stage windows padded, masked
+    torch.testing.assert_close(a(x, boxes(MIDDLE)), b(x, boxes(MIDDLE)), rtol=1e-4, atol=1e-5)
+
+
+def test_trace_without_roi_box():
+    net = tiny(memory="full")
+    _visit(net, LEFT, RIGHT)
+    x = torch.randn(1, 1, 32, 32, 16)
+    traced = torch.jit.trace(net, x, check_trace=False)
+    torch.testing.assert_close(traced(x), net(x), rtol=1e-5, atol=1e-5)
+    x2 = torch.randn(1, 1, 32, 32, 16)
+    torch.testing.assert_close(traced(x2), net(x2), rtol=1e-5, atol=1e-5)
+
+
+def test_scan_memory_shares_content_within_a_scan_only():
+    net = tiny(memory="full", scan_memory=True)
+    _visit(net, LEFT, RIGHT)
+    x = torch.randn(2, 1, 32, 32, 16)
+    b = boxes(LEFT, RIGHT)
+    changed = x.clone()
+    changed[1] += 3.0 * torch.randn_like(changed[1])  # change only the second crop's content
+    same_scan = torch.tensor([7, 7])
+    other_scans = torch.tensor([7, 8])
+    out_same = net(x, b, scan_id=same_scan)[0]
+    # at initialisation the memory tokens are small (std 0.02), so the effect is small but far above float noise;
+    # crops of different scans (or without scan ids) stay bit-identical
+    assert (net(changed, b, scan_id=same_scan)[0] - out_same).abs().max() > 1e-6
+    assert torch.equal(net(changed, b, scan_id=other_scans)[0], net(x, b, scan_id=other_scans)[0])
+    assert torch.equal(net(changed, b)[0], net(x, b)[0])
+
+
+def test_explicit_scan_memory_two_passes_match_in_batch_grouping():
+    net = tiny(memory="full", scan_memory=True)
+    _visit(net, LEFT, RIGHT)
+    x = torch.randn(2, 1, 32, 32, 16)
+    b = boxes(LEFT, RIGHT)
+    grouped = net(x, b, scan_id=torch.tensor([0, 0]))
+    mem = net.new_scan_memory(1)
+    for i in range(2):  # write pass, one crop at a time (as a sliding window does)
+        net(x[i : i + 1], b[i : i + 1], scan_memory=mem)
+    mem.set_mode("read")
+    read = torch.cat([net(x[i : i + 1], b[i : i + 1], scan_memory=mem) for i in range(2)])
+    torch.testing.assert_close(read, grouped, rtol=1e-4, atol=1e-5)
+
+
+def test_scan_memory_training_step_gives_gradients_through_both_passes():
+    net = tiny(memory="full", scan_memory=True)
+    x = torch.randn(2, 1, 32, 32, 16, requires_grad=True)
+    out = net(x, boxes(LEFT, RIGHT), scan_id=torch.tensor([3, 3]))
+    out[0].square().mean().backward()  # crop 0's loss reaches crop 1's input through the memory
+    assert x.grad[1].abs().sum() > 0
+
+
+def test_presets_and_parameter_counts():
+    assert fine_tiny().roi_size == (64, 64, 32)
+    with torch.device("meta"):
+        none = fine_bcv(memory="none")
+        full = fine_bcv(memory="full")
+        separate = fine_bcv(memory="full", share_memory_attention=False)
+    assert none.roi_size == (128, 128, 64)
+    n_none = sum(p.numel() for p in none.parameters())
+    n_full = sum(p.numel() for p in full.parameters())
+    n_sep = sum(p.numel() for p in separate.parameters())
+    # full adds tokens, LayerNorms and nothing else when sharing projections
+    assert 0 < n_full - n_none < 0.01 * n_none
+    # separate memory attention adds 2 x 4C^2 (+ biases) per block
+    dims = [192, 384, 768, 1536, 768, 384, 192]
+    extra = sum(2 * 2 * (4 * c * c + 4 * c) for c in dims)
+    assert n_sep - n_full == extra
+    assert 100e6 < n_none < 160e6

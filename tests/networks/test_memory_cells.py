@@ -1,0 +1,91 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from monai_fine.networks.blocks.memory import ScanMemory, intersecting_cells
+
+
+def _reference(box: np.ndarray, grid) -> np.ndarray:
+    """Brute force: a cell intersects the box clamped to [0, 1] where the overlap is longer than 1e-6 cell widths;
+    an axis on which the box lies entirely outside the volume falls back to the nearest border cell."""
+    per_axis = []
+    for a, g in enumerate(grid):
+        s, e = float(box[0, a]), float(box[1, a])
+        hits = []
+        for i in range(g):
+            lo, hi = i / g, (i + 1) / g
+            overlap = min(e, hi, 1.0) - max(s, lo, 0.0)
+            if overlap * g > 1e-6:
+                hits.append(i)
+        if not hits:  # the box lies outside [0, 1] (or touches the volume for less than the tolerance)
+            hits = [0] if e <= 0.5 else [g - 1]
+        per_axis.append(hits)
+    out = np.zeros(grid, dtype=bool)
+    for i, j, k in itertools.product(*per_axis):
+        out[i, j, k] = True
+    return out.reshape(-1)
+
+
+@pytest.mark.parametrize("grid", [(4, 4, 1), (3, 5, 2), (1, 1, 1), (6, 6, 3)], ids=str)
+def test_random_boxes_match_brute_force(grid):
+    rng = np.random.default_rng(0)
+    boxes = []
+    for _ in range(300):
+        start = rng.uniform(-0.4, 1.2, size=3)
+        size = rng.uniform(0.02, 0.9, size=3)
+        boxes.append(np.stack([start, start + size]))
+    # exact cell borders, the full volume, boxes entirely outside, crops covering padding on both sides
+    g = np.array(grid, dtype=float)
+    boxes += [
+        np.stack([np.zeros(3), np.ones(3)]),
+        np.stack([1 / g, 2 / g]),
+        np.stack([np.full(3, -0.5), np.full(3, -0.1)]),
+        np.stack([np.full(3, 1.1), np.full(3, 1.5)]),
+        np.stack([np.full(3, -0.2), np.full(3, 1.3)]),
+        np.stack([np.full(3, 0.999), np.full(3, 1.4)]),
+    ]
+    boxes = np.stack(boxes)
+    got = intersecting_cells(torch.tensor(boxes), grid).numpy()
+    ref = np.stack([_reference(b, grid) for b in boxes])
+    bad = np.nonzero((got != ref).any(1))[0]
+    assert bad.size == 0, f"mismatch for boxes {boxes[bad[:3]].tolist()}"
+
+
+def test_voxel_aligned_boxes_on_cell_borders():
+    # a 96-voxel axis, 4 cells of 24 voxels: the crop [24, 48) is exactly cell 1, despite float rounding
+    size, grid = np.array([96, 101, 30]), (4, 3, 1)
+    box = torch.tensor([[24 / 96, 0, 0], [48 / 96, 101 / 101, 30 / 30]], dtype=torch.float32)[None]
+    cells = intersecting_cells(box, grid).reshape(grid)
+    assert cells[1].all() and cells.sum() == 3
+
+
+def test_none_means_all_cells_and_errors():
+    assert intersecting_cells(None, (2, 3, 1), batch_size=2).all()
+    with pytest.raises(ValueError, match=r"\(B, 2, 3\)"):
+        intersecting_cells(torch.zeros(2, 3), (4, 4, 1))
+    with pytest.raises(ValueError, match="stop > start"):
+        intersecting_cells(torch.tensor([[[0.5, 0, 0], [0.2, 1, 1]]]), (4, 4, 1))
+    with pytest.raises(ValueError, match="non-finite"):
+        intersecting_cells(torch.tensor([[[float("nan"), 0, 0], [0.2, 1, 1]]]), (4, 4, 1))
+
+
+def test_scan_memory_means_and_slots():
+    mem = ScanMemory(2, 3, [4])
+    delta = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
+    written = torch.tensor([[True, False, True], [True, True, False]])
+    mem.write(0, torch.tensor([1, 1]), delta, written)
+    read = mem.read(0, torch.tensor([1, 0]))
+    torch.testing.assert_close(read[0, 0], (delta[0, 0] + delta[1, 0]) / 2)
+    torch.testing.assert_close(read[0, 1], delta[1, 1])
+    torch.testing.assert_close(read[0, 2], delta[0, 2])
+    assert read[1].abs().sum() == 0  # slot 0 untouched
+    assert mem.written_tokens(torch.tensor([1])).tolist() == [[True, True, True]]
+    with pytest.raises(ValueError, match="out of range"):
+        mem.read(0, torch.tensor([2]))
+    with pytest.raises(ValueError, match="mode"):
+        mem.set_mode("erase")

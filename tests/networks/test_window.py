@@ -1,0 +1,84 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from monai_fine.networks.blocks.window import (
+    relative_position_index,
+    window_attention_mask,
+    window_geometry,
+    window_partition,
+    window_reverse,
+)
+
+
+@pytest.mark.parametrize("w", [2, 3, 4, 7])
+def test_relative_position_index_is_a_bijection_on_offsets(w):
+    idx = relative_position_index((w, w, w), w)
+    coords = list(itertools.product(range(w), repeat=3))
+    offset_to_index: dict[tuple, int] = {}
+    index_to_offset: dict[int, tuple] = {}
+    for i, p in enumerate(coords):
+        for j, q in enumerate(coords):
+            off = tuple(a - b for a, b in zip(p, q))
+            k = int(idx[i, j])
+            assert offset_to_index.setdefault(off, k) == k, "one offset, two rows"
+            assert index_to_offset.setdefault(k, off) == off, f"row {k} shared by offsets {index_to_offset[k]} and {off}"
+    side = 2 * w - 1
+    assert sorted(index_to_offset) == list(range(side**3))  # every table row used exactly by one offset
+
+
+def test_nnformer_index_was_not_a_bijection():
+    """The reference bug (strides 3w-1, 2w-1) shares rows; our formula differs from it."""
+    w = 4
+    coords = torch.stack(torch.meshgrid(*[torch.arange(w)] * 3, indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :] + (w - 1)
+    buggy = rel[0] * (3 * w - 1) + rel[1] * (2 * w - 1) + rel[2]
+    assert len(torch.unique(buggy)) < (2 * w - 1) ** 3
+    assert len(torch.unique(relative_position_index((w,) * 3, w))) == (2 * w - 1) ** 3
+
+
+@pytest.mark.parametrize("res", [(8, 8, 8), (6, 8, 4), (3, 12, 5), (4, 4, 4)])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_partition_reverse_roundtrip(res, shifted):
+    geom = window_geometry(res, 4)
+    x = torch.randn(2, *res, 3)
+    w = window_partition(x, geom, shifted)
+    assert w.shape == (2, geom.num_windows, geom.window_volume, 3)
+    torch.testing.assert_close(window_reverse(w, geom, shifted), x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("res", [(8, 8, 8), (6, 8, 4), (10, 12, 3)])
+def test_shifted_mask_matches_brute_force(res):
+    """Tokens of a shifted window may attend to each other iff they are neighbours in the unrolled volume."""
+    wsize = 4
+    geom = window_geometry(res, wsize)
+    padded = [g * w for g, w in zip(geom.grid, geom.window)]
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in padded], indexing="ij"), -1)  # (X,Y,Z,3)
+    rolled = torch.roll(coords, shifts=tuple(-s for s in geom.shift), dims=(0, 1, 2))
+    pos = window_partition(rolled[None].float(), geom._replace(pad=(0, 0, 0)), shifted=False)[0].long()  # (nW,N,3)
+    valid = (pos < torch.tensor(res)).all(-1)  # (nW, N) not padding
+    near = ((pos[:, :, None] - pos[:, None, :]).abs() < torch.tensor(geom.window)).all(-1)
+    ref = (near & valid[:, None, :]) | torch.eye(pos.shape[1], dtype=torch.bool)
+    mask = window_attention_mask(geom, True, 0, torch.device("cpu"))
+    if mask is None:
+        assert ref.all()
+    else:
+        assert torch.equal(mask[:, 0], ref)
+    # with window tokens: tokens see only non-padded visual tokens, and are seen by all
+    mask_t = window_attention_mask(geom, True, 2, torch.device("cpu"))
+    if mask_t is not None:
+        assert torch.equal(mask_t[:, 0, 2:, 2:], ref)
+        assert mask_t[:, 0, :, :2].all()
+        assert torch.equal(mask_t[:, 0, 0, 2:], valid)
+
+
+def test_geometry_clamps_window_and_pads():
+    geom = window_geometry((6, 3, 8), 4)
+    assert geom.window == (4, 3, 4)
+    assert geom.shift == (2, 0, 2)
+    assert geom.pad == (2, 0, 0)
+    assert geom.grid == (2, 1, 2)
