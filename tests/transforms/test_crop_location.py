@@ -195,6 +195,16 @@ def test_padding_gives_box_outside_unit_range():
         assert torch.equal(slice_reference(coord_volume(), sample["roi_box"]), sample["image"].as_tensor())
 
 
+def test_crop_foreground_that_pads():
+    """CropForegroundd with a margin past the border pads after cropping (its record nests "pad_info")."""
+    item = make_item(foreground=(slice(0, 3), slice(15, 18), slice(4, 8)))
+    out = Compose([CropForegroundd(KEYS, "label", margin=3, allow_smaller=False), CropLocationd("image")])(item)
+    assert tuple(out["image"].shape[1:]) == (9, 9, 10)
+    expected = torch.tensor([[-3 / 20, 12 / 18, 1 / 16], [6 / 20, 21 / 18, 11 / 16]], dtype=torch.float64)
+    assert_box(out["roi_box"], expected, SHAPE)
+    assert_box(out["roi_box"], expected_box(out["image"], SHAPE), SHAPE)
+
+
 def test_pads_and_borders_before_the_crop():
     transform = Compose(
         [
@@ -210,18 +220,21 @@ def test_pads_and_borders_before_the_crop():
         assert torch.equal(slice_reference(coord_volume(), out["roi_box"]), out["image"].as_tensor())
 
 
-@pytest.mark.parametrize("axis", [0, 1, 2])
-def test_flip_mirrors_the_box(axis):
-    crop = [SpatialPadd(KEYS, (22, 10, 10)), RandCropByPosNegLabeld(KEYS, "label", (22, 7, 5), num_samples=2)]
+@pytest.mark.parametrize(
+    "spatial_axis, axes", [(0, [0]), (1, [1]), (2, [2]), ((-1, 0), [0, 2]), (None, [0, 1, 2])], ids=str
+)
+def test_flip_mirrors_the_box(spatial_axis, axes):
+    crop = [SpatialPadd(KEYS, (22, 10, 10)), RandCropByPosNegLabeld(KEYS, "label", (13, 7, 5), num_samples=2)]
     plain = Compose([*crop, CropLocationd("image")]).set_random_state(11)(make_item())
-    flipped = Compose([*crop, RandFlipd(KEYS, prob=1.0, spatial_axis=axis), CropLocationd("image")])
+    flipped = Compose([*crop, RandFlipd(KEYS, prob=1.0, spatial_axis=spatial_axis), CropLocationd("image")])
     flipped = flipped.set_random_state(11)(make_item())
     for p, f in zip(plain, flipped):
-        assert torch.equal(f["image"], torch.flip(p["image"], [axis + 1]))  # same crop, mirrored
+        assert torch.equal(f["image"], torch.flip(p["image"], [a + 1 for a in axes]))  # same crop, mirrored
         expected = p["roi_box"].clone()
-        expected[:, axis] = 1.0 - p["roi_box"][:, axis].flip(0)
+        expected[:, axes] = 1.0 - p["roi_box"][:, axes].flip(0)
+        assert not torch.allclose(expected, p["roi_box"])  # the test can tell a mirrored box from the plain one
         assert torch.allclose(f["roi_box"], expected, atol=1e-6)
-        assert torch.equal(slice_reference(coord_volume(), f["roi_box"], [("flip", [axis])]), f["image"].as_tensor())
+        assert torch.equal(slice_reference(coord_volume(), f["roi_box"], [("flip", axes)]), f["image"].as_tensor())
 
 
 @pytest.mark.parametrize("k, axes", [(1, (0, 1)), (2, (0, 2)), (3, (1, 2)), (1, (2, 0))], ids=str)
@@ -283,7 +296,8 @@ def test_reference_is_the_resampled_volume():
     prefix = [Orientationd(KEYS, "RAS"), Spacingd(KEYS, (1.0, 1.5, 3.0), mode=("bilinear", "nearest"))]
     reference = Compose(prefix)(make_item(affine=affine))["image"]
     assert tuple(reference.shape[1:]) == (39, 24, 16)
-    transform = Compose([*prefix, RandCropByPosNegLabeld(KEYS, "label", (10, 9, 8), num_samples=3), CropLocationd("image")])
+    crop = RandCropByPosNegLabeld(KEYS, "label", (10, 9, 8), num_samples=3)
+    transform = Compose([*prefix, crop, CropLocationd("image")])
     for sample in transform.set_random_state(1)(make_item(affine=affine)):
         assert torch.equal(slice_reference(reference, sample["roi_box"]), sample["image"].as_tensor())
         assert torch.equal(sample["roi_box"], CropLocation()(sample["image"]))

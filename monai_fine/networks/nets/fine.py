@@ -134,8 +134,8 @@ class FINE(nn.Module):
             use_flash_attention=use_flash_attention,
         )
         self.patch_embed = PatchEmbed3d(in_channels, feature_size, self.patch_size)
-        enc_dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        dec_dpr = torch.linspace(0, drop_path_rate, sum(depths[:-1])).tolist()[::-1]
+        enc_dpr = _linspace(drop_path_rate, sum(depths))
+        dec_dpr = _linspace(drop_path_rate, sum(depths[:-1]))[::-1]
         self.encoder_stages = nn.ModuleList()
         self.encoder_norms = nn.ModuleList()
         self.downsamples = nn.ModuleList()
@@ -282,6 +282,10 @@ class FINE(nn.Module):
 
 
 Fine = FINE
+
+
+def _linspace(stop: float, n: int) -> list[float]:
+    return [stop * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
 def fine_bcv(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
