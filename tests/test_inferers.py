@@ -1,0 +1,126 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.data.utils import compute_importance_map
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+from torch import nn
+
+from monai_fine.inferers import FINEInferer
+from monai_fine.networks import fine_tiny
+
+ROI = (32, 32, 16)
+
+
+def tiny_net(**kw):
+    net = fine_tiny(1, 3, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=ROI, **kw)
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(1, 1, *ROI))  # roi_box None = the whole volume: every memory cell visited
+    return net.eval()
+
+
+def starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Window starts of MONAI's scan rule, written out: a step of roi*(1-overlap), the last window flush."""
+    if size <= roi:
+        return [0]
+    step = int(roi * (1 - overlap))
+    return sorted({min(i * step, size - roi) for i in range(math.ceil(size / step))})
+
+
+def test_equals_a_hand_written_loop():
+    net = tiny_net(memory="full")
+    x = torch.randn(1, 1, 80, 40, 24)
+    size = x.shape[2:]
+    weight = compute_importance_map(ROI, mode="gaussian", sigma_scale=0.125)
+    out = torch.zeros(1, 3, *size)
+    count = torch.zeros(1, 1, *size)
+    with torch.no_grad():
+        for sx in starts(size[0], ROI[0], 0.5):
+            for sy in starts(size[1], ROI[1], 0.5):
+                for sz in starts(size[2], ROI[2], 0.5):
+                    sl = (slice(None), slice(None), slice(sx, sx + ROI[0]), slice(sy, sy + ROI[1]), slice(sz, sz + ROI[2]))
+                    box = torch.tensor([[[sx, sy, sz], [sx + ROI[0], sy + ROI[1], sz + ROI[2]]]]) / torch.tensor(size)
+                    out[sl] += net(x[sl], roi_box=box.float()) * weight
+                    count[sl] += weight
+        ref = out / count
+        got = FINEInferer(ROI, sw_batch_size=3, overlap=0.5, mode="gaussian")(x, net)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+class BoxRecorder(nn.Module):
+    """Records the roi_box of every call and returns the box as 6 output channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.boxes: list[torch.Tensor] = []
+
+    def forward(self, x, roi_box=None):
+        self.boxes.append(roi_box)
+        return roi_box.reshape(x.shape[0], 6, 1, 1, 1).expand(-1, -1, *x.shape[2:]).clone()
+
+
+def test_small_volume_is_padded_and_boxes_leave_unit_range():
+    rec = BoxRecorder()
+    x = MetaTensor(torch.randn(1, 1, 40, 32, 10))  # 10 slices, roi 16 along z: MONAI pads 3 before, 3 after
+    out = FINEInferer(ROI, overlap=0.5, mode="constant")(x, rec)
+    assert out.shape == (1, 6, 40, 32, 10)
+    boxes = torch.cat(rec.boxes)
+    assert torch.allclose(boxes[:, 0, 2], torch.tensor(-3 / 10)) and torch.allclose(boxes[:, 1, 2], torch.tensor(13 / 10))
+    assert sorted({round(float(b), 4) for b in boxes[:, 0, 0]}) == [0.0, 0.2]  # x starts 0 and 8 of 40
+    assert torch.allclose(boxes[:, 1, 1], torch.ones(len(boxes)))
+
+
+def test_network_without_roi_box_runs_like_plain_sliding_window():
+    net = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    x = torch.randn(1, 1, 40, 36, 20)
+    with torch.no_grad():
+        got = FINEInferer(ROI, overlap=0.25, mode="constant")(x, net)
+        ref = sliding_window_inference(x, ROI, 1, net, overlap=0.25, mode="constant")
+    torch.testing.assert_close(got, ref)
+    with pytest.raises(ValueError, match="scan_memory=True needs a network"):
+        FINEInferer(ROI, scan_memory=True)(x, net)
+
+
+@pytest.mark.parametrize("scan_memory", [False, True])
+def test_content_outside_the_probe_windows_matters_only_with_scan_memory(scan_memory):
+    net = tiny_net(memory="full", scan_memory=True)
+    with torch.no_grad():  # memory tokens at a trained network's scale (init std 0.02 makes the effect ~1e-6)
+        for name, p in net.named_parameters():
+            if name.endswith("volume_tokens"):
+                p.mul_(50.0)
+    x = torch.randn(1, 1, 96, 32, 16)  # windows start at x = 0, 16, 32, 48, 64
+    probe = (slice(None), slice(None), 5, 10, 8)  # only the first window [0, 32) contains x = 5
+    changed = x.clone()
+    changed[:, :, 48:] = 3.0 * torch.randn_like(changed[:, :, 48:])  # outside every window holding the probe
+    inferer = FINEInferer(ROI, sw_batch_size=2, overlap=0.5, scan_memory=scan_memory)
+    with torch.no_grad():
+        a, b = inferer(x, net)[probe], inferer(changed, net)[probe]
+    if scan_memory:
+        assert (a - b).abs().max() > 1e-4
+    else:
+        assert torch.equal(a, b)
+
+
+def test_scan_memory_keeps_scans_of_a_batch_apart():
+    net = tiny_net(memory="full", scan_memory=True)
+    x = torch.randn(2, 1, 64, 32, 16)
+    changed = x.clone()
+    changed[1] = torch.randn_like(changed[1])
+    inferer = FINEInferer(ROI, sw_batch_size=4, scan_memory=True)
+    with torch.no_grad():
+        assert torch.equal(inferer(x, net)[0], inferer(changed, net)[0])
+        single = inferer(x[:1], net)
+    torch.testing.assert_close(inferer(x, net)[:1], single, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match=r"\(B, C, X, Y, Z\).*\(1, 40, 40\)"):
+        FINEInferer(ROI)(torch.randn(1, 40, 40), tiny_net())
+    with pytest.raises(ValueError, match="new_scan_memory"):
+        FINEInferer(ROI, scan_memory=True)(torch.randn(1, 1, 32, 32, 16), BoxRecorder())
