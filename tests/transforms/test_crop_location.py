@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import DataLoader, Dataset, MetaTensor, list_data_collate
+from monai.data import DataLoader, Dataset, MetaTensor, PersistentDataset, list_data_collate
 from monai.transforms import (
     BorderPadd,
     CenterSpatialCropd,
@@ -112,15 +112,14 @@ def fired_ops(img: MetaTensor) -> list:
     """Flips and rot90s recorded after the crop, to rebuild the reference they imply with torch."""
     ops = []
     for entry in img.applied_operations:
-        while entry.get("do_transforms", True) and isinstance(entry.get("extra_info"), dict) and "class" in entry[
-            "extra_info"
-        ]:
-            entry = entry["extra_info"]
-        if not entry.get("do_transforms", True):
+        if not entry["do_transforms"]:
             continue
+        while "class" in entry["extra_info"]:  # RandFlipd -> Flip, RandRotate90d -> Rotate90
+            entry = entry["extra_info"]
         if entry["class"] == "Flip":
             axes = entry["extra_info"]["axes"]
-            ops.append(("flip", [a % 3 for a in np.atleast_1d(axes if axes is not None else [0, 1, 2]).tolist()]))
+            axes = [0, 1, 2] if axes is None else np.atleast_1d(axes).tolist()
+            ops.append(("flip", [a % 3 for a in axes]))
         elif entry["class"] == "Rotate90":
             ops.append(("rot90", entry["extra_info"]["k"], entry["extra_info"]["axes"]))
     return ops
@@ -350,6 +349,16 @@ def test_dataloader_batches_and_scan_ids(tmp_path):
         coords = torch.stack([code // 10000, code // 100 % 100, code % 100])
         shape = files[b // 3][1]
         assert_box(batch["roi_box"][b], expected_box(coords, shape), shape)
+
+
+def test_persistent_dataset_keeps_the_history(tmp_path):
+    transform = Compose(
+        [SpatialPadd(KEYS, (24, 18, 16)), RandCropByPosNegLabeld(KEYS, "label", (8, 8, 8)), CropLocationd("image")]
+    )
+    dataset = PersistentDataset([make_item()], transform, cache_dir=tmp_path, track_meta=True)
+    for _ in range(2):  # the second read comes from the cache on disk
+        sample = dataset[0][0]
+        assert_box(sample["roi_box"], expected_box(sample["image"], SHAPE), SHAPE)
 
 
 def test_scan_id_without_filename_is_shared_by_crops_of_one_volume():

@@ -1,0 +1,90 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Dictionary-based wrappers of the monai_fine array transforms (:py:mod:`monai_fine.transforms.array`)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from monai_fine.transforms.array import CropLocation
+from monai_fine.transforms.location import scan_id_from_meta
+
+__all__ = ["CropLocationd", "CropLocationD", "CropLocationDict"]
+
+
+class CropLocationd(MapTransform):
+    """
+    Dictionary-based wrapper of :py:class:`monai_fine.transforms.CropLocation`: write each crop's location in
+    its full volume, and an id of that volume, into the data dictionary.
+
+    ``d[roi_box_key]`` is a float32 ``(2, S)`` tensor (``(2, 3)`` for CT): row 0 the start, row 1 the stop of the
+    half-open ``[start, stop)`` extent of the crop along each spatial axis (MONAI array order, x, y, z after
+    ``Orientationd("RAS")``), in the coordinates of the reference volume (after ``Orientationd``/``Spacingd``,
+    before any pad or crop), as fractions of that volume's size; values leave ``[0, 1]`` where the crop covers
+    padding. Flips and 90-degree rotations applied after the crop move the box with the content. After
+    ``list_data_collate`` the batch holds ``(B, 2, S)`` boxes and ``(B,)`` scan ids; the ``num_samples`` crops of
+    one scan share the id.
+
+    Place it after the crop (``RandCropByPosNegLabeld``, ``RandSpatialCropd``, ...) and any flip/``Rotate90``
+    augmentation, and before transforms a box cannot follow (``RandAffined``, ``RandZoomd``, ``Resized``, ...).
+    The history must survive caching: ``CacheDataset`` keeps it, ``PersistentDataset`` only with
+    ``track_meta=True`` (its default stores plain tensors, and the box would then silently refer to the cached,
+    already padded volume).
+
+    Args:
+        keys: keys of the corresponding items; the location is read from the first one present (a MetaTensor).
+            See also: :py:class:`monai.transforms.MapTransform`
+        roi_box_key: key the ``(2, S)`` box is written to.
+        scan_id_key: key the int64 scalar scan id is written to (``zlib.crc32`` of ``meta["filename_or_obj"]``
+            masked to 31 bits; without a filename, of the reference volume's size and affine). ``None``: not
+            written.
+        allow_missing_keys: don't raise exception if key is missing.
+
+    Raises:
+        KeyError: when ``roi_box_key`` or ``scan_id_key`` already exists in the data.
+        ValueError: when the crop cannot be traced back to its reference volume (see
+            :py:func:`monai_fine.transforms.location.crop_box_from_meta`).
+
+    Example::
+
+        keys = ["image", "label"]
+        train_transforms = Compose([
+            LoadImaged(keys), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
+            Spacingd(keys, pixdim=(1.5, 1.5, 2.0)),
+            RandCropByPosNegLabeld(keys, label_key="label", spatial_size=(96, 96, 96), num_samples=4),
+            RandFlipd(keys, prob=0.1, spatial_axis=0),
+            CropLocationd(keys="image"),  # writes "roi_box" (2, 3) and "scan_id" ()
+        ])
+    """
+
+    backend = CropLocation.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        roi_box_key: str = "roi_box",
+        scan_id_key: str | None = "scan_id",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.locator = CropLocation()
+        self.roi_box_key = roi_box_key
+        self.scan_id_key = scan_id_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            for key_to_add in (self.roi_box_key, self.scan_id_key):
+                if key_to_add is not None and key_to_add in d:
+                    raise KeyError(f"Crop location data with key {key_to_add} already exists.")
+            d[self.roi_box_key] = self.locator(d[key])
+            if self.scan_id_key is not None:
+                d[self.scan_id_key] = scan_id_from_meta(d[key])
+            break  # the location is read from the first key present
+        return d
+
+
+CropLocationD = CropLocationDict = CropLocationd
