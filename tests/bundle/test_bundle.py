@@ -1,0 +1,189 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""The MONAI bundle end to end: configs, metadata, train -> evaluate -> infer on small NIfTI files, resume, bad data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+
+from monai_fine.data import make_phantom_dataset
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+CONFIGS = BUNDLE / "configs"
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+
+# a tiny network and small crops keep the whole chain at CPU-test scale
+SMALL = {
+    "preset": "tiny",
+    "roi_size": [32, 32, 16],
+    "network_def#feature_size": 12,
+    "network_def#num_heads": [1, 2, 2, 4],
+    "pixdim": [4.0, 4.0, 4.0],
+    "num_samples": 2,
+    "num_workers": 0,
+    "cache_rate": 0.0,
+    "device": "$torch.device('cpu')",
+}
+
+
+def workflow(configs, workflow_type, **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / c) for c in configs],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=workflow_type,
+        **{**SMALL, **override},
+    )
+    wf.initialize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom")
+    make_phantom_dataset(out, num_cases=4, seed=3, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=1, val_fraction=0.25)
+    return out
+
+
+def test_configs_parse_and_have_the_workflow_properties(phantom_dir, tmp_path):
+    cases = [
+        (["train.json"], "train", {}),
+        (["train.json", "evaluate.json"], "eval", {"checkpoint": META}),  # any existing file: only parsed here
+        (["inference.json"], "infer", {"load_pretrain": False}),
+    ]
+    for files, kind, extra in cases:
+        wf = workflow(files, kind, bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), **extra)
+        for tunable in ["bundle_root", "dataset_dir", "preset", "memory", "scan_memory", "roi_size", "pixdim", "device"]:
+            assert tunable in wf.parser.config, (files, tunable)
+        assert not wf.check_properties(), files  # MONAI's required and optional workflow properties are all there
+    train = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
+    for tunable in ["datalist", "output_dir", "num_samples", "max_epochs", "val_interval"]:
+        assert tunable in train
+    infer = ConfigParser.load_config_file(str(CONFIGS / "inference.json"))
+    assert infer["checkpointloader"]["map_location"] == "@device"  # GPU-trained weights load on CPU
+
+
+def test_metadata():
+    meta = json.loads(Path(META).read_text())
+    for key in ["version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+                "description", "authors", "copyright", "network_data_format", "changelog", "schema"]:
+        assert key in meta, key
+    assert meta["version"] in meta["changelog"]
+    out = meta["network_data_format"]["outputs"]["pred"]
+    assert out["num_channels"] == 14 and len(out["channel_def"]) == 14
+    from monai_fine.metrics import BTCV_LABELS
+
+    assert out["channel_def"] == {str(k): v for k, v in BTCV_LABELS.items()}
+    assert list(meta["network_data_format"]["inputs"]) == ["image"]
+
+
+def test_verify_net_in_out_default_network():
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=str(CONFIGS / "inference.json"))
+
+
+def test_train_evaluate_infer_resume(phantom_dir, tmp_path):
+    root = tmp_path / "run"
+    common = {"bundle_root": str(root), "dataset_dir": str(phantom_dir)}
+    wf = workflow(["train.json"], "train", max_epochs=1, epoch_length=2, val_interval=1, **common)
+    wf.run()
+    wf.finalize()
+    models = root / "models"
+    assert (models / "model.pt").is_file() and (models / "last_checkpoint_epoch=1.pt").is_file()
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=False)
+    assert state["memory_visits"].sum() > 0  # the visit record is in the checkpoint
+    # resume: the trainer restarts from the last checkpoint's epoch and iteration
+    wf = workflow(["train.json"], "train", max_epochs=2, epoch_length=2, val_interval=1, **common)
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert (trainer.state.epoch, trainer.state.iteration) == (1, 2)
+    wf.run()
+    assert trainer.state.epoch == 2 and (models / "last_checkpoint_epoch=2.pt").is_file()
+    wf.finalize()
+
+    # evaluation: per-case, per-organ Dice and HD95 CSVs on the original grid
+    wf = workflow(["train.json", "evaluate.json"], "eval", save_predictions=True, **common)
+    wf.run()
+    wf.finalize()
+    val_cases = json.loads((phantom_dir / "dataset_0.json").read_text())["validation"]
+    for name, n_organs in [("val_mean_dice", 13), ("val_hd95", 13), ("val_synapse8_dice", 8), ("val_synapse8_hd95", 8)]:
+        with open(root / "eval" / f"{name}_raw.csv") as f:
+            rows = list(csv.reader(f))
+        assert len(rows[0]) == n_organs + 2 and len(rows) == len(val_cases) + 1, name
+        values = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+        finite = values[np.isfinite(values)]
+        if "dice" in name:
+            assert ((finite >= 0) & (finite <= 1)).all()
+        else:
+            assert (finite >= 0).all()
+    for case in val_cases:
+        pred = nib.load(root / "eval" / "predictions" / Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz"))
+        ref = nib.load(phantom_dir / case["image"])
+        assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
+
+    # inference: every imagesTs file, saved on its own grid with its own affine
+    out_dir = tmp_path / "seg"
+    wf = workflow(["inference.json"], "infer", output_dir=str(out_dir), **common)
+    wf.run()
+    wf.finalize()
+    for image in sorted((phantom_dir / "imagesTs").glob("*.nii.gz")):
+        seg = nib.load(out_dir / image.name.replace(".nii.gz", "_seg.nii.gz"))
+        ref = nib.load(image)
+        assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+        values = np.unique(np.asarray(seg.dataobj))
+        assert values.min() >= 0 and values.max() <= 13
+
+
+def test_real_ct_inference_keeps_shape_and_affine(totalseg_dir, tmp_path):
+    """Inference on the real scan (122 x 101 x 112, 3 mm) with resampling to 2 mm in between."""
+    data = tmp_path / "data"
+    (data / "imagesTs").mkdir(parents=True)
+    shutil.copy(totalseg_dir / "example_ct.nii.gz", data / "imagesTs" / "example_ct.nii.gz")
+    root = tmp_path / "bundle"
+    (root / "models").mkdir(parents=True)
+    net = ConfigParser.load_config_file(str(CONFIGS / "inference.json"))["network_def"]
+    from monai_fine.networks import create_fine
+
+    model = create_fine("tiny", roi_size=(64, 64, 32), feature_size=12, num_heads=(1, 2, 2, 4), deep_supervision=net["deep_supervision"])
+    torch.save(model.state_dict(), root / "models" / "model.pt")
+    out_dir = tmp_path / "seg"
+    wf = workflow(
+        ["inference.json"], "infer", bundle_root=str(root), dataset_dir=str(data), output_dir=str(out_dir),
+        roi_size=[64, 64, 32], pixdim=[2.0, 2.0, 3.0], overlap=0.25,
+    )
+    wf.run()
+    wf.finalize()
+    seg = nib.load(out_dir / "example_ct_seg.nii.gz")
+    ref = nib.load(totalseg_dir / "example_ct.nii.gz")
+    assert seg.shape == ref.shape == (122, 101, 112)
+    np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-4)
+
+
+def _write(path: Path, array: np.ndarray, affine=np.diag([4.0, 4.0, 4.0, 1.0])) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def test_bad_data_fails_before_training(phantom_dir, tmp_path):
+    data = tmp_path / "bad"
+    shutil.copytree(phantom_dir, data)
+    items = json.loads((data / "dataset_0.json").read_text())
+    label_path = data / items["training"][0]["label"]
+    label = np.asarray(nib.load(label_path).dataobj).copy()
+    label[0, 0, 0] = 17
+    _write(label_path, label.astype(np.uint8), nib.load(label_path).affine)
+    (data / items["training"][1]["image"]).unlink()
+    with pytest.raises(Exception) as err:
+        workflow(["train.json"], "train", bundle_root=str(tmp_path / "run"), dataset_dir=str(data), max_epochs=1)
+    text = str(err.value) + str(err.value.__cause__)
+    assert label_path.name in text and "17" in text
+    missing = items["training"][1]["image"].split("/")[-1]
+    assert missing in text and ("not found" in text.lower() or "missing" in text.lower()), text
+    assert not (tmp_path / "run" / "models").exists()  # nothing written
