@@ -35,9 +35,10 @@ SMALL = {
 }
 
 
-def workflow(configs, workflow_type, **override) -> ConfigWorkflow:
+def workflow(configs, workflow_type, run_id: str = "run", **override) -> ConfigWorkflow:
     wf = ConfigWorkflow(
         config_file=[str(CONFIGS / c) for c in configs],
+        run_id=run_id,
         meta_file=META,
         logging_file=LOGGING,
         workflow_type=workflow_type,
@@ -100,8 +101,8 @@ def test_train_evaluate_infer_resume(phantom_dir, tmp_path):
     assert (models / "model.pt").is_file() and (models / "last_checkpoint_epoch=1.pt").is_file()
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=False)
     assert state["memory_visits"].sum() > 0  # the visit record is in the checkpoint
-    # resume: the trainer restarts from the last checkpoint's epoch and iteration
-    wf = workflow(["train.json"], "train", max_epochs=2, epoch_length=2, val_interval=1, **common)
+    # resume: the trainer restarts from the last checkpoint's epoch and iteration; `run training` trains too
+    wf = workflow(["train.json"], "train", run_id="training", max_epochs=2, epoch_length=2, val_interval=1, **common)
     trainer = wf.parser.get_parsed_content("train#trainer")
     assert (trainer.state.epoch, trainer.state.iteration) == (1, 2)
     wf.run()
