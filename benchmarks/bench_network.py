@@ -1,0 +1,544 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Cost of FINE per memory mode against MONAI's SwinUNETR at the same crop: parameters, FLOPs, training-step and
+inference time, peak memory.
+
+One command measures every configuration; each (configuration, repeat) runs in a fresh subprocess so that one
+model's allocations cannot pollute the next one's memory peak, and with ``--repeats 2`` the order is reversed on the
+second pass (ABBA) so that a drift in background load does not favour one configuration. Every configuration prints a
+``BENCH {json}`` line on stdout; a CSV (device name and thread count in every row) and a summary of ratios follow.
+
+    python benchmarks/bench_network.py                          # fine_bcv at 128x128x64 on CPU (slow, many GB)
+    python benchmarks/bench_network.py --device cuda --steps 10
+    python benchmarks/bench_network.py --preset tiny --roi 64 64 32 --steps 1   # a quick check
+
+See ``benchmarks/README.md`` for the columns and how memory is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+FINE_MODES = ("none", "window", "released", "full", "scan")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# the crop's place in its scan, as (2, 3) [start, stop) fractions: 3x3 of the 4x4x1 memory cells
+ROI_BOX = ((0.1, 0.1, 0.25), (0.6, 0.6, 0.75))
+ROI_BOX_2 = ((0.4, 0.4, 0.25), (0.9, 0.9, 0.75))  # the scan-memory row's second crop of the same scan
+CSV_FIELDS = (
+    "config", "model", "memory", "scan_memory", "batch", "roi", "device", "device_name", "threads", "torch", "monai",
+    "fused_attn", "tf32", "params", "params_m", "params_tokens", "params_memory_norms", "params_memory_attn",
+    "gflops_fwd", "gmacs_fwd", "gflops_fwd_per_crop", "gflops_fwd_one_pass", "gflops_train_step",
+    "train_s", "train_s_per_crop", "train_s_min", "train_s_max", "train_runq_wait", "train_peak_mb",
+    "infer_s", "infer_s_per_crop", "infer_one_pass_s", "two_pass_ratio", "infer_runq_wait", "infer_peak_mb",
+    "mem_baseline_mb", "mem_method", "warmup", "steps", "repeats", "status",
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------- worker
+class PeakMemory:
+    """Peak memory of a phase in MiB, measured from ``start()`` to ``stop()``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, the model included), reset per phase. CPU: the kernel's
+    resident-set high-water mark ``VmHWM`` of this process, reset per phase by writing ``5`` to
+    ``/proc/self/clear_refs`` (Linux >= 4.0), minus the RSS measured before the model was built; where that reset is
+    not allowed, RSS sampled every 2 ms with psutil, minus the same baseline.
+    """
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.method = "cuda_max_memory_allocated" if self.cuda else self._cpu_method()
+        self.baseline = self._current()
+        self._peak = 0.0
+        self._sampler: threading.Thread | None = None
+        self._running = False
+
+    @staticmethod
+    def _cpu_method() -> str:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            PeakMemory._status("VmHWM")
+            return "rss_vmhwm_minus_baseline"
+        except (OSError, ValueError):
+            return "rss_psutil_2ms_minus_baseline"
+
+    @staticmethod
+    def _status(key: str) -> float:
+        with open("/proc/self/status") as f:
+            match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE)
+        if match is None:
+            raise ValueError(f"{key} not in /proc/self/status")
+        return int(match.group(1)) / 1024
+
+    def _current(self) -> float:
+        import torch
+
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        if self.method.startswith("rss_vmhwm"):
+            return self._status("VmRSS")
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+    def _sample(self) -> None:
+        import psutil
+
+        proc = psutil.Process()
+        while self._running:
+            self._peak = max(self._peak, proc.memory_info().rss / 2**20)
+            time.sleep(0.002)
+
+    def start(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.method.startswith("rss_vmhwm"):
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        else:
+            self._peak, self._running = self._current(), True
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+
+    def stop(self) -> float:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self.method.startswith("rss_vmhwm"):
+            peak = self._status("VmHWM")
+        else:
+            self._running = False
+            self._sampler.join()
+            peak = max(self._peak, self._current())
+        return round(peak - self.baseline, 1)
+
+
+def _register_cpu_sdpa_flops() -> None:
+    """FlopCounterMode (torch 2.13) has no formula for the CPU fused-attention kernel and would count attention as 0;
+    register the same formulas it uses for the CUDA kernels."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    fwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None and fwd not in fc.flop_registry:
+        fc.register_flop_formula(fwd)(lambda q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_flop_count(q, k, v))
+    if bwd is not None and bwd not in fc.flop_registry:
+        fc.register_flop_formula(bwd)(
+            lambda g, q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_backward_flop_count(g, q, k, v)
+        )
+
+
+def _build(cfg: dict):
+    """The model, its loss and its forward keyword arguments for one configuration."""
+    import torch
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    if cfg["model"] == "swinunetr":
+        from monai.networks.nets import SwinUNETR
+
+        return SwinUNETR(in_channels=1, out_channels=14, feature_size=48), loss, {}
+    from monai_fine.networks.nets.fine import fine_bcv, fine_tiny
+
+    factory = fine_bcv if cfg["preset"] == "bcv" else fine_tiny
+    scan = cfg["memory"] == "scan"
+    net = factory(
+        1, 14, memory="full" if scan else cfg["memory"], scan_memory=scan, deep_supervision=True, roi_size=cfg["roi"]
+    )
+    # steady state of training: every memory cell visited, so V-MSA attends to all volume tokens
+    net.memory_visits.fill_(1)
+    boxes = (ROI_BOX, ROI_BOX_2)[: cfg["batch"]]
+    kwargs = {"roi_box": torch.tensor(boxes, dtype=torch.float32)}
+    if scan:
+        kwargs["scan_id"] = torch.zeros(cfg["batch"], dtype=torch.long)  # both crops from one scan
+    return net, DeepSupervisionLoss(loss), kwargs
+
+
+def _run_delay() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (Linux schedstat), or None."""
+    total = 0
+    for path in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(path.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9 if Path("/proc/self/task").is_dir() else None
+
+
+def _timed(fn, n: int, sync, threads: int | None) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds of ``n`` calls of ``fn`` and, given ``threads`` (CPU runs), for each the fraction of
+    ``threads`` x wall time that this process's threads waited for a CPU (0 on a quiet machine)."""
+    wall, wait = [], []
+    for _ in range(n):
+        sync()
+        t0, d0 = time.perf_counter(), _run_delay() if threads else None
+        fn()
+        sync()
+        wall.append(time.perf_counter() - t0)
+        d1 = _run_delay() if threads else None
+        if d0 is not None and d1 is not None:
+            wait.append((d1 - d0) / (wall[-1] * threads))
+    return wall, wait
+
+
+def _set_tf32(enable: bool) -> None:
+    """TF32 for both matmuls and cuDNN convolutions, or for neither (torch's default mixes them)."""
+    import torch
+
+    mode = "tf32" if enable else "ieee"
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = mode
+        torch.backends.cudnn.conv.fp32_precision = mode
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = enable
+        torch.backends.cudnn.allow_tf32 = enable
+
+
+def run_worker(cfg: dict) -> dict:
+    """Measure one configuration in this process (called in a fresh subprocess by :func:`main`)."""
+    import torch
+
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    import monai
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from monai_fine.config import use_fused_attn
+
+    _register_cpu_sdpa_flops()
+    torch.manual_seed(0)
+    device = torch.device(cfg["device"])
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    if cuda:
+        _set_tf32(cfg["tf32"])
+    mem = PeakMemory(device)  # baseline before the model exists
+
+    net, loss_fn, fwd_kwargs = _build(cfg)
+    net = net.to(device)
+    fwd_kwargs = {k: v.to(device) for k, v in fwd_kwargs.items()}
+    B = cfg["batch"]
+    x = torch.randn(B, 1, *cfg["roi"], device=device)
+    label = torch.randint(0, 14, (B, 1, *cfg["roi"]), device=device).float()
+    warmup, steps = max(1, cfg["warmup"]), cfg["steps"]
+    named = dict(net.named_parameters())
+
+    def count(*parts: str) -> int:
+        return sum(p.numel() for n, p in named.items() if any(part in n for part in parts))
+
+    threads = torch.get_num_threads()
+    cpu_threads = None if cuda else threads  # CPU runs also measure how long threads waited for a core
+    res = {
+        "params": sum(p.numel() for p in net.parameters()),
+        "params_tokens": count("window_tokens", "volume_tokens"),  # what the memory modes add to "none":
+        "params_memory_norms": count("norm_global", "norm_volume"),
+        "params_memory_attn": count("attn_global", "attn_volume"),  # 0 with share_memory_attention=True
+        "device_name": torch.cuda.get_device_name(device) if cuda else cfg["cpu_name"],
+        "threads": threads,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "fused_attn": use_fused_attn() if cfg["model"] == "fine" else False,
+        "tf32": cfg["tf32"] if cuda else None,
+        "mem_baseline_mb": round(mem.baseline, 1),
+        "mem_method": mem.method,
+    }
+
+    # inference: eval mode, no grad, one forward (two passes for the scan-memory row)
+    net.eval().requires_grad_(False)
+    one_pass_kwargs = {k: v for k, v in fwd_kwargs.items() if k != "scan_id"}
+    mem.start()
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            net(x, **fwd_kwargs)
+        res["gflops_fwd"] = counter.get_total_flops() / 1e9
+        for _ in range(warmup - 1):
+            net(x, **fwd_kwargs)
+        res["infer_times"], res["infer_waits"] = _timed(lambda: net(x, **fwd_kwargs), steps, sync, cpu_threads)
+        if "scan_id" in fwd_kwargs:  # the same crops in one ordinary pass
+            with FlopCounterMode(display=False) as counter:
+                net(x, **one_pass_kwargs)
+            res["gflops_fwd_one_pass"] = counter.get_total_flops() / 1e9
+            res["infer_one_pass_times"] = _timed(lambda: net(x, **one_pass_kwargs), steps, sync, cpu_threads)[0]
+    res["infer_peak_mb"] = mem.stop()
+    if cfg["flops_only"]:
+        return res
+
+    # training step: forward, DiceCE (deep supervision for FINE), backward, SGD step
+    net.train().requires_grad_(True)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x, **fwd_kwargs), label).backward()
+        opt.step()
+
+    mem.start()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    res["gflops_train_step"] = counter.get_total_flops() / 1e9
+    for _ in range(warmup - 1):
+        step()
+    res["train_times"], res["train_waits"] = _timed(step, steps, sync, cpu_threads)
+    res["train_peak_mb"] = mem.stop()
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------- driver
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _configs(args) -> list[dict]:
+    base = {
+        "roi": list(args.roi),
+        "device": args.device,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "cpu_name": cpu_name(),
+        "flops_only": args.flops_only,
+        "tf32": args.tf32,
+    }
+    preset = f"fine_{args.preset}"
+    configs = []
+    for mode in args.modes:
+        name = f"{preset}:full+scan" if mode == "scan" else f"{preset}:{mode}"
+        batch = 2 if mode == "scan" else 1
+        configs.append({**base, "config": name, "model": "fine", "preset": args.preset, "memory": mode, "batch": batch})
+    if not args.skip_swinunetr:
+        swin = {"config": "swinunetr", "model": "swinunetr", "preset": None, "memory": None, "batch": 1}
+        configs.append({**base, **swin})
+    return configs
+
+
+def _spawn(cfg: dict) -> dict:
+    """Run one configuration in a fresh interpreter; returns the worker's result or an error status."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cfg)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("WORKER_RESULT "):
+            return json.loads(line[len("WORKER_RESULT ") :])
+    if proc.returncode < 0:
+        status = f"killed by signal {-proc.returncode} (out of memory?)"
+    else:
+        status = f"failed with exit code {proc.returncode}"
+    return {"status": status}
+
+
+def _aggregate(cfg: dict, runs: list[dict], repeats: int) -> dict:
+    """One row per configuration: timed steps pooled over repeats (median), memory peaks the max over repeats."""
+    ok = [r for r in runs if r.get("status", "ok") == "ok"]
+    row = {k: None for k in CSV_FIELDS}
+    row.update(
+        config=cfg["config"],
+        model=cfg["model"],
+        memory=cfg["memory"] if cfg["memory"] != "scan" else "full",
+        scan_memory=cfg["memory"] == "scan",
+        batch=cfg["batch"],
+        roi="x".join(map(str, cfg["roi"])),
+        device=cfg["device"],
+        warmup=cfg["warmup"],
+        steps=cfg["steps"],
+        repeats=repeats,
+        status="ok" if len(ok) == len(runs) else "; ".join(r.get("status", "ok") for r in runs),
+    )
+    if not ok:
+        return row
+    first = ok[0]
+    for key in ("device_name", "threads", "torch", "monai", "fused_attn", "tf32", "mem_method"):
+        row[key] = first[key]
+    for key in ("params", "params_tokens", "params_memory_norms", "params_memory_attn"):
+        row[key] = first[key]
+    B = cfg["batch"]
+    row["params_m"] = round(first["params"] / 1e6, 3)
+    row["gflops_fwd"] = round(first["gflops_fwd"], 3)
+    row["gmacs_fwd"] = round(first["gflops_fwd"] / 2, 3)
+    row["gflops_fwd_per_crop"] = round(first["gflops_fwd"] / B, 3)
+    if "gflops_fwd_one_pass" in first:
+        row["gflops_fwd_one_pass"] = round(first["gflops_fwd_one_pass"], 3)
+
+    def pooled(key: str) -> list[float]:
+        return [t for r in ok for t in r.get(key, [])]
+
+    train = pooled("train_times")
+    if train:
+        row["train_s"] = round(statistics.median(train), 4)
+        row["train_s_per_crop"] = round(row["train_s"] / B, 4)
+        row["train_s_min"], row["train_s_max"] = round(min(train), 4), round(max(train), 4)
+    infer, one_pass = pooled("infer_times"), pooled("infer_one_pass_times")
+    if infer:
+        row["infer_s"] = round(statistics.median(infer), 4)
+        row["infer_s_per_crop"] = round(row["infer_s"] / B, 4)
+    for phase in ("train", "infer"):
+        waits = pooled(f"{phase}_waits")
+        if waits:
+            row[f"{phase}_runq_wait"] = round(max(0.0, statistics.median(waits)), 3)
+    if one_pass and infer:
+        row["infer_one_pass_s"] = round(statistics.median(one_pass), 4)
+        row["two_pass_ratio"] = round(row["infer_s"] / row["infer_one_pass_s"], 3)
+    if "train_peak_mb" in first:
+        row["train_peak_mb"] = max(r["train_peak_mb"] for r in ok)
+        row["gflops_train_step"] = round(first["gflops_train_step"], 3)
+    row["infer_peak_mb"] = max(r["infer_peak_mb"] for r in ok)
+    row["mem_baseline_mb"] = max(r["mem_baseline_mb"] for r in ok)
+    return row
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def summarize(rows: list[dict], preset: str) -> dict:
+    """Ratios, and the design targets (DESIGN.md sections 1 and 4) as ``{"<ratio> <op> <bound>": value}``."""
+    by = {r["config"]: r for r in rows if r["status"] == "ok"}
+    none, full = by.get(f"fine_{preset}:none"), by.get(f"fine_{preset}:full")
+    scan, swin = by.get(f"fine_{preset}:full+scan"), by.get("swinunetr")
+    keys = ("train_s", "train_peak_mb", "infer_s", "infer_peak_mb", "params", "gflops_fwd", "gflops_train_step")
+    out: dict = {}
+    targets: dict = {}
+    if none:
+        for mode in ("window", "released", "full"):
+            r = by.get(f"fine_{preset}:{mode}")
+            if r:
+                out[f"{mode}/none"] = {k: _ratio(r[k], none[k]) for k in keys}
+                out[f"{mode} - none params"] = {
+                    "total": r["params"] - none["params"],
+                    "tokens": r["params_tokens"],
+                    "layernorms": r["params_memory_norms"],
+                    "own_attention": r["params_memory_attn"],
+                }
+    if full and none:
+        targets["full/none train_s <= 1.05"] = _ratio(full["train_s"], none["train_s"])
+        targets["full/none train_peak_mb <= 1.04"] = _ratio(full["train_peak_mb"], none["train_peak_mb"])
+    if full and swin:
+        out["swinunetr/full"] = {k: _ratio(swin[k], full[k]) for k in keys}
+        targets["swinunetr/full train_s >= 1.5"] = out["swinunetr/full"]["train_s"]
+    if scan:
+        targets["scan two-pass/one-pass infer_s <= 2"] = scan["two_pass_ratio"]
+        if full:
+            out["scan per crop / full"] = {
+                "train_s": _ratio(scan["train_s_per_crop"], full["train_s"]),
+                "infer_s": _ratio(scan["infer_s_per_crop"], full["infer_s"]),
+                "gflops_fwd": _ratio(scan["gflops_fwd_per_crop"], full["gflops_fwd"]),
+                "train_peak_mb (B=2 vs B=1)": _ratio(scan["train_peak_mb"], full["train_peak_mb"]),
+            }
+    out["targets"] = targets
+    waits = [r[k] for r in by.values() for k in ("train_runq_wait", "infer_runq_wait") if r.get(k) is not None]
+    if waits and max(waits) > 0.05:
+        out["warning"] = (
+            f"the timed threads waited for a CPU up to {max(waits):.0%} of their time (runq_wait columns): other "
+            "load shared the cores, so times are unreliable. Rerun on a quiet machine."
+        )
+    return out
+
+
+def _print_summary(summary: dict, rows: list[dict]) -> None:
+    goals = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t}
+    dev = next((r for r in rows if r["device_name"]), rows[0])
+    print(f"\nSummary on {dev['device_name']} ({dev['device']}, {dev['threads']} threads), crop {dev['roi']}")
+    print("  GFLOPs = FLOPs / 1e9 as torch's FlopCounterMode counts them (2 per multiply-add: GMACs = GFLOPs / 2);")
+    print("  times are medians in seconds; peak = training-step memory in MiB (" + str(dev["mem_method"]) + ")")
+    for r in rows:
+        print(
+            f"  {r['config']:<22} B={r['batch']}  params {r['params_m']} M  fwd {r['gflops_fwd']} GFLOPs "
+            f"({r['gmacs_fwd']} GMACs)  train {r['train_s']} s  infer {r['infer_s']} s  "
+            f"peak {r['train_peak_mb']} MiB  [{r['status']}]"
+        )
+    for name, value in summary.items():
+        if isinstance(value, dict) and name != "targets":
+            print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
+    for name, value in summary["targets"].items():
+        op, bound = name.split()[-2:]
+        verdict = "n/a" if value is None else ("met" if goals[op](value, float(bound)) else "MISSED")
+        print(f"  target {name}: {value} -> {verdict}")
+    if "warning" in summary:
+        print("  WARNING: " + summary["warning"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modes", nargs="+", choices=FINE_MODES, default=list(FINE_MODES),
+                        help="FINE memory modes; 'scan' is memory='full' with scan_memory=True on 2 crops of one scan")
+    parser.add_argument("--roi", nargs=3, type=int, default=(128, 128, 64), metavar=("X", "Y", "Z"),
+                        help="crop size (SwinUNETR needs multiples of 32)")
+    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every worker")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps (>= 1; the first counts FLOPs)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps; the median is reported")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over all configurations, alternating order")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="only parameters, forward FLOPs and one inference forward (no training step)")
+    parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 in matmuls and convolutions (default: neither)")
+    parser.add_argument("--skip-swinunetr", action="store_true", help="leave out the SwinUNETR anchor")
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="default benchmarks/results/bench_network_<device>.csv (_tiny_ for --preset tiny)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one configuration as JSON
+    args = parser.parse_args(argv)  # fmt: skip
+
+    if args.worker:
+        sys.path.insert(0, str(REPO_ROOT))  # monai_fine without an install
+        cfg = json.loads(args.worker)
+        try:
+            res = {**run_worker(cfg), "status": "ok"}
+        except Exception as e:  # report (out-of-memory included) and let the driver go on
+            res = {"status": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+        print("WORKER_RESULT " + json.dumps(res), flush=True)
+        return
+
+    if args.steps < 0 or args.warmup < 0 or args.repeats < 1:
+        parser.error("--steps and --warmup must be >= 0, --repeats >= 1")
+    if not args.skip_swinunetr and any(r % 32 for r in args.roi):
+        parser.error(f"SwinUNETR needs a crop divisible by 32, got --roi {args.roi}; change it or --skip-swinunetr")
+    device_tag = re.sub(r"[^a-z0-9]+", "", args.device.lower())
+    path = args.csv or RESULTS_DIR / f"bench_network_{'tiny_' if args.preset == 'tiny' else ''}{device_tag}.csv"
+
+    configs = _configs(args)
+    runs: dict[str, list[dict]] = {c["config"]: [] for c in configs}
+    for rep in range(args.repeats):
+        for cfg in configs if rep % 2 == 0 else configs[::-1]:
+            print(f"# {cfg['config']} (repeat {rep + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
+            res = _spawn(cfg)
+            runs[cfg["config"]].append(res)
+            print("BENCH_RUN " + json.dumps({"config": cfg["config"], "repeat": rep, **res}), flush=True)
+
+    rows = [_aggregate(c, runs[c["config"]], args.repeats) for c in configs]
+    for row in rows:
+        print("BENCH " + json.dumps(row), flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(rows, args.preset)
+    print("SUMMARY " + json.dumps(summary), flush=True)
+    _print_summary(summary, rows)
+    print(f"\nwrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
