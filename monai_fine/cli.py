@@ -141,6 +141,8 @@ def demo(
     learning_rate: float = 0.01,
     num_workers: int = 2,
     device: str | None = None,
+    shape: tuple[int, int, int] = (96, 96, 64),
+    roi_size: tuple[int, int, int] | None = None,
 ) -> str:
     """Phantom -> training through the bundle -> evaluation on held-out cases -> inference; prints a table.
 
@@ -156,12 +158,14 @@ def demo(
         preset, memory, scan_memory, num_samples, learning_rate: bundle tunables.
         num_workers: data-loader workers.
         device: e.g. ``"cpu"`` or ``"cuda:0"``; default CUDA if available.
+        shape: phantom volume size in voxels (3 mm isotropic).
+        roi_size: training crop / inference window; default the preset's.
     """
     t0 = time.time()
     out_dir = Path(out).resolve()
     data_dir = out_dir / "data"
     if not (data_dir / "dataset_0.json").is_file():
-        phantom(str(data_dir), num_cases=num_cases, seed=seed, num_test=2)
+        phantom(str(data_dir), num_cases=num_cases, seed=seed, num_test=2, shape=tuple(shape))
     common: dict[str, Any] = dict(
         bundle_root=str(out_dir),
         dataset_dir=str(data_dir),
@@ -172,6 +176,8 @@ def demo(
         num_workers=num_workers,
         seed=seed,
     )
+    if roi_size is not None:
+        common["roi_size"] = [int(r) for r in roi_size]
     if device is not None:
         common["device"] = f"$torch.device('{device}')"
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
