@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
+from monai_fine.metrics import BTCV_LABELS
+
 nib, _ = optional_import("nibabel")
 ndimage, _ = optional_import("scipy.ndimage")
 spatial, _ = optional_import("scipy.spatial")
@@ -43,22 +45,6 @@ interpolate, _ = optional_import("scipy.interpolate")
 
 __all__ = ["BTCV_LABELS", "make_phantom_case", "make_phantom_dataset", "phantom"]
 
-BTCV_LABELS: dict[int, str] = {
-    0: "background",
-    1: "spleen",
-    2: "right kidney",
-    3: "left kidney",
-    4: "gallbladder",
-    5: "esophagus",
-    6: "liver",
-    7: "stomach",
-    8: "aorta",
-    9: "inferior vena cava",
-    10: "portal and splenic vein",
-    11: "pancreas",
-    12: "right adrenal gland",
-    13: "left adrenal gland",
-}
 
 # Nominal size (mm, half axes) of the abdominal cavity and of the muscle wall around it; the subcutaneous fat varies.
 _CAVITY = (108.0, 80.0)

@@ -24,7 +24,21 @@ from monai_fine.metrics import HausdorffDistance95Metric, OrganDiceMetric
 __all__ = ["OrganDice", "HausdorffDistance95"]
 
 
-class OrganDice(IgniteMetricHandler):
+class _OrganMetricHandler(IgniteMetricHandler):
+    """Shared accessors of the per-organ handlers."""
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Scored label indices, in column order."""
+        return self.metric_fn.labels  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def class_names(self) -> list[str]:
+        """Organ names in column order (``class<j>`` of MetricsSaver's CSVs is ``class_names[j]``)."""
+        return self.metric_fn.class_names  # type: ignore[attr-defined,no-any-return]
+
+
+class OrganDice(_OrganMetricHandler):
     """Per-case, per-organ Dice; the value is the mean over organs of the per-organ nanmean over cases."""
 
     def __init__(
@@ -64,18 +78,8 @@ class OrganDice(IgniteMetricHandler):
         metric_fn = OrganDiceMetric(labels=labels, protocol=protocol, empty=empty, reduction=reduction)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
-    @property
-    def labels(self) -> tuple[int, ...]:
-        """Scored label indices, in column order."""
-        return self.metric_fn.labels  # type: ignore[attr-defined,no-any-return]
 
-    @property
-    def class_names(self) -> list[str]:
-        """Organ names in column order (``class<j>`` of MetricsSaver's CSVs is ``class_names[j]``)."""
-        return self.metric_fn.class_names  # type: ignore[attr-defined,no-any-return]
-
-
-class HausdorffDistance95(IgniteMetricHandler):
+class HausdorffDistance95(_OrganMetricHandler):
     """Per-case, per-organ HD95 in millimetres; the value is the mean over organs of the nanmean over cases.
 
     Unlike ``monai.handlers.HausdorffDistance``, which calls its metric without ``spacing`` and so reports voxel
@@ -123,13 +127,3 @@ class HausdorffDistance95(IgniteMetricHandler):
             labels=labels, protocol=protocol, empty=empty, reduction=reduction, spacing=spacing
         )
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
-
-    @property
-    def labels(self) -> tuple[int, ...]:
-        """Scored label indices, in column order."""
-        return self.metric_fn.labels  # type: ignore[attr-defined,no-any-return]
-
-    @property
-    def class_names(self) -> list[str]:
-        """Organ names in column order (``class<j>`` of MetricsSaver's CSVs is ``class_names[j]``)."""
-        return self.metric_fn.class_names  # type: ignore[attr-defined,no-any-return]

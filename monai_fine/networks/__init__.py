@@ -2,6 +2,6 @@
 """Networks: :class:`FINE` and its presets."""
 
 from monai_fine.networks.blocks.memory import ScanMemory, intersecting_cells
-from monai_fine.networks.nets.fine import FINE, Fine, fine_bcv, fine_tiny
+from monai_fine.networks.nets.fine import FINE, PRESETS, Fine, create_fine, fine_bcv, fine_tiny
 
-__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "ScanMemory", "intersecting_cells"]
+__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "PRESETS", "create_fine", "ScanMemory", "intersecting_cells"]

@@ -16,7 +16,7 @@ from monai_fine.networks.blocks.memory import ScanMemory, intersecting_cells
 from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
 from monai_fine.networks.blocks.transformer import MEMORY_MODES, FineStage, MemoryContext
 
-__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny"]
+__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "PRESETS", "create_fine"]
 
 
 class FINE(nn.Module):
@@ -319,3 +319,15 @@ def fine_tiny(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
     )
     cfg.update(kwargs)
     return FINE(in_channels, out_channels, **cfg)
+
+
+PRESETS = {"bcv": fine_bcv, "tiny": fine_tiny}
+
+
+def create_fine(preset: str = "bcv", in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
+    """Build a preset by name (``"bcv"`` or ``"tiny"``) with keyword overrides; the bundle's ``network_def``."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}.")
+    if kwargs.get("roi_size") is not None:
+        kwargs["roi_size"] = tuple(int(r) for r in kwargs["roi_size"])
+    return PRESETS[preset](in_channels, out_channels, **kwargs)

@@ -1,0 +1,103 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""benchmarks/context_ablation.py end to end on a minimal budget (a few iterations, a tiny network, 4 small cases)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "context_ablation.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("context_ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    return _load()
+
+
+# a tiny network, small crops and a small phantom keep every run at seconds on a CPU
+MINIMAL = [
+    "--variants", "situs", "--seeds", "0", "--iterations", "2", "--epoch_length", "1", "--roi", "32", "32", "16",
+    "--num_cases", "5", "--val_fraction", "0.4", "--shape", "48", "48", "32", "--spacing", "4", "4", "4",
+    "--device", "cpu", "--num_workers", "0",
+    "--override", "network_def#feature_size=12", "--override", "network_def#num_heads=[1, 2, 2, 4]",
+]  # fmt: skip
+
+
+def test_context_ablation_end_to_end(ablation, tmp_path):
+    configs = list(ablation.CONFIGS)
+    out = tmp_path / "ablation"
+    res = ablation.main(["--out", str(out), "--configs", ",".join(configs), *MINIMAL])
+    assert not res["failed"] and not res["skipped"]
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    # 2 held-out cases, one of them situs inversus: subsets all / normal / situs
+    assert {r["subset"] for r in rows} == {"all", "normal", "situs"}
+    for subset in ("all", "normal", "situs"):
+        for config in configs:
+            labels = sorted(int(r["label"]) for r in rows if r["subset"] == subset and r["config"] == config)
+            assert labels == list(range(1, 14)), (subset, config)
+    for r in rows:
+        dice, hd95 = float(r["dice"]), float(r["hd95_mm"])
+        assert math.isnan(dice) or 0.0 <= dice <= 1.0, r
+        assert math.isnan(hd95) or hd95 >= 0.0, r
+        assert r["iterations"] == "2" and r["variant"] == "situs" and r["seed"] == "0"
+        assert float(r["train_minutes"]) >= 0.0 and float(r["eval_minutes"]) > 0.0
+        if int(r["label"]) in ablation.TWIN:
+            swap = float(r["twin_swap"])
+            assert math.isnan(swap) or 0.0 <= swap <= 1.0
+            assert int(r["to_twin_voxels"]) <= int(r["truth_voxels"])
+    all_rows = [r for r in rows if r["subset"] == "all"]
+    assert all(int(r["cases"]) == 2 for r in all_rows)
+    # the phantom's held-out cases contain both kidneys: the swap counts see their voxels
+    assert all(int(r["truth_voxels"]) > 0 for r in all_rows if r["label"] in ("2", "3"))
+
+    # the scan-memory config trained with memory "full" and a per-scan memory, the others without
+    scan = {r["config"]: (r["memory"], r["scan_memory"]) for r in rows}
+    assert scan["full+scan"] == ("full", "True") and scan["none"] == ("none", "False")
+    assert (out / "runs" / "situs" / "seed0" / "full_scan" / "models" / "model_final.pt").is_file()
+    assert len(list((out / "runs" / "situs" / "seed0" / "none" / "eval" / "predictions").glob("*_seg.nii.gz"))) == 2
+
+    md = (out / "summary.md").read_text()
+    for config in configs:
+        assert f"| {config} |" in md
+    for text in ("machine:", "torch", "monai", "--iterations 2", "situs inversus cases"):
+        assert text in md
+    assert (out / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --resume reuses finished runs: no training or evaluation, same numbers
+    res2 = ablation.main(["--out", str(out), "--configs", "none,full+scan", "--resume", *MINIMAL])
+    assert res2["minutes"] < res["minutes"]
+    with open(out / "results.csv") as f:
+        again = list(csv.DictReader(f))
+    assert {r["config"] for r in again} == {"none", "full+scan"}
+    before = {(r["subset"], r["config"], r["label"]): r["dice"] for r in rows}
+    assert all(before[(r["subset"], r["config"], r["label"])] == r["dice"] for r in again)
+
+
+def test_budget_skips_runs_and_arguments(ablation, tmp_path):
+    out = tmp_path / "budget"
+    res = ablation.main(["--out", str(out), "--configs", "none,window", "--budget_minutes", "0", *MINIMAL])
+    # the budget is checked before each launch: with 0 minutes nothing runs, and the summary says so
+    assert res["skipped"] == ["situs/seed0/none", "situs/seed0/window"]
+    assert "Skipped" in (out / "summary.md").read_text()
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--configs", "none,bogus"])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--configs", "full+scan", "--num_samples", "1"])
+    args = ablation.parse_args(["--iterations", "600"])
+    assert args.max_epochs * args.epoch_length == 600 and args.roi == [32, 32, 32] and args.pixdim == [3.0, 3.0, 3.0]
+    args = ablation.parse_args(["--dataset_dir", "/data/btcv", "--preset", "bcv", "--iterations", "250000"])
+    assert args.roi == [128, 128, 64] and args.pixdim == [0.76, 0.76, 3.0] and args.epoch_length == 250
+    assert args.variants == ["btcv"]
