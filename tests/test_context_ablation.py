@@ -91,13 +91,32 @@ def test_budget_skips_runs_and_arguments(ablation, tmp_path):
     res = ablation.main(["--out", str(out), "--configs", "none,window", "--budget_minutes", "0", *MINIMAL])
     # the budget is checked before each launch: with 0 minutes nothing runs, and the summary says so
     assert res["skipped"] == ["situs/seed0/none", "situs/seed0/window"]
-    assert "Skipped" in (out / "summary.md").read_text()
+    assert "Not run (over --budget_minutes 0)" in (out / "summary.md").read_text()
     with pytest.raises(SystemExit):
         ablation.parse_args(["--configs", "none,bogus"])
     with pytest.raises(SystemExit):
         ablation.parse_args(["--configs", "full+scan", "--num_samples", "1"])
+    # phantom defaults: small crops, AdamW; real data: the paper's crop, spacing and the bundle's SGD recipe
     args = ablation.parse_args(["--iterations", "600"])
-    assert args.max_epochs * args.epoch_length == 600 and args.roi == [32, 32, 32] and args.pixdim == [3.0, 3.0, 3.0]
+    assert args.max_epochs * args.epoch_length == 600 and args.roi == [32, 32, 16] and args.pixdim == [3.0, 3.0, 3.0]
+    assert args.optimizer == "adamw" and args.learning_rate == 0.002
     args = ablation.parse_args(["--dataset_dir", "/data/btcv", "--preset", "bcv", "--iterations", "250000"])
     assert args.roi == [128, 128, 64] and args.pixdim == [0.76, 0.76, 3.0] and args.epoch_length == 250
+    assert args.max_epochs == 1000 and args.optimizer == "bundle" and args.learning_rate == 0.01
     assert args.variants == ["btcv"]
+    o = ablation.bundle_overrides(args, "full+scan", 3, Path("/data/btcv"), Path("/tmp/r"))
+    assert (o["memory"], o["scan_memory"], o["seed"], o["preset"]) == ("full", True, 3, "bcv") and "optimizer" not in o
+
+
+def test_parallel_workers(ablation, tmp_path):
+    # --jobs 2: two single-threaded worker processes share the runs; the parent collects them into one summary
+    out = tmp_path / "jobs"
+    argv = ["--out", str(out), "--configs", "none,full", *MINIMAL, "--iterations", "1", "--jobs", "2"]
+    res = ablation.main(argv)
+    assert not res["failed"] and not res["skipped"]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["config"] for r in rows} == {"none", "full"} and len(rows) == 2 * 3 * 13
+    assert (out / "worker_0.log").is_file() and (out / "worker_1.log").is_file()
+    assert not list(out.glob("runs/*/*/*/.claim-*"))
+    assert "2 parallel runs of 1 torch thread each" in (out / "summary.md").read_text()
