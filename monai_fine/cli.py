@@ -132,8 +132,8 @@ def demo(
     out: str = "fine_demo",
     num_cases: int = 24,
     seed: int = 0,
-    max_epochs: int = 40,
-    epoch_length: int = 25,
+    max_epochs: int = 60,
+    epoch_length: int = 100,
     preset: str = "tiny",
     memory: str = "full",
     scan_memory: bool = False,
@@ -143,7 +143,8 @@ def demo(
     num_workers: int = 2,
     device: str | None = None,
     shape: tuple[int, int, int] = (96, 96, 64),
-    roi_size: tuple[int, int, int] | None = None,
+    roi_size: tuple[int, int, int] = (32, 32, 16),
+    crop_sampler: str = "classes",
 ) -> str:
     """Phantom -> training through the bundle -> evaluation on held-out cases -> inference; prints a table.
 
@@ -162,7 +163,9 @@ def demo(
         num_workers: data-loader workers.
         device: e.g. ``"cpu"`` or ``"cuda:0"``; default CUDA if available.
         shape: phantom volume size in voxels (3 mm isotropic).
-        roi_size: training crop / inference window; default the preset's.
+        roi_size: training crop / inference window (voxels of 3 mm).
+        crop_sampler: ``"classes"`` (every organ equally often at a crop centre, so the small organs are learned in
+            minutes) or ``"posneg"`` (the bundle default, foreground/background 2:1).
     """
     t0 = time.time()
     out_dir = Path(out).resolve()
@@ -179,8 +182,7 @@ def demo(
         num_workers=num_workers,
         seed=seed,
     )
-    if roi_size is not None:
-        common["roi_size"] = [int(r) for r in roi_size]
+    common["roi_size"] = [int(r) for r in roi_size]
     if device is not None:
         common["device"] = f"$torch.device('{device}')"
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
@@ -191,6 +193,7 @@ def demo(
         epoch_length=epoch_length,
         val_interval=max_epochs,
         num_samples=num_samples,
+        crop_sampler=crop_sampler,
         optimizer_name=optimizer_name,
         learning_rate=learning_rate,
         **common,
