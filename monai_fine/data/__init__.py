@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
-from monai_fine.data.checks import check, check_datalist, check_datalist_file, check_file_exists, check_images
+from monai_fine.data.checks import (
+    check,
+    check_datalist,
+    check_datalist_file,
+    check_file_exists,
+    check_images,
+    check_option,
+)
 from monai_fine.data.datalist import (
     BTCV_TEST_IDS,
     BTCV_TRAIN_IDS,
@@ -26,6 +33,7 @@ __all__ = [
     "check_datalist_file",
     "check_file_exists",
     "check_images",
+    "check_option",
     "datalist",
     "make_phantom_case",
     "make_phantom_dataset",

@@ -21,7 +21,7 @@ from monai.utils import optional_import
 
 nib, _ = optional_import("nibabel")
 
-__all__ = ["check_datalist", "check_datalist_file", "check", "check_images", "check_file_exists"]
+__all__ = ["check_datalist", "check_datalist_file", "check", "check_images", "check_file_exists", "check_option"]
 
 _MAX_LISTED = 10
 
@@ -252,4 +252,11 @@ def check_file_exists(path: str | Path, what: str = "file") -> bool:
     """Raise ``FileNotFoundError`` naming ``what`` and ``path`` unless ``path`` is an existing file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
+    return True
+
+
+def check_option(name: str, value: Any, choices: Sequence[Any]) -> bool:
+    """Raise ``ValueError`` naming the tunable ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
     return True

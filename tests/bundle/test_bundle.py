@@ -188,3 +188,12 @@ def test_bad_data_fails_before_training(phantom_dir, tmp_path):
     missing = items["training"][1]["image"].split("/")[-1]
     assert missing in text and ("not found" in text.lower() or "missing" in text.lower()), text
     assert not (tmp_path / "run" / "models").exists()  # nothing written
+
+
+def test_unknown_tunable_values_are_refused(phantom_dir, tmp_path):
+    with pytest.raises(Exception) as err:
+        workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), crop_sampler="posnegg")
+    assert "crop_sampler must be one of" in str(err.value) + str(err.value.__cause__)
+    with pytest.raises(Exception) as err:
+        workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), memory="intended")
+    assert "memory must be one of" in str(err.value) + str(err.value.__cause__)
