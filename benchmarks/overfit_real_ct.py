@@ -6,7 +6,7 @@ on the same scan, so the Dice it reaches says that data loading, orientation, sp
 sliding-window inference and the inversion back onto the scan's grid fit together. The scan is one patient; never
 read it as generalisation.
 
-    python benchmarks/overfit_real_ct.py --data ../shared/data/totalseg_ct --out runs/overfit_real_ct --iterations 600
+    python benchmarks/overfit_real_ct.py --data ../shared/data/totalseg_ct --out runs/overfit_real_ct --iterations 800
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "totalseg_ct"))
     parser.add_argument("--out", default="runs/overfit_real_ct")
-    parser.add_argument("--iterations", type=int, default=600)
+    parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--epoch_length", type=int, default=50)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--memory", default="full")
     parser.add_argument("--roi", type=int, nargs=3, default=[64, 64, 32])
     parser.add_argument("--pixdim", type=float, nargs=3, default=[3.0, 3.0, 3.0])
-    parser.add_argument("--learning_rate", type=float, default=0.01)
+    parser.add_argument("--optimizer_name", default="adamw", choices=("sgd", "adamw"))
+    parser.add_argument("--learning_rate", type=float, default=0.002)
+    parser.add_argument("--crop_sampler", default="classes", choices=("posneg", "classes"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     run_bundle(
         ["train.json"], "train", max_epochs=epochs, epoch_length=args.epoch_length, val_interval=epochs,
-        learning_rate=args.learning_rate, **common,
+        optimizer_name=args.optimizer_name, learning_rate=args.learning_rate, crop_sampler=args.crop_sampler, **common,
     )
     minutes = (time.time() - t0) / 60
     run_bundle(["train.json", "evaluate.json"], "eval", checkpoint=str(out / "models" / "model_final.pt"), **common)
