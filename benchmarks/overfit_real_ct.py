@@ -15,6 +15,7 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--learning_rate", type=float, default=0.002)
     parser.add_argument("--crop_sampler", default="classes", choices=("posneg", "classes"))
     parser.add_argument("--seed", type=int, default=0)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
     out = Path(args.out).resolve()
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [
         f"# Overfitting one real CT (example_ct, train = evaluation scan)",
         "",
-        f"Command: `python benchmarks/overfit_real_ct.py {' '.join(argv or [])}`".rstrip(),
+        f"Command: `python benchmarks/overfit_real_ct.py {' '.join(argv)}`",
         f"Machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "
         f"{args.iterations} iterations ({epochs} x {args.epoch_length}), training {minutes:.1f} min",
         "",

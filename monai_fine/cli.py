@@ -132,7 +132,7 @@ def demo(
     out: str = "fine_demo",
     num_cases: int = 24,
     seed: int = 0,
-    max_epochs: int = 60,
+    max_epochs: int = 45,
     epoch_length: int = 100,
     preset: str = "tiny",
     memory: str = "full",
