@@ -121,6 +121,7 @@ def _overlay_png(image: Path, truth: Path, pred: Path, out: Path) -> None:
         if mask is not None:
             m = np.ma.masked_equal(mask[:, :, z].T, 0)
             ax.imshow(m, cmap=cmap, vmin=0, vmax=13, alpha=0.55, origin="lower", interpolation="nearest")
+        ax.invert_xaxis()  # radiological view: the patient's right on the viewer's left
         ax.set_title(f"{title} (axial slice {z})")
         ax.axis("off")
     fig.tight_layout()
