@@ -87,9 +87,10 @@ def organ_table(eval_dir: str | Path, protocol: str = "btcv13", prefix: str = "v
     from monai_fine.metrics import BTCV_LABELS, PROTOCOLS
 
     eval_dir = Path(eval_dir)
-    name = "" if protocol == "btcv13" else "_synapse8"
-    dice = _read_raw(eval_dir / f"{prefix}{name or ''}_mean_dice_raw.csv" if not name else eval_dir / f"{prefix}{name}_dice_raw.csv")
-    hd95 = _read_raw(eval_dir / f"{prefix}{name}_hd95_raw.csv")
+    # metric names of bundle/configs/evaluate.json
+    dice_name, hd95_name = {"btcv13": ("mean_dice", "hd95"), "synapse8": ("synapse8_dice", "synapse8_hd95")}[protocol]
+    dice = _read_raw(eval_dir / f"{prefix}_{dice_name}_raw.csv")
+    hd95 = _read_raw(eval_dir / f"{prefix}_{hd95_name}_raw.csv")
     rows = []
     for j, label in enumerate(PROTOCOLS[protocol]):
         rows.append(

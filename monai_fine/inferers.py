@@ -47,16 +47,13 @@ def _unwrap(network: Callable) -> Callable:
 
 
 def _accepts(network: Callable, name: str) -> bool:
-    fn = network.forward if isinstance(network, nn.Module) else network
+    """Whether the (unwrapped) network's forward takes the keyword ``name``."""
+    fn = getattr(_unwrap(network), "forward", network)
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    if name in params:
-        return True
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return name in inspect.signature(_unwrap(network).forward).parameters if _unwrap(network) is not network else True
-    return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class FINEInferer(Inferer):

@@ -251,11 +251,11 @@ class FineStage(nn.Module):
             "relative_position_index", relative_position_index((window_size,) * 3, window_size), persistent=False
         )
 
-    def _masks(self, B: int, geom: WindowGeometry, shifted: bool, ctx: MemoryContext, device) -> _BlockMasks:
+    def _memory_masks(self, B: int, geom: WindowGeometry, ctx: MemoryContext, device) -> _BlockMasks:
+        """The memory part of the masks (the same for regular and shifted blocks); ``window`` is left None."""
         T = self.num_window_tokens
-        window = window_attention_mask(geom, shifted, T, device)
         if self.volume_tokens is None:
-            return _BlockMasks(window, None, False, None, None)
+            return _BlockMasks(None, None, False, None, None)
         intersect = ctx.intersect.to(device)
         if self.memory == "released":
             visible = intersect
@@ -267,7 +267,7 @@ class FineStage(nn.Module):
             volume_keys = None if bool(seen.all()) else seen.view(1, 1, 1, -1)
             write = visible.to(self.volume_tokens.dtype).unsqueeze(-1)
         global_keys = torch.cat([torch.ones(B, geom.num_windows * T, dtype=torch.bool, device=device), visible], 1)
-        return _BlockMasks(window, volume_keys, run_volume, global_keys.view(B, 1, 1, -1), write)
+        return _BlockMasks(None, volume_keys, run_volume, global_keys.view(B, 1, 1, -1), write)
 
     def forward(self, x: torch.Tensor, ctx: MemoryContext, stage_index: int) -> torch.Tensor:
         """
@@ -294,7 +294,11 @@ class FineStage(nn.Module):
             memory = ctx.scan_memory
             if memory is not None and memory.mode == "read":
                 vol = vol_start = vol + memory.read(stage_index, ctx.scan_index)
-        masks = [self._masks(B, geom, s, ctx, x.device) for s in (False, True)]
+        memory_masks = self._memory_masks(B, geom, ctx, x.device)
+        masks = [
+            memory_masks._replace(window=window_attention_mask(geom, s, self.num_window_tokens, x.device))
+            for s in (False, True)
+        ]
         for blk in self.blocks:
             args = (x, win, vol, geom, rel_index, masks[int(blk.shifted)])
             if self.use_checkpoint and self.training:
