@@ -151,3 +151,23 @@ def test_progress_bars_print_and_can_be_switched_off(phantom_dir, tmp_path, capf
     infer = _workflow(["inference.json"], "infer", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
                       load_pretrain=False, sw_progress=False)
     assert infer.parser.get_parsed_content("inferer#progress") is False
+
+
+def test_mlflow_tracks_evaluation(tracked_run, phantom_dir):
+    """``--tracking mlflow`` on train.json + evaluate.json: a second run with the evaluation metrics and config."""
+    root = tracked_run["root"]
+    wf = _workflow(["train.json", "evaluate.json"], "eval", tracking="mlflow", bundle_root=str(root),
+                   dataset_dir=str(phantom_dir))
+    wf.run()
+    wf.finalize()
+    out = tracked_run["output_dir"]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("monai_experiment").experiment_id])
+    assert len(runs) == 2  # the finished training run stays as it was; evaluation opens its own
+    run = next(r for r in runs if "val_hd95" in r.data.metrics)
+    assert run.info.status == "FINISHED"
+    saved = dict(line.split(",") for line in (out / "metrics.csv").read_text().splitlines())  # MetricsSaver's file
+    for name in ["val_mean_dice", "val_hd95", "val_synapse8_dice", "val_synapse8_hd95"]:
+        assert run.data.metrics[name] == pytest.approx(float(saved[name]), rel=1e-5), name
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert any(a.startswith("config_") for a in artifacts), artifacts
