@@ -34,6 +34,7 @@ MINIMAL = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_context_ablation_end_to_end(ablation, tmp_path):
     configs = list(ablation.CONFIGS)
     out = tmp_path / "ablation"
@@ -108,6 +109,7 @@ def test_budget_skips_runs_and_arguments(ablation, tmp_path):
     assert (o["memory"], o["scan_memory"], o["seed"], o["preset"]) == ("full", True, 3, "bcv") and "optimizer" not in o
 
 
+@pytest.mark.slow
 def test_parallel_workers(ablation, tmp_path):
     # --jobs 2: two single-threaded worker processes share the runs; the parent collects them into one summary
     out = tmp_path / "jobs"
