@@ -182,7 +182,7 @@ def _run_delay() -> float | None:
     return total / 1e9 if Path("/proc/self/task").is_dir() else None
 
 
-def _timed(fn, n: int, sync, threads: int | None) -> tuple[list[float], list[float]]:
+def timed_calls(fn, n: int, sync, threads: int | None) -> tuple[list[float], list[float]]:
     """Wall-clock seconds of ``n`` calls of ``fn`` and, given ``threads`` (CPU runs), for each the fraction of
     ``threads`` x wall time that this process's threads waited for a CPU (0 on a quiet machine)."""
     wall, wait = [], []
@@ -198,7 +198,7 @@ def _timed(fn, n: int, sync, threads: int | None) -> tuple[list[float], list[flo
     return wall, wait
 
 
-def _set_tf32(enable: bool) -> None:
+def set_tf32(enable: bool) -> None:
     """TF32 for both matmuls and cuDNN convolutions, or for neither (torch's default mixes them)."""
     import torch
 
@@ -228,7 +228,7 @@ def run_worker(cfg: dict) -> dict:
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
     if cuda:
-        _set_tf32(cfg["tf32"])
+        set_tf32(cfg["tf32"])
     mem = PeakMemory(device)  # baseline before the model exists
 
     net, loss_fn, fwd_kwargs = _build(cfg)
@@ -270,12 +270,12 @@ def run_worker(cfg: dict) -> dict:
         res["gflops_fwd"] = counter.get_total_flops() / 1e9
         for _ in range(warmup - 1):
             net(x, **fwd_kwargs)
-        res["infer_times"], res["infer_waits"] = _timed(lambda: net(x, **fwd_kwargs), steps, sync, cpu_threads)
+        res["infer_times"], res["infer_waits"] = timed_calls(lambda: net(x, **fwd_kwargs), steps, sync, cpu_threads)
         if "scan_id" in fwd_kwargs:  # the same crops in one ordinary pass
             with FlopCounterMode(display=False) as counter:
                 net(x, **one_pass_kwargs)
             res["gflops_fwd_one_pass"] = counter.get_total_flops() / 1e9
-            res["infer_one_pass_times"] = _timed(lambda: net(x, **one_pass_kwargs), steps, sync, cpu_threads)[0]
+            res["infer_one_pass_times"] = timed_calls(lambda: net(x, **one_pass_kwargs), steps, sync, cpu_threads)[0]
     res["infer_peak_mb"] = mem.stop()
     if cfg["flops_only"]:
         return res
@@ -295,7 +295,7 @@ def run_worker(cfg: dict) -> dict:
     res["gflops_train_step"] = counter.get_total_flops() / 1e9
     for _ in range(warmup - 1):
         step()
-    res["train_times"], res["train_waits"] = _timed(step, steps, sync, cpu_threads)
+    res["train_times"], res["train_waits"] = timed_calls(step, steps, sync, cpu_threads)
     res["train_peak_mb"] = mem.stop()
     return res
 

@@ -1,0 +1,170 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""The networks a user would train instead of FINE, as the benchmarks build them (one definition for
+``bench_network.py`` and ``gpu_report.py``).
+
+- :func:`swinunetr`: MONAI's ``SwinUNETR(in_channels=1, out_channels=14, feature_size=48)``, the Model Zoo BTCV
+  network, with MONAI's defaults.
+- :func:`nnunet_dynunet`: MONAI's ``DynUNet`` configured as nnU-Net's ``3d_fullres`` plan for BTCV at a given patch.
+
+How the nnU-Net plan is derived (read in nnU-Net v2, ``MIC-DKFZ/nnUNet``,
+``nnunetv2/experiment_planning/experiment_planners/network_topology.py`` (``get_pool_and_conv_props``) and
+``default_experiment_planner.py`` (``ExperimentPlanner``); the deep-supervision weights in
+``nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py``):
+
+1. Target spacing: BTCV's median spacing, 0.76 x 0.76 x 3.0 mm (x, y, z; the bundle's ``pixdim``).
+2. Topology (:func:`nnunet_plan`): starting from the patch and the spacing, nnU-Net repeatedly pools (stride 2) every
+   axis that is still at least ``2 * 4`` voxels long (bottleneck edge >= 4, ``UNet_featuremap_min_edge_length``) and
+   whose current spacing is within a factor 2 of the smallest current spacing (a single such axis is pooled only
+   while it has at least ``3 * 4`` voxels). An axis's convolution kernel is 1 until its spacing comes within a factor
+   2 of the smallest spacing, then 3 for good; the bottleneck always gets 3 x 3 x 3. At the paper's crop
+   128 x 128 x 64 this gives 6 stages: kernels ``(3,3,1), (3,3,3) x 5``, strides ``(1,1,1), (2,2,1), (2,2,2) x 4``
+   (total stride (32, 32, 16), the same as ``fine_bcv``), bottleneck 4 x 4 x 4. nnU-Net picks the patch itself from
+   a GPU-memory estimate; here the patch is fixed to the crop being compared, and the plan follows from it.
+3. Filters: ``min(32 * 2**stage, 320)`` -> 32, 64, 128, 256, 320, 320; two convolutions per stage in the encoder and
+   the decoder; instance norm (affine, eps 1e-5) and leaky ReLU (0.01): ``DynUNet``'s defaults (``res_block=False``).
+4. Deep supervision: nnU-Net supervises every decoder output but the lowest one, with weights ``1 / 2**i``
+   normalised to sum 1. With 6 stages that is the full resolution plus 3 lower ones: ``deep_supervision=True,
+   deep_supr_num=3`` and :func:`ds_loss_weights` ``(3) = [8, 4, 2, 1] / 15``. MONAI's ``DynUNet`` upsamples its lower
+   outputs to the full size and stacks them (nnU-Net downsamples the label instead); :func:`ds_outputs` turns that
+   stack into the list ``DeepSupervisionLoss`` takes.
+5. Training: ``DiceCELoss`` with that deep supervision, SGD (lr 0.01, momentum 0.99, Nesterov, weight decay 3e-5),
+   batch 2 (``UNet_min_batch_size``): the recipe the FINE bundle uses too.
+
+Remaining differences from nnU-Net's ``PlainConvUNet``: DynUNet's convolutions have no bias (nnU-Net's do; instance
+norm follows each one, so this changes no output) and its transposed convolutions have none either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BTCV_SPACING",
+    "nnunet_plan",
+    "nnunet_dynunet",
+    "swinunetr",
+    "ds_outputs",
+    "ds_loss_weights",
+]
+
+BTCV_SPACING = (0.76, 0.76, 3.0)  # mm, x y z: the BTCV median spacing nnU-Net resamples to
+
+
+def nnunet_plan(
+    patch_size: Sequence[int],
+    spacing: Sequence[float] = BTCV_SPACING,
+    min_edge: int = 4,
+    base_features: int = 32,
+    max_features: int = 320,
+) -> dict:
+    """nnU-Net's 3d_fullres network topology for ``patch_size`` at ``spacing`` (see the module docstring).
+
+    Args:
+        patch_size: the patch (crop) in voxels per axis.
+        spacing: the target spacing in mm per axis, in the same axis order as ``patch_size``.
+        min_edge: the smallest bottleneck edge in voxels (nnU-Net: 4).
+        base_features, max_features: filters of the first stage and the cap (nnU-Net 3D: 32 and 320).
+
+    Returns:
+        ``{"kernel_size", "strides", "filters", "deep_supr_num", "total_stride"}``: per-stage lists as ``DynUNet``
+        takes them (``strides[0]`` is ``[1, 1, 1]``), and the number of lower deep-supervision outputs.
+
+    Raises:
+        ValueError: when ``patch_size`` and ``spacing`` differ in length or hold a non-positive value, or when
+            ``patch_size`` is not divisible by the total stride the plan needs.
+    """
+    if len(patch_size) != len(spacing) or min(patch_size) < 1 or min(spacing) <= 0:
+        raise ValueError(f"patch_size {tuple(patch_size)} and spacing {tuple(spacing)}: need equal lengths, > 0.")
+    dim = len(spacing)
+    cur_spacing, cur_size = [float(s) for s in spacing], [float(p) for p in patch_size]
+    kernel = [1] * dim
+    kernels, strides = [], [[1] * dim]
+    while True:
+        axes = [a for a in range(dim) if cur_size[a] >= 2 * min_edge]
+        if not axes:
+            break
+        finest = min(cur_spacing[a] for a in axes)
+        axes = [a for a in axes if cur_spacing[a] / finest < 2]
+        if len(axes) == 1 and cur_size[axes[0]] < 3 * min_edge:
+            break
+        finest_all = min(cur_spacing)
+        kernel = [3 if kernel[a] == 3 or cur_spacing[a] / finest_all < 2 else 1 for a in range(dim)]
+        stride = [2 if a in axes else 1 for a in range(dim)]
+        for a in axes:
+            cur_spacing[a] *= 2
+            cur_size[a] = -(-cur_size[a] // 2)
+        kernels.append(list(kernel))
+        strides.append(stride)
+    kernels.append([3] * dim)  # the bottleneck
+    total = [1] * dim
+    for s in strides:
+        total = [t * v for t, v in zip(total, s)]
+    if any(p % t for p, t in zip(patch_size, total)):
+        raise ValueError(f"patch_size {tuple(patch_size)} must be divisible by the plan's total stride {tuple(total)}.")
+    n = len(strides)
+    filters = [min(base_features * 2**i, max_features) for i in range(n)]
+    # nnU-Net supervises the decoder outputs above the lowest one: n - 2 lower outputs besides the full one
+    return {
+        "kernel_size": kernels,
+        "strides": strides,
+        "filters": filters,
+        "deep_supr_num": max(n - 3, 0),
+        "total_stride": total,
+    }
+
+
+def ds_loss_weights(deep_supr_num: int) -> list[float]:
+    """nnU-Net's deep-supervision weights ``1 / 2**i`` over the full output and ``deep_supr_num`` lower ones,
+    normalised to sum 1."""
+    raw = [0.5**i for i in range(deep_supr_num + 1)]
+    return [w / sum(raw) for w in raw]
+
+
+def nnunet_dynunet(patch_size: Sequence[int], in_channels: int = 1, out_channels: int = 14, **plan_kwargs):
+    """MONAI ``DynUNet`` with nnU-Net's 3d_fullres plan for BTCV at ``patch_size`` (see the module docstring).
+
+    Args:
+        patch_size: the crop in voxels (x, y, z).
+        in_channels, out_channels: image channels and classes (background included).
+        plan_kwargs: further arguments of :func:`nnunet_plan` (``spacing``, ``base_features``, ``max_features``;
+            the benchmarks' tiny CPU mode uses smaller filters).
+
+    Returns:
+        ``(network, plan)``; in training mode the network returns the ``(B, 1 + deep_supr_num, C, ...)`` stack that
+        :func:`ds_outputs` splits.
+    """
+    from monai.networks.nets import DynUNet
+
+    plan = nnunet_plan(patch_size, **plan_kwargs)
+    net = DynUNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=plan["kernel_size"],
+        strides=plan["strides"],
+        upsample_kernel_size=plan["strides"][1:],
+        filters=plan["filters"],
+        norm_name=("INSTANCE", {"affine": True, "eps": 1e-5}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        deep_supervision=plan["deep_supr_num"] > 0,
+        deep_supr_num=max(plan["deep_supr_num"], 1),
+        res_block=False,
+    )
+    return net, plan
+
+
+def ds_outputs(out):
+    """DynUNet's stacked deep-supervision output ``(B, K, C, ...)`` as the list ``[full, lower...]`` that MONAI's
+    ``DeepSupervisionLoss`` takes; any other output is returned unchanged."""
+    import torch
+
+    if isinstance(out, torch.Tensor) and out.ndim == 6:
+        return list(torch.unbind(out, dim=1))
+    return out
+
+
+def swinunetr(in_channels: int = 1, out_channels: int = 14, feature_size: int = 48):
+    """MONAI's ``SwinUNETR`` with its defaults (``feature_size=48``: the Model Zoo BTCV network)."""
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size)
