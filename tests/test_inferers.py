@@ -189,3 +189,14 @@ def test_network_without_roi_box_raises_unless_switched_off():
     with pytest.raises(ValueError, match="pass_roi_box=True"):
         FINEInferer(ROI, pass_roi_box=False, scan_memory=True)
     assert FINEInferer(ROI, 2, 0.25, "constant", progress=True).progress  # MONAI's positional order and progress
+
+
+def test_untraceable_input_is_refused_naming_the_transform():
+    """A grid change after a crop has no roi_box frame: the inferer refuses it, as CropLocationd does."""
+    from monai.transforms import CropForeground, Spacing
+
+    img = MetaTensor(torch.zeros(1, 40, 40, 20))
+    img[:, 5:35, 5:35, 2:18] = 1.0
+    img = Spacing(pixdim=(2.0, 2.0, 2.0))(CropForeground()(img))
+    with pytest.raises(ValueError, match="batch item 0.*`SpatialResample`.*applied after `CropForeground`"):
+        FINEInferer(ROI)(img[None], BoxRecorder())
