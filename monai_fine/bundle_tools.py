@@ -103,7 +103,13 @@ def read_network_config(checkpoint: str | os.PathLike | None) -> dict[str, Any]:
     return dict(_read_cached(path, os.path.getmtime(path)))
 
 
-def create_network(checkpoint: str | os.PathLike | None = None, preset: str = "bcv", **kwargs: Any) -> torch.nn.Module:
+def create_network(
+    checkpoint: str | os.PathLike | None = None,
+    preset: str = "bcv",
+    in_channels: int = 1,
+    out_channels: int = 14,
+    **kwargs: Any,
+) -> torch.nn.Module:
     """Build FINE with :func:`monai_fine.networks.create_fine` and record its arguments in its weights.
 
     Args:
@@ -111,18 +117,22 @@ def create_network(checkpoint: str | os.PathLike | None = None, preset: str = "b
             record (``preset`` and ``kwargs`` then only give the :data:`RUNTIME_ARGS`; a differing architecture
             argument is logged). None, a missing file or one without a record: ``preset`` and ``kwargs`` decide.
         preset: ``"bcv"`` or ``"tiny"``.
-        kwargs: ``in_channels``, ``out_channels`` and any :class:`monai_fine.networks.FINE` argument.
+        in_channels: input channels.
+        out_channels: output channels (classes incl. background).
+        kwargs: any other :class:`monai_fine.networks.FINE` argument.
 
     Returns:
-        the network, with a ``network_config`` buffer (JSON of ``{"preset": ..., **kwargs}``) in its ``state_dict``,
-        except when ``checkpoint`` exists without a record (then the weights load strictly as before).
+        the network, with a ``network_config`` buffer (JSON of ``{"preset": ..., **kwargs}``; when rebuilt from a
+        record, that record unchanged, so the weights load strictly) in its ``state_dict``, except when ``checkpoint``
+        exists without a record (then the weights load strictly as before).
 
     Raises:
         ValueError: an unknown preset or a bad network argument (from :func:`create_fine`).
     """
     from monai_fine.networks import create_fine
 
-    wanted = {"preset": preset, **{k: _plain(v) for k, v in kwargs.items()}}
+    wanted = {"preset": preset, "in_channels": in_channels, "out_channels": out_channels}
+    wanted.update({k: _plain(v) for k, v in kwargs.items()})
     recorded = read_network_config(checkpoint)
     config = dict(wanted)
     if recorded:
@@ -137,7 +147,7 @@ def create_network(checkpoint: str | os.PathLike | None = None, preset: str = "b
     args = dict(config)
     net = create_fine(args.pop("preset"), **args)
     if not checkpoint or not os.path.isfile(checkpoint) or recorded:
-        net.register_buffer(CONFIG_BUFFER, _encode(config))
+        net.register_buffer(CONFIG_BUFFER, _encode(recorded or config))
     return net
 
 
