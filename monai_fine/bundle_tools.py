@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
 import shutil
+import warnings
 import zipfile
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -38,8 +38,6 @@ __all__ = [
     "resume_objects",
     "package_bundle",
 ]
-
-logger = logging.getLogger(__name__)
 
 BUNDLE_NAME = "fine_btcv_segmentation"
 """Folder name of the bundle in the Model Zoo, in MONAI Label's ``model/`` folder and in the zip."""
@@ -140,7 +138,7 @@ def create_network(
         differ = {k: (wanted.get(k), recorded.get(k)) for k in set(wanted) | set(recorded)}
         differ = {k: v for k, v in differ.items() if k not in RUNTIME_ARGS and k in wanted and v[0] != v[1]}
         if differ:
-            logger.warning(
+            warnings.warn(
                 f"network rebuilt from the arguments recorded in {checkpoint}; these differ from the config "
                 f"(config, recorded): {differ}"
             )
@@ -177,7 +175,8 @@ def resume_objects(checkpoint: str | os.PathLike | None, max_epochs: int, **obje
     epoch = int(ckpt.get("trainer", {}).get("epoch", 0)) if isinstance(ckpt, Mapping) else 0
     if epoch < int(max_epochs) or "model" not in objects:
         return objects
-    logger.info(f"{checkpoint}: that run finished ({epoch} >= max_epochs {max_epochs}); training anew from its weights.")
+    # a warning, not a log record: a bundle's logging.conf (fileConfig) disables loggers created before it
+    warnings.warn(f"{checkpoint}: that run finished ({epoch} >= max_epochs {max_epochs}); training anew from its weights.")
     return {"model": objects["model"]}
 
 

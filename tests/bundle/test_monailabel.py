@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -164,15 +165,14 @@ def _post(url: str, body: dict, timeout: float = 600) -> bytes:
         return r.read()
 
 
-def _wait_train(base: str, proc, log: Path, timeout: float = 900) -> dict:
-    end = time.time() + timeout
-    while time.time() < end:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        status = _get(f"{base}/train/?check_if_running=false")
-        if status.get("status") in ("DONE", "ERROR"):
-            return status
-        time.sleep(2)
-    raise TimeoutError(log.read_text()[-3000:])
+def _post_form(url: str, params: dict, timeout: float = 600) -> bytes:
+    """multipart/form-data with one ``params`` field (how /infer takes the user's options)."""
+    boundary = "monaifineboundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
+            f"--{boundary}--\r\n").encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
 
 
 @pytest.mark.slow
@@ -197,7 +197,8 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
     assert (bundle / "models" / "model.pt").is_file()
 
     # datastore: 4 phantom cases with final labels + the real example CT (no label)
-    phantom = make_phantom_dataset(tmp_path / "phantom", num_cases=4, seed=1, shape=(48, 48, 16),
+    phantom = tmp_path / "phantom"
+    make_phantom_dataset(phantom, num_cases=4, seed=1, shape=(48, 48, 16),
                                    spacing=(1.52, 1.52, 3.0), num_test=0, val_fraction=0.25)
     studies = tmp_path / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
@@ -233,13 +234,14 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
         assert info["trainers"][BUNDLE_NAME]
 
         # /infer on the real CT: a label map on the input's grid; the user's options are taken
-        seg = _post(f"{base}/infer/{BUNDLE_NAME}?image=example_ct_sm&output=image",
-                    {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4})
+        seg = _post_form(f"{base}/infer/{BUNDLE_NAME}?image=example_ct_sm&output=image",
+                         {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4})
         (tmp_path / "seg.nii.gz").write_bytes(seg)
         pred, ref = nib.load(str(tmp_path / "seg.nii.gz")), nib.load(str(ct))
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine, atol=1e-4)
         labels = np.unique(np.asarray(pred.dataobj))
         assert set(labels.tolist()) <= set(range(14)), labels
+        assert "'overlap': 0.0, " in log.read_text()  # the user's option reached the inferer MONAI Label logs
 
         # /train twice: each writes a usable model.pt, the second starts from the first's weights
         states = []
@@ -247,15 +249,18 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
             before = (bundle / "models" / "model.pt").stat().st_mtime
             _post(f"{base}/train/{BUNDLE_NAME}?run_sync=true", {"device": "cpu", "max_epochs": 1, "val_split": 0.5,
                                                                "multi_gpu": False, "pretrained": True, "tracking": "None"})
-            status = _get(f"{base}/train/?check_if_running=false")
-            assert status.get("status") == "DONE", (status, log.read_text()[-4000:])
+            assert log.read_text().count("Training Finished") == round_ + 1, log.read_text()[-4000:]
             assert (bundle / "models" / "model.pt").stat().st_mtime > before, log.read_text()[-4000:]
             net = load_network(bundle / "models" / "model.pt")
             assert net.memory == "full" and net.patch_size == (2, 2, 2)
             states.append({k: v.clone() for k, v in net.state_dict().items()})
         text = log.read_text()
         assert "Add Checkpoint Loader for Path" in text
-        assert "training anew from its weights" in text  # the finished first run is not resumed for 0 epochs
+        assert text.count("Epoch: 1/1, Iter: 2/2") == 2  # both calls trained (the finished first run is not resumed)
+        assert text.count("Restored all variables from " + str(bundle / "models" / "model.pt")) == 2
+        # same seed, same data: only different starting weights change the first loss of the second call
+        first = re.findall(r"Epoch: 1/1, Iter: 1/2 -- train_loss: ([0-9.]+)", text)
+        assert len(first) == 2 and first[0] != first[1], first
         assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0] if k != CONFIG_BUFFER)
     finally:
         proc.terminate()
