@@ -1,7 +1,7 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """``python -m monai_fine <command>``: thin wrappers over the MONAI bundle workflows and the data tools.
 
-Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``. Bundle
+Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``, ``package_bundle``. Bundle
 commands take any bundle id as an override (``--max_epochs 5``, ``--preset tiny``, ``--dataset_dir DIR``).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from monai_fine.data import check, datalist, phantom
 
-__all__ = ["bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "COMMANDS"]
+__all__ = ["bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "package_bundle", "COMMANDS"]
 
 
 def bundle_dir() -> Path:
@@ -238,6 +238,14 @@ def demo(
     return f"mean Dice {mean_dice:.3f}, mean HD95 {mean_hd:.1f} mm"
 
 
+def package_bundle(out: str, weights: str | None = None, weights_url: str | None = None) -> str:
+    """Build the Model Zoo zip ``out/<name>_v<version>.zip`` (configs, docs, LICENSE, the ``monai_fine`` code and the
+    weights, or ``large_files.yml`` with ``weights_url`` and md5 for weights over 25 MB)."""
+    from monai_fine.bundle_tools import package_bundle as _package
+
+    return _package(out, weights=weights, weights_url=weights_url)
+
+
 COMMANDS = {
     "phantom": phantom,
     "datalist": datalist,
@@ -247,4 +255,5 @@ COMMANDS = {
     "infer": infer,
     "verify": verify,
     "demo": demo,
+    "package_bundle": package_bundle,
 }
