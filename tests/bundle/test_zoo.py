@@ -138,9 +138,9 @@ def test_download_and_run_in_fresh_venv(tmp_path, tiny_weights, http_dir, fresh_
     # 3. monai.bundle.load returns the network (rebuilt from the weights' record) with the weights
     code = (
         "import json, torch\nfrom monai.bundle import load\n"
-        f"net = load({BUNDLE_NAME!r}, bundle_dir={str(bundles)!r}, workflow_type='infer', device='cpu')\n"
+        f"net = load({BUNDLE_NAME!r}, bundle_dir={str(bundles)!r}, workflow_type='inference', device='cpu')\n"
         "print(json.dumps({'type': type(net).__name__, 'patch': list(net.patch_size),"
-        " 'sum': float(sum(p.double().sum() for p in net.parameters()))}))\n"
+        " 'sum': float(sum(p.detach().double().sum() for p in net.parameters()))}))\n"
     )
     res = run([str(fresh_venv), "-c", code], cwd=bundle)
     assert res.returncode == 0, res.stderr[-3000:]
