@@ -49,6 +49,7 @@ def test_zip_layout(tmp_path, tiny_weights):
                   "monai_fine/networks/nets/fine.py"]:
             assert f"{BUNDLE_NAME}/{f}" in names, f
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert max(i.file_size for i in zf.infolist()) <= 25 * 2**20  # the Zoo's per-file limit
         assert zf.read(f"{BUNDLE_NAME}/models/model.pt") == tiny_weights.read_bytes()
     # what the configs import is declared or shipped: monai_fine is shipped, so it is not a package to install
     assert "monai_fine" not in META["required_packages_version"] and "pyyaml" in META["required_packages_version"]
