@@ -2,7 +2,8 @@
 """``python -m monai_fine <command>``: thin wrappers over the MONAI bundle workflows and the data tools.
 
 Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``, and the
-experiments ``context_ablation`` and ``memory_probe`` (:py:mod:`monai_fine.experiments`, argparse options). Bundle
+experiments ``context_ablation`` and ``memory_probe`` (:py:mod:`monai_fine.experiments`, argparse options), and
+``package_bundle`` (the Model Zoo zip). Bundle
 commands take any bundle id as an override (``--max_epochs 5``, ``--preset tiny``, ``--dataset_dir DIR``).
 """
 
@@ -21,7 +22,7 @@ from monai_fine.reports import case_name, format_organ_table, nanmean, organ_tab
 
 __all__ = [
     "bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "context_ablation", "memory_probe",
-    "organ_table", "COMMANDS", "ARGPARSE_COMMANDS",
+    "package_bundle", "organ_table", "COMMANDS", "ARGPARSE_COMMANDS",
 ]  # fmt: skip
 
 
@@ -189,6 +190,14 @@ def memory_probe(*argv: str) -> None:
     main(list(argv))
 
 
+def package_bundle(out: str, weights: str | None = None, weights_url: str | None = None) -> str:
+    """Build the Model Zoo zip ``out/<name>_v<version>.zip`` (configs, docs, LICENSE, the ``monai_fine`` code and the
+    weights, or ``large_files.yml`` with ``weights_url`` and md5 for weights over 25 MB)."""
+    from monai_fine.bundle_tools import package_bundle as _package
+
+    return _package(out, weights=weights, weights_url=weights_url)
+
+
 #: commands that parse their own (argparse) options: ``python -m monai_fine NAME ...`` hands them the raw arguments
 ARGPARSE_COMMANDS = ("context_ablation", "memory_probe")
 
@@ -203,4 +212,5 @@ COMMANDS = {
     "demo": demo,
     "context_ablation": context_ablation,
     "memory_probe": memory_probe,
+    "package_bundle": package_bundle,
 }

@@ -1,0 +1,257 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""What the bundle needs to work in the tools MONAI users run: MONAI Label and the Model Zoo.
+
+* :func:`create_network`: the bundle's ``network_def``. It records the network arguments in the weights (a ``uint8``
+  buffer ``network_config`` holding JSON, so it travels in every ``state_dict``/``model.pt``) and, given an existing
+  checkpoint, rebuilds the architecture recorded there. MONAI Label instantiates ``network_def`` without overrides and
+  loads ``model.pt`` with ``strict=False``: with this, any preset's weights load.
+* :class:`PathSafeSpacingd`: ``Spacingd`` that tolerates non-dictionary ``<key>_*`` entries (MONAI Label adds the
+  string ``image_path``, on which MONAI 1.6's ``Spacingd`` calls ``.update``).
+* :func:`package_bundle`: the Model Zoo zip ``<name>_v<version>.zip`` with the ``monai_fine`` code inside, so that a
+  downloaded bundle runs with only its ``required_packages_version`` installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import warnings
+import zipfile
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.transforms import Spacingd
+
+__all__ = [
+    "BUNDLE_NAME",
+    "CONFIG_BUFFER",
+    "RUNTIME_ARGS",
+    "PathSafeSpacingd",
+    "create_network",
+    "read_network_config",
+    "load_network",
+    "resume_objects",
+    "package_bundle",
+]
+
+BUNDLE_NAME = "fine_btcv_segmentation"
+"""Folder name of the bundle in the Model Zoo, in MONAI Label's ``model/`` folder and in the zip."""
+
+CONFIG_BUFFER = "network_config"
+"""Name of the buffer that records the network arguments (JSON as ``uint8``) in the weights."""
+
+RUNTIME_ARGS = ("use_checkpoint", "use_flash_attention", "scan_memory", "roi_size", "drop_path_rate")
+"""Arguments that do not change the parameters: taken from the caller, not from the recorded config."""
+
+
+class PathSafeSpacingd(Spacingd):
+    """:class:`monai.transforms.Spacingd` that leaves non-dictionary ``<key>_*`` entries alone.
+
+    Since MONAI 1.6, ``Spacingd`` updates every ``<key>_*`` entry of the data with the image metadata; MONAI Label adds
+    ``image_path`` (a string) and inference fails with ``AttributeError: 'str' object has no attribute 'update'``.
+    The entries are set aside during the call and put back unchanged.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        d = dict(data)
+        prefixes = tuple(f"{k}_" for k in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
+
+
+def _encode(config: Mapping[str, Any]) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(config, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy of a network argument (tuples and tensors to lists)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, mtime: float) -> dict[str, Any]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else {}
+    record = state.get(CONFIG_BUFFER) if isinstance(state, Mapping) else None
+    if record is None:
+        return {}
+    return json.loads(bytes(record.tolist()).decode("utf-8"))
+
+
+def read_network_config(checkpoint: str | os.PathLike | None) -> dict[str, Any]:
+    """The network arguments recorded in ``checkpoint`` (a bare state dict or ``{"model": state_dict}``).
+
+    Returns ``{}`` when ``checkpoint`` is None, does not exist, or has no record (weights saved before the record
+    existed, or by a plain :func:`monai_fine.networks.create_fine` network).
+    """
+    if checkpoint is None or not os.path.isfile(checkpoint):
+        return {}
+    path = os.path.realpath(checkpoint)
+    return dict(_read_cached(path, os.path.getmtime(path)))
+
+
+def create_network(
+    checkpoint: str | os.PathLike | None = None,
+    preset: str = "bcv",
+    in_channels: int = 1,
+    out_channels: int = 14,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """Build FINE with :func:`monai_fine.networks.create_fine` and record its arguments in its weights.
+
+    Args:
+        checkpoint: weights whose recorded network arguments decide the architecture when the file exists and has a
+            record (``preset`` and ``kwargs`` then only give the :data:`RUNTIME_ARGS`; a differing architecture
+            argument is logged). None, a missing file or one without a record: ``preset`` and ``kwargs`` decide.
+        preset: ``"bcv"`` or ``"tiny"``.
+        in_channels: input channels.
+        out_channels: output channels (classes incl. background).
+        kwargs: any other :class:`monai_fine.networks.FINE` argument.
+
+    Returns:
+        the network, with a ``network_config`` buffer (JSON of ``{"preset": ..., **kwargs}``; when rebuilt from a
+        record, that record unchanged, so the weights load strictly) in its ``state_dict``, except when ``checkpoint``
+        exists without a record (then the weights load strictly as before).
+
+    Raises:
+        ValueError: an unknown preset or a bad network argument (from :func:`create_fine`).
+    """
+    from monai_fine.networks import create_fine
+
+    wanted = {"preset": preset, "in_channels": in_channels, "out_channels": out_channels}
+    wanted.update({k: _plain(v) for k, v in kwargs.items()})
+    recorded = read_network_config(checkpoint)
+    config = dict(wanted)
+    if recorded:
+        config = {**recorded, **{k: wanted[k] for k in RUNTIME_ARGS if k in wanted}}
+        differ = {k: (wanted.get(k), recorded.get(k)) for k in set(wanted) | set(recorded)}
+        differ = {k: v for k, v in differ.items() if k not in RUNTIME_ARGS and k in wanted and v[0] != v[1]}
+        if differ:
+            warnings.warn(
+                f"network rebuilt from the arguments recorded in {checkpoint}; these differ from the config "
+                f"(config, recorded): {differ}"
+            )
+    args = dict(config)
+    net = create_fine(args.pop("preset"), **args)
+    if not checkpoint or not os.path.isfile(checkpoint) or recorded:
+        net.register_buffer(CONFIG_BUFFER, _encode(recorded or config))
+    return net
+
+
+def load_network(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> torch.nn.Module:
+    """The network of ``checkpoint`` with its weights, rebuilt from the recorded arguments (``kwargs``: runtime
+    arguments, or the full arguments for weights without a record), in eval mode.
+
+    Raises:
+        FileNotFoundError: ``checkpoint`` does not exist.
+    """
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    net = create_network(checkpoint, **kwargs)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    net.load_state_dict(ckpt.get("model", ckpt))
+    return net.to(device).eval()
+
+
+def resume_objects(checkpoint: str | os.PathLike | None, max_epochs: int, **objects: Any) -> dict[str, Any]:
+    """What to restore from the last checkpoint ``checkpoint``: all of ``objects`` for an unfinished run, only the
+    ``model`` when that run had reached ``max_epochs`` (a new run of ``max_epochs`` epochs then starts from its weights,
+    as MONAI Label's ``/train`` expects, instead of resuming a finished run and training nothing).
+    """
+    if checkpoint is None or not os.path.isfile(checkpoint):
+        return objects
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    epoch = int(ckpt.get("trainer", {}).get("epoch", 0)) if isinstance(ckpt, Mapping) else 0
+    if epoch < int(max_epochs) or "model" not in objects:
+        return objects
+    # a warning, not a log record: a bundle's logging.conf (fileConfig) disables loggers created before it
+    warnings.warn(f"{checkpoint}: that run finished ({epoch} >= max_epochs {max_epochs}); training anew from its weights.")
+    return {"model": objects["model"]}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_bundle(
+    out: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    weights_url: str | None = None,
+    bundle: str | os.PathLike | None = None,
+    max_file_mb: float = 25.0,
+) -> str:
+    """Build the Model Zoo zip ``out/<name>_v<version>.zip`` (top folder ``<name>``, see :data:`BUNDLE_NAME`).
+
+    The zip holds ``LICENSE``, ``configs/``, ``docs/``, ``scripts/``, a copy of the ``monai_fine`` package (the configs
+    import it; MONAI and MONAI Label put the bundle folder on ``sys.path``) and the weights: ``models/model.pt`` when
+    ``weights`` is at most ``max_file_mb`` MB, otherwise ``large_files.yml`` with ``weights_url`` and the md5 (what
+    ``python -m monai.bundle download_large_files`` reads; the Zoo's per-file limit is 25 MB).
+
+    Args:
+        out: output folder (created).
+        weights: a ``model.pt`` to ship (optional).
+        weights_url: where the weights will be hosted; required when ``weights`` is over ``max_file_mb``.
+        bundle: the bundle folder (default: :func:`monai_fine.cli.bundle_dir`).
+        max_file_mb: the largest file put in the zip.
+
+    Returns:
+        the path of the zip.
+
+    Raises:
+        FileNotFoundError: ``weights`` or the bundle folder is missing.
+        ValueError: ``weights`` is too large and no ``weights_url`` is given.
+    """
+    import monai_fine
+    from monai_fine.cli import bundle_dir
+
+    src = Path(bundle) if bundle is not None else bundle_dir()
+    meta = json.loads((src / "configs" / "metadata.json").read_text())
+    name, version = BUNDLE_NAME, meta["version"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}_v{version}.zip"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "eval", "runs", "*.egg-info")
+    stage = out / f".{name}_stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    root = stage / name
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "eval", "runs", "models"))
+    shutil.copytree(Path(monai_fine.__file__).parent, root / "monai_fine", ignore=skip)
+    (root / "models").mkdir(exist_ok=True)
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise FileNotFoundError(f"weights not found: {weights}")
+        size_mb = weights.stat().st_size / 2**20
+        if size_mb <= max_file_mb:
+            shutil.copy2(weights, root / "models" / "model.pt")
+        elif not weights_url:
+            raise ValueError(
+                f"weights {weights} are {size_mb:.0f} MB, over the {max_file_mb} MB per-file limit: give weights_url "
+                "(where model.pt will be hosted) so that large_files.yml can point to it."
+            )
+        else:
+            (root / "large_files.yml").write_text(
+                "large_files:\n"
+                f'  - path: "models/model.pt"\n    url: "{weights_url}"\n    hash_val: "{_md5(weights)}"\n'
+                '    hash_type: "md5"\n'
+            )
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(root.rglob("*")):
+            zf.write(path, path.relative_to(stage).as_posix())
+    shutil.rmtree(stage)
+    return str(target)

@@ -1,0 +1,270 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""The bundle in MONAI Label: what its ``monaibundle`` app does to our configs, then a real MONAI Label server.
+
+The fast tests replay, without MONAI Label, the exact steps of ``monailabel.tasks.infer.bundle.BundleInferTask`` that
+broke (an ``image_path`` string in the data, ``network_def`` instantiated with no overrides, ``displayable_configs``
+written back into the config). The slow test starts MONAI Label 0.8.5 on 127.0.0.1 with the Zoo zip of this bundle
+in a copy of the ``monaibundle`` sample app and calls ``/info/``, ``/infer`` and ``/train`` twice. It needs a Python
+with ``monailabel`` installed (its own venv, see bundle/docs/README.md): ``$MONAI_FINE_MONAILABEL_PYTHON``, or the
+``python`` beside a ``monailabel`` found on ``PATH``; it is skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import LoadImaged, Orientationd, Spacingd
+
+from monai_fine.bundle_tools import BUNDLE_NAME, CONFIG_BUFFER, PathSafeSpacingd, create_network, load_network, package_bundle
+from monai_fine.data import make_phantom_dataset
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+CONFIGS = BUNDLE / "configs"
+TINY = {"preset": "tiny", "feature_size": 12, "num_heads": [1, 2, 2, 4], "roi_size": [32, 32, 16]}
+
+
+def _parser(config: str, bundle_root: Path) -> ConfigParser:
+    """What MONAI Label does: read the config, overwrite bundle_root, nothing else."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / config))
+    parser.config.update({"bundle_root": str(bundle_root), "device": "cpu"})
+    return parser
+
+
+def _tiny_weights(path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(create_network(**{**TINY, **kw}).state_dict(), path)
+    return path
+
+
+def test_spacingd_with_image_path_string(totalseg_dir):
+    """MONAI 1.6 ``Spacingd`` calls ``.update`` on every ``image_*`` entry; MONAI Label adds the string image_path."""
+    data = LoadImaged("image", ensure_channel_first=True)({"image": str(totalseg_dir / "example_ct_sm.nii.gz")})
+    data = Orientationd("image", axcodes="RAS")(data)
+    data["image_path"] = str(totalseg_dir / "example_ct_sm.nii.gz")
+    with pytest.raises(AttributeError, match="update"):
+        Spacingd("image", pixdim=(6.0, 6.0, 6.0))(dict(data))  # the bug, as MONAI 1.6.1 has it
+    out = PathSafeSpacingd("image", pixdim=(6.0, 6.0, 6.0))(dict(data))
+    ref = Spacingd("image", pixdim=(6.0, 6.0, 6.0))({"image": data["image"]})
+    assert out["image_path"] == data["image_path"]
+    assert torch.equal(out["image"].as_tensor(), ref["image"].as_tensor())
+    assert np.allclose(out["image"].affine, ref["image"].affine)
+
+
+def test_network_rebuilt_from_recorded_weights(tmp_path):
+    """MONAI Label instantiates ``network_def`` with no overrides; tiny weights must still load, strictly."""
+    weights = _tiny_weights(tmp_path / "models" / "model.pt", memory="window")
+    for config in ["inference.json", "train.json"]:
+        parser = _parser(config, tmp_path)
+        net = parser.get_parsed_content("network_def")
+        state = torch.load(weights, weights_only=True)
+        net.load_state_dict(state)  # strict: same architecture as recorded
+        assert net.memory == "window"
+        assert parser.get_parsed_content("preset") == "tiny" and list(parser.get_parsed_content("roi_size")) == [32, 32, 16]
+        # the recorded config travels on in the weights a training run writes
+        assert torch.equal(net.state_dict()[CONFIG_BUFFER], state[CONFIG_BUFFER])
+    # no weights: the config decides (default preset bcv is too large to build here; tiny by override)
+    parser = _parser("inference.json", tmp_path / "empty")
+    parser.config.update({"preset": "tiny"})
+    assert parser.get_parsed_content("network_def").memory == "full"
+    # runtime arguments follow the config, the architecture follows the weights
+    net = load_network(weights, use_checkpoint=True)
+    assert net.memory == "window" and sum(p.numel() for p in net.parameters()) == sum(
+        p.numel() for p in create_network(**TINY, memory="window").parameters()
+    )
+
+
+def test_weights_without_record_keep_loading_strictly(tmp_path):
+    from monai_fine.networks import create_fine
+
+    plain = create_fine("tiny", 1, 14, feature_size=12, num_heads=[1, 2, 2, 4], deep_supervision=True)
+    (tmp_path / "models").mkdir()
+    torch.save(plain.state_dict(), tmp_path / "models" / "model.pt")
+    parser = _parser("inference.json", tmp_path)
+    for k, v in {"preset": "tiny", "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]}.items():
+        parser[k] = v
+    net = parser.get_parsed_content("network_def")
+    assert CONFIG_BUFFER not in net.state_dict()
+    net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
+
+
+def _options(inferer) -> tuple:
+    kw = getattr(inferer, "sw_kwargs", None) or vars(inferer)  # FINEInferer today / as a SlidingWindowInferer
+    return kw["overlap"], kw["sw_batch_size"], inferer.scan_memory
+
+
+def test_displayable_configs_reach_the_inferer(tmp_path):
+    """MONAI Label writes the user's options into ``displayable_configs`` and re-parses (BundleInferTask)."""
+    _tiny_weights(tmp_path / "models" / "model.pt")
+    parser = _parser("inference.json", tmp_path)
+    shown = parser.get_parsed_content("displayable_configs", instantiate=True)
+    assert shown == {"sw_overlap": 0.5, "sw_batch_size": 2, "scan_memory": False}
+    inferer = parser.get_parsed_content("inferer")
+    assert _options(inferer) == (0.5, 2, False)
+    parser["displayable_configs"].update({"sw_overlap": 0.25, "sw_batch_size": 3, "scan_memory": True})
+    parser.parse()
+    inferer = parser.get_parsed_content("inferer")
+    assert _options(inferer) == (0.25, 3, True)
+
+
+def test_train_config_follows_monailabel_max_epochs(tmp_path):
+    """MONAI Label overrides ``train#trainer#max_epochs`` only: the schedule, validation and workers must follow."""
+    parser = _parser("train.json", tmp_path)
+    parser["train#trainer#max_epochs"] = 2
+    assert parser.get_parsed_content("val_interval") == 2  # validates (writes model.pt) at the last epoch
+    assert parser.get_parsed_content("num_workers") <= (os.cpu_count() or 1)
+    for k, v in {"preset": "tiny", "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]}.items():
+        parser[k] = v
+    assert parser.get_parsed_content("lr_scheduler").total_iters == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a real MONAI Label server
+
+
+def _monailabel_python() -> str | None:
+    exe = os.environ.get("MONAI_FINE_MONAILABEL_PYTHON")
+    if exe:
+        return exe
+    ml = shutil.which("monailabel")
+    if ml:
+        py = Path(ml).parent / "python"
+        return str(py) if py.exists() else None
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 30) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, body: dict, timeout: float = 600) -> bytes:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def _post_form(url: str, params: dict, timeout: float = 600) -> bytes:
+    """multipart/form-data with one ``params`` field (how /infer takes the user's options)."""
+    boundary = "monaifineboundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
+            f"--{boundary}--\r\n").encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+@pytest.mark.slow
+def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
+    python = _monailabel_python()
+    if python is None:
+        pytest.skip("MONAI Label not found: set MONAI_FINE_MONAILABEL_PYTHON to a python with monailabel installed")
+    sample = subprocess.run(
+        [python, "-c", "import os, sys; print(os.path.join(sys.prefix, 'monailabel', 'sample-apps', 'monaibundle'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    if not os.path.isdir(sample):
+        pytest.skip(f"monaibundle sample app not found at {sample}")
+
+    # the app with our bundle, as downloaded from the Zoo (code inside, no monai_fine install in MONAI Label's venv)
+    app = tmp_path / "monaibundle"
+    shutil.copytree(sample, app, ignore=shutil.ignore_patterns("__pycache__"))
+    weights = _tiny_weights(tmp_path / "w" / "model.pt", memory="full")
+    with zipfile.ZipFile(package_bundle(tmp_path / "zip", weights=weights)) as zf:
+        zf.extractall(app / "model")
+    bundle = app / "model" / BUNDLE_NAME
+    assert (bundle / "models" / "model.pt").is_file()
+
+    # datastore: 4 phantom cases with final labels + the real example CT (no label)
+    phantom = tmp_path / "phantom"
+    make_phantom_dataset(phantom, num_cases=4, seed=1, shape=(48, 48, 16),
+                                   spacing=(1.52, 1.52, 3.0), num_test=0, val_fraction=0.25)
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for img in sorted((phantom / "imagesTr").glob("*.nii.gz")):
+        shutil.copy(img, studies / img.name)
+        shutil.copy(phantom / "labelsTr" / img.name, studies / "labels" / "final" / img.name)
+    ct = totalseg_dir / "example_ct_sm.nii.gz"
+    shutil.copy(ct, studies / "example_ct_sm.nii.gz")
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update({"OMP_NUM_THREADS": "1", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "MONAI_ZOO_SOURCE": "github",
+                "MONAI_LABEL_TRACKING_ENABLED": "false", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+    log = tmp_path / "server.log"
+    cmd = [python, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+           "--conf", "models", BUNDLE_NAME, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+           "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        info = None
+        for _ in range(180):
+            assert proc.poll() is None, log.read_text()[-4000:]
+            try:
+                info = _get(f"{base}/info/", timeout=5)
+                break
+            except OSError:
+                time.sleep(1)
+        assert info is not None, log.read_text()[-4000:]
+        model = info["models"][BUNDLE_NAME]
+        assert model["labels"]["spleen"] == 1 and len(model["labels"]) == 13
+        assert info["trainers"][BUNDLE_NAME]
+
+        # /infer on the real CT: a label map on the input's grid; the user's options are taken
+        seg = _post_form(f"{base}/infer/{BUNDLE_NAME}?image=example_ct_sm&output=image",
+                         {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4})
+        (tmp_path / "seg.nii.gz").write_bytes(seg)
+        pred, ref = nib.load(str(tmp_path / "seg.nii.gz")), nib.load(str(ct))
+        assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine, atol=1e-4)
+        labels = np.unique(np.asarray(pred.dataobj))
+        assert set(labels.tolist()) <= set(range(14)), labels
+        assert "'overlap': 0.0, " in log.read_text()  # the user's option reached the inferer MONAI Label logs
+
+        # /train twice: each writes a usable model.pt, the second starts from the first's weights
+        states = []
+        for round_ in range(2):
+            before = (bundle / "models" / "model.pt").stat().st_mtime
+            _post(f"{base}/train/{BUNDLE_NAME}?run_sync=true", {"device": "cpu", "max_epochs": 1, "val_split": 0.5,
+                                                               "multi_gpu": False, "pretrained": True, "tracking": "None"})
+            assert log.read_text().count("Training Finished") == round_ + 1, log.read_text()[-4000:]
+            assert (bundle / "models" / "model.pt").stat().st_mtime > before, log.read_text()[-4000:]
+            net = load_network(bundle / "models" / "model.pt")
+            assert net.memory == "full" and net.patch_size == (2, 2, 2)
+            states.append({k: v.clone() for k, v in net.state_dict().items()})
+        text = log.read_text()
+        assert "Add Checkpoint Loader for Path" in text
+        assert text.count("Epoch: 1/1, Iter: 2/2") == 2  # both calls trained (the finished first run is not resumed)
+        assert text.count("Restored all variables from " + str(bundle / "models" / "model.pt")) == 2
+        # same seed, same data: only different starting weights change the first loss of the second call
+        first = re.findall(r"Epoch: 1/1, Iter: 1/2 -- train_loss: ([0-9.]+)", text)
+        assert len(first) == 2 and first[0] != first[1], first
+        assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0] if k != CONFIG_BUFFER)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
