@@ -1,0 +1,66 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""``torch.compile``: no graph break in the network's forward in any memory mode; inductor matches eager."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+
+from monai_fine.networks import FINE, fine_tiny
+
+LEFT_MIDDLE = torch.tensor([[[0.0, 0.0, 0.0], [0.25, 0.25, 1.0]], [[0.25, 0.25, 0.0], [0.5, 0.5, 1.0]]])
+
+
+def tiny(**kw) -> FINE:
+    return fine_tiny(1, 4, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=(32, 32, 16), **kw)
+
+
+@pytest.mark.parametrize(
+    "mode,train,scan",
+    [("none", True, False), ("window", True, False), ("released", True, False), ("full", True, False),
+     ("full", False, False), ("full", True, True)],
+    ids=["none-train", "window-train", "released-train", "full-train", "full-eval", "full-scan-memory-train"],
+)
+def test_forward_has_no_graph_break(mode, train, scan):
+    torch.manual_seed(0)
+    net = tiny(memory=mode, scan_memory=scan).train(train)
+    x = torch.randn(2, 1, 32, 32, 16)
+    kwargs = {"scan_id": torch.tensor([5, 5])} if scan else {}
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(net)(x, LEFT_MIDDLE, **kwargs)
+    reasons = [str(r.reason) for r in explain.break_reasons]
+    assert explain.graph_break_count == 0 and explain.graph_count == 1, reasons
+
+
+def test_explicit_scan_memory_has_no_graph_break():
+    net = tiny(memory="full").eval()
+    memory = net.new_scan_memory(1)
+    torch._dynamo.reset()
+    explain = torch._dynamo.explain(net)(torch.randn(1, 1, 32, 32, 16), LEFT_MIDDLE[:1], scan_memory=memory)
+    assert explain.graph_break_count == 0, [str(r.reason) for r in explain.break_reasons]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None, reason="inductor needs a C++ compiler")
+def test_inductor_train_and_eval_match_eager():
+    torch.manual_seed(0)
+    net = tiny(memory="full")
+    ref = copy.deepcopy(net)
+    compiled = torch.compile(net)
+    x = torch.randn(2, 1, 32, 32, 16)
+    torch._dynamo.reset()
+    out = compiled(x, LEFT_MIDDLE)
+    out.square().mean().backward()
+    expected = ref(x, LEFT_MIDDLE)
+    expected.square().mean().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(net.memory_visits, ref.memory_visits)  # the buffer update survives compilation
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6, msg=name)
+    net.eval()
+    ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, LEFT_MIDDLE), ref(x, LEFT_MIDDLE), rtol=1e-4, atol=1e-5)
