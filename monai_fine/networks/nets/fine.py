@@ -19,7 +19,10 @@ from monai_fine.networks.blocks.transformer import MEMORY_MODES, FineStage, Memo
 
 def _eager() -> bool:
     """True outside ``torch.jit`` tracing/scripting and ``torch.compile``/``torch.export`` tracing."""
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling())
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # torch < 2.3: never
 
 __all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "PRESETS", "create_fine"]
 
