@@ -30,7 +30,7 @@ def trained_tiny(**kw) -> FINE:
     return net.eval()
 
 
-def _assert_parity(got: np.ndarray, expected: torch.Tensor, what: str, atol: float = 1e-4) -> None:
+def _assert_parity(got: np.ndarray, expected: torch.Tensor, what: str, atol: float = 2e-5) -> None:
     expected = expected.detach().numpy()
     diff = float(np.abs(got - expected).max())
     assert diff <= atol, f"{what}: max abs diff {diff:.3g} > {atol}"
@@ -47,9 +47,10 @@ def test_trace_with_roi_box_matches_eager(size):
         expected = net(x, BOXES)
         got = traced(x, BOXES)
         _assert_parity(got.numpy(), expected, f"torch.jit.trace at {size}")
-        # the box is an input of the graph, not a constant: swapping the boxes changes the result as in eager
+        # the box is an input of the graph, not a constant: swapping the boxes changes the result (by far more than
+        # the parity tolerance) as in eager
         swapped = BOXES.flip(0)
-        assert (net(x, swapped) - expected).abs().max() > 1e-3
+        assert (net(x, swapped) - expected).abs().max() > 10 * 2e-5
         _assert_parity(traced(x, swapped).numpy(), net(x, swapped), f"torch.jit.trace at {size}, other boxes")
 
 
