@@ -19,39 +19,42 @@ def tiny(**kw) -> FINE:
     return fine_tiny(1, 4, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=(32, 32, 16), **kw)
 
 
-@pytest.mark.parametrize(
-    "mode,train,scan",
-    [("none", True, False), ("window", True, False), ("released", True, False), ("full", True, False),
-     ("full", False, False), ("full", True, True)],
-    ids=["none-train", "window-train", "released-train", "full-train", "full-eval", "full-scan-memory-train"],
-)
-def test_forward_has_no_graph_break(mode, train, scan):
+def small(**kw) -> FINE:
+    """Two stages, 4 blocks per U-Net side: the smallest FINE with every memory path, so tracing stays cheap."""
     torch.manual_seed(0)
-    net = tiny(memory=mode, scan_memory=scan).train(train)
-    x = torch.randn(2, 1, 32, 32, 16)
-    kwargs = {"scan_id": torch.tensor([5, 5])} if scan else {}
+    return FINE(1, 3, feature_size=8, depths=(2, 2), num_heads=(1, 2), roi_size=(16, 16, 8), **kw)
+
+
+def _assert_one_graph(net: FINE, x: torch.Tensor, *args, **kwargs) -> None:
     torch._dynamo.reset()
-    explain = torch._dynamo.explain(net)(x, LEFT_MIDDLE, **kwargs)
+    explain = torch._dynamo.explain(net)(x, *args, **kwargs)
     reasons = [str(r.reason) for r in explain.break_reasons]
     assert explain.graph_break_count == 0 and explain.graph_count == 1, reasons
 
 
+@pytest.mark.parametrize(
+    "mode,train,scan",
+    [("none", True, False), ("window", True, False), ("released", True, False), ("released", False, False),
+     ("full", False, False), ("full", True, True)],
+    ids=["none-train", "window-train", "released-train", "released-eval", "full-eval", "full-scan-memory-train"],
+)
+def test_forward_has_no_graph_break(mode, train, scan):
+    net = small(memory=mode, scan_memory=scan).train(train)
+    kwargs = {"scan_id": torch.tensor([5, 5])} if scan else {}
+    _assert_one_graph(net, torch.randn(2, 1, 16, 16, 8), LEFT_MIDDLE, **kwargs)
+
+
+def test_tiny_preset_full_training_forward_has_no_graph_break():
+    _assert_one_graph(tiny(memory="full").train(), torch.randn(2, 1, 32, 32, 16), LEFT_MIDDLE)
+
+
 def test_explicit_scan_memory_has_no_graph_break():
-    net = tiny(memory="full").eval()
-    memory = net.new_scan_memory(1)
-    torch._dynamo.reset()
-    explain = torch._dynamo.explain(net)(torch.randn(1, 1, 32, 32, 16), LEFT_MIDDLE[:1], scan_memory=memory)
-    assert explain.graph_break_count == 0, [str(r.reason) for r in explain.break_reasons]
-
-
-def minimal() -> FINE:
-    """Two stages, 4 blocks per U-Net side: the smallest FINE with every memory path, so compiling stays cheap."""
-    torch.manual_seed(0)
-    return FINE(1, 3, feature_size=8, depths=(2, 2), num_heads=(1, 2), memory="full", roi_size=(16, 16, 8))
+    net = small(memory="full").eval()
+    _assert_one_graph(net, torch.randn(1, 1, 16, 16, 8), LEFT_MIDDLE[:1], scan_memory=net.new_scan_memory(1))
 
 
 def _train_eval_parity(backend: str) -> None:
-    net = minimal()
+    net = small(memory="full")
     ref = copy.deepcopy(net)
     torch._dynamo.reset()
     compiled = torch.compile(net, backend=backend)
