@@ -7,17 +7,48 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["OPTIMIZERS", "create_optimizer"]
+__all__ = ["OPTIMIZERS", "create_optimizer", "param_groups"]
 
 OPTIMIZERS = ("sgd", "adamw")
+_WEIGHT_DECAY = {"sgd": 3e-5, "adamw": 0.01}
 
 
-def create_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def param_groups(network: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Two parameter groups of ``network``: decayed, and not decayed (the names its ``no_weight_decay()`` returns,
+    e.g. :meth:`monai_fine.networks.FINE.no_weight_decay`: memory tokens and relative-position tables).
+
+    A group left empty is dropped. A module without ``no_weight_decay`` gets one decayed group.
+    """
+    skip = set(network.no_weight_decay()) if hasattr(network, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in network.named_parameters():
+        if p.requires_grad:
+            (no_decay if name in skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def create_optimizer(
+    name: str, params: torch.nn.Module | Iterable[torch.nn.Parameter], lr: float
+) -> torch.optim.Optimizer:
     """``"sgd"``: the paper's recipe (SGD, momentum 0.99, Nesterov, weight decay 3e-5; lr 0.01 in the paper).
     ``"adamw"``: AdamW with weight decay 0.01, which learns far faster in short CPU budgets (the demo and the phantom
-    ablation use it with lr 2e-3)."""
+    ablation use it with lr 2e-3).
+
+    Args:
+        name: ``"sgd"`` or ``"adamw"``.
+        params: the network (a module: its ``no_weight_decay()`` parameters get no weight decay, see
+            :func:`param_groups`) or an iterable of parameters / parameter groups (all decayed).
+        lr: learning rate.
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer_name must be one of {OPTIMIZERS}, got {name!r}.")
+    wd = _WEIGHT_DECAY[name]
+    if isinstance(params, torch.nn.Module):
+        params = param_groups(params, wd)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    raise ValueError(f"optimizer_name must be one of {OPTIMIZERS}, got {name!r}.")
+        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)

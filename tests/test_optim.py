@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from monai_fine.networks import fine_tiny
 from monai_fine.optim import create_optimizer
 
 
@@ -16,3 +17,29 @@ def test_paper_sgd_and_adamw():
     assert isinstance(create_optimizer("adamw", params, 2e-3), torch.optim.AdamW)
     with pytest.raises(ValueError, match="optimizer_name must be one of.*'adam'"):
         create_optimizer("adam", params, 1e-3)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_network_memory_tokens_get_no_weight_decay(name):
+    net = fine_tiny(1, 3, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=(32, 32, 16), memory="full")
+    opt = create_optimizer(name, net, 0.01)
+    decayed, kept = opt.param_groups
+    expected = net.no_weight_decay()
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert {names[id(p)] for p in kept["params"]} == expected and kept["weight_decay"] == 0.0
+    assert not {names[id(p)] for p in decayed["params"]} & expected and decayed["weight_decay"] > 0
+    assert len(decayed["params"]) + len(kept["params"]) == len(list(net.parameters()))
+    assert sum("volume_tokens" in n for n in expected) == 7 and sum("window_tokens" in n for n in expected) == 7
+    # a real step: with zero gradients, decayed weights shrink and memory tokens stay exactly as they were
+    tokens = {n: p.detach().clone() for n, p in net.named_parameters() if n in expected}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    weight = net.head.weight.detach().clone()
+    opt.step()
+    assert all(torch.equal(p, tokens[n]) for n, p in net.named_parameters() if n in expected)
+    assert not torch.equal(net.head.weight, weight)
+
+
+def test_module_without_no_weight_decay_is_one_group():
+    opt = create_optimizer("adamw", torch.nn.Linear(2, 2), 1e-3)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.01

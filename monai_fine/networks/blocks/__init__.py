@@ -1,14 +1,18 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Building blocks of :class:`~monai_fine.networks.FINE`: attention, windows, memory, transformer stages."""
+
 from monai_fine.networks.blocks.attention import Attention, resolve_attn_mask
-from monai_fine.networks.blocks.memory import ScanMemory, intersecting_cells
+from monai_fine.networks.blocks.memory import ScanMemory, check_roi_box, intersecting_cells
 from monai_fine.networks.blocks.mlp import Mlp
 from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
-from monai_fine.networks.blocks.transformer import MEMORY_MODES, FineBlock, FineStage, MemoryContext
+from monai_fine.networks.blocks.transformer import MEMORY_MODES, BlockContext, FineBlock, FineStage, MemoryContext
+from monai_fine.networks.blocks.window import WindowGeometry, WindowLayout, window_layout
 
 __all__ = [
     "Attention",
     "resolve_attn_mask",
     "ScanMemory",
+    "check_roi_box",
     "intersecting_cells",
     "Mlp",
     "PatchEmbed3d",
@@ -18,4 +22,8 @@ __all__ = [
     "FineBlock",
     "FineStage",
     "MemoryContext",
+    "BlockContext",
+    "WindowGeometry",
+    "WindowLayout",
+    "window_layout",
 ]

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Final
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +34,7 @@ def resolve_attn_mask(bias: torch.Tensor | None, mask: torch.Tensor | None) -> t
 class Attention(nn.Module):
     """Multi-head self-attention over ``(B, L, C)`` tokens (timm vocabulary)."""
 
-    fused_attn: Final[bool]
+    __constants__ = ["fused_attn"]  # TorchScript constant (a ``Final[bool]`` annotation is unreadable under PEP 563)
 
     def __init__(
         self,

@@ -5,6 +5,10 @@ The volume is divided into a grid of ``memory_grid = (gx, gy, gz)`` cells over t
 ``(i, j, k)`` covering ``[i/gx, (i+1)/gx) x [j/gy, (j+1)/gy) x [k/gz, (k+1)/gz)`` in volume fractions. Cells are
 flattened x-major: ``index = (i * gy + j) * gz + k``. A crop's location is its ``roi_box``, a ``(2, 3)`` array of
 ``[start, stop)`` fractions per axis (see ``monai_fine.transforms.CropLocationd``).
+
+Everything here that runs inside the network's forward works on the tensors' own device with no host
+synchronisation; the value checks (:func:`check_roi_box`, :meth:`ScanMemory.check_index`) read values on the host and
+are called where boxes and scan ids are produced or received, not in the compiled or exported graph.
 """
 
 from __future__ import annotations
@@ -13,45 +17,80 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["intersecting_cells", "ScanMemory"]
+__all__ = ["check_roi_box", "intersecting_cells", "ScanMemory"]
 
 _EPS = 1e-6  # overlaps shorter than this (in cell widths) do not count
 
 
-def intersecting_cells(roi_box: torch.Tensor | None, grid: Sequence[int], batch_size: int = 1) -> torch.Tensor:
-    """Boolean ``(B, gx * gy * gz)`` mask of the memory cells each crop intersects.
+def _check_roi_box_shape(roi_box: torch.Tensor) -> None:
+    if roi_box.ndim != 3 or tuple(roi_box.shape[1:]) != (2, 3):
+        raise ValueError(f"roi_box must have shape (B, 2, 3) ([start, stop) per spatial axis), got {tuple(roi_box.shape)}.")
+
+
+def check_roi_box(roi_box: torch.Tensor) -> torch.Tensor:
+    """Validate ``roi_box`` values on the host: shape ``(B, 2, 3)``, finite, ``stop > start`` along every axis.
+
+    This reads the values (a device-to-host copy for a GPU tensor), so the network's forward calls it only in eager
+    mode for boxes that are on the CPU (where it costs no synchronisation); call it yourself where GPU boxes are made.
+
+    Returns:
+        ``roi_box`` as a tensor, unchanged.
+
+    Raises:
+        ValueError: wrong shape, non-finite values, or ``stop <= start``, naming the values.
+    """
+    roi_box = torch.as_tensor(roi_box)
+    _check_roi_box_shape(roi_box)
+    if not torch.isfinite(roi_box).all():
+        raise ValueError(f"roi_box has non-finite values: {roi_box.tolist()}.")
+    if (roi_box[:, 1] <= roi_box[:, 0]).any():
+        raise ValueError(f"roi_box needs stop > start along every axis, got {roi_box.tolist()}.")
+    return roi_box
+
+
+def intersecting_cells(
+    roi_box: torch.Tensor | None,
+    grid: Sequence[int],
+    batch_size: int = 1,
+    validate: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Boolean ``(B, gx * gy * gz)`` mask of the memory cells each crop intersects, on the box's device.
 
     A cell intersects a crop when their overlap is longer than ``1e-6`` cell widths along every axis (so a box that
     ends exactly on a cell border, up to float rounding, does not reach into the next cell). The box is clamped to
     the volume, so parts covering padding (outside ``[0, 1]``) add no cells; a box lying entirely outside the volume
-    along an axis maps to the nearest border cell of that axis (clamping, not wrapping around).
+    along an axis maps to the nearest border cell of that axis (clamping, not wrapping around). The arithmetic runs
+    in float64 on the box's device (float32 on devices without float64, such as MPS), without host synchronisation
+    when ``validate=False``.
 
     Args:
         roi_box: ``(B, 2, 3)`` ``[start, stop)`` fractions, or None for "the whole volume" (every cell).
         grid: cells per axis ``(gx, gy, gz)``.
         batch_size: B, used when ``roi_box`` is None.
+        validate: check the values with :func:`check_roi_box` first (reads them on the host).
+        device: where to build the all-cells mask when ``roi_box`` is None (default CPU).
 
     Raises:
-        ValueError: wrong shape, non-finite values, or ``stop <= start``.
+        ValueError: wrong shape; with ``validate``, non-finite values or ``stop <= start``.
     """
     gx, gy, gz = (int(g) for g in grid)
     if roi_box is None:
-        return torch.ones(batch_size, gx * gy * gz, dtype=torch.bool)
+        return torch.ones(batch_size, gx * gy * gz, dtype=torch.bool, device=device)
     roi_box = torch.as_tensor(roi_box)
-    if roi_box.ndim != 3 or roi_box.shape[1:] != (2, 3):
-        raise ValueError(f"roi_box must have shape (B, 2, 3) ([start, stop) per spatial axis), got {tuple(roi_box.shape)}.")
-    box = roi_box.detach().to(device="cpu", dtype=torch.float64)
-    if not torch.isfinite(box).all():
-        raise ValueError(f"roi_box has non-finite values: {box.tolist()}.")
-    if (box[:, 1] <= box[:, 0]).any():
-        raise ValueError(f"roi_box needs stop > start along every axis, got {box.tolist()}.")
+    if validate:
+        check_roi_box(roi_box)
+    else:
+        _check_roi_box_shape(roi_box)
+    dtype = torch.float32 if roi_box.device.type == "mps" else torch.float64
+    box = roi_box.detach().to(dtype)
     per_axis = []
     for axis, g in enumerate((gx, gy, gz)):
         start, stop = box[:, 0, axis] * g, box[:, 1, axis] * g
         lo = torch.floor(start + _EPS).clamp(0, g - 1)
         hi = (torch.ceil(stop - _EPS) - 1).clamp(0, g - 1)
         hi = torch.maximum(hi, lo)
-        cells = torch.arange(g, dtype=torch.float64)
+        cells = torch.arange(g, dtype=dtype, device=box.device)
         per_axis.append((cells[None] >= lo[:, None]) & (cells[None] <= hi[:, None]))  # (B, g)
     mask = per_axis[0][:, :, None, None] & per_axis[1][:, None, :, None] & per_axis[2][:, None, None, :]
     return mask.reshape(box.shape[0], gx * gy * gz)
@@ -65,41 +104,50 @@ class ScanMemory:
     learned tokens plus the mean of those changes, so every crop reads what the other crops of its scan wrote.
     Created by :meth:`monai_fine.networks.FINE.new_scan_memory`; the network does the writing and reading.
 
+    :meth:`write` and :meth:`read` do not check the slot indices (that would read them on the host in every stage);
+    :meth:`check_index` does, and the network calls it in eager mode for indices on the CPU.
+
     Args:
         num_scans: slots (scans) held.
-        num_tokens: volume tokens per stage (cells x tokens per cell).
+        memory_size: volume tokens per stage (cells x tokens per cell).
         dims: channels of each stage.
+        device, dtype: of the stored sums.
     """
 
-    def __init__(self, num_scans: int, num_tokens: int, dims: Sequence[int], device=None, dtype=None) -> None:
+    def __init__(self, num_scans: int, memory_size: int, dims: Sequence[int], device=None, dtype=None) -> None:
         self.num_scans = int(num_scans)
-        self.mode = "write"
-        self.sums = [torch.zeros(num_scans, num_tokens, d, device=device, dtype=dtype) for d in dims]
-        self.counts = [torch.zeros(num_scans, num_tokens, 1, device=device, dtype=dtype) for _ in dims]
+        self.memory_size = int(memory_size)
+        self.reading = False
+        self.sums = [torch.zeros(num_scans, memory_size, d, device=device, dtype=dtype) for d in dims]
+        self.counts = [torch.zeros(num_scans, memory_size, 1, device=device, dtype=dtype) for _ in dims]
+
+    @property
+    def mode(self) -> str:
+        """``"write"`` or ``"read"``."""
+        return "read" if self.reading else "write"
 
     def set_mode(self, mode: str) -> ScanMemory:
         """``"write"`` (accumulate) or ``"read"`` (use what was written). Returns self."""
         if mode not in ("write", "read"):
             raise ValueError(f"ScanMemory mode must be 'write' or 'read', got {mode!r}.")
-        self.mode = mode
+        self.reading = mode == "read"
         return self
 
-    def _check_ids(self, scan_index: torch.Tensor) -> None:
+    def check_index(self, scan_index: torch.Tensor) -> None:
+        """Raise ``ValueError`` naming the indices when one is outside ``[0, num_scans)`` (reads them on the host)."""
+        scan_index = torch.as_tensor(scan_index)
         if scan_index.numel() and (int(scan_index.min()) < 0 or int(scan_index.max()) >= self.num_scans):
             raise ValueError(f"scan index out of range [0, {self.num_scans}): {scan_index.tolist()}.")
 
     def write(self, stage: int, scan_index: torch.Tensor, delta: torch.Tensor, written: torch.Tensor) -> None:
-        """Add ``delta (B, V, C)`` where ``written (B, V)`` into the slots ``scan_index (B,)`` (differentiable)."""
-        self._check_ids(scan_index)
-        w = written.to(delta.dtype)[..., None]
+        """Add ``delta (B, V, C)`` where ``written (B, V)`` (bool or 0/1) into the slots ``scan_index (B,)``
+        (differentiable)."""
+        w = written.to(delta.dtype)
+        if w.ndim == 2:
+            w = w[..., None]
         self.sums[stage] = self.sums[stage].index_add(0, scan_index, delta * w)
         self.counts[stage] = self.counts[stage].index_add(0, scan_index, w)
 
     def read(self, stage: int, scan_index: torch.Tensor) -> torch.Tensor:
         """``(B, V, C)`` mean change written per token (zero where nothing was written)."""
-        self._check_ids(scan_index)
         return (self.sums[stage] / self.counts[stage].clamp(min=1.0))[scan_index]
-
-    def written_tokens(self, scan_index: torch.Tensor) -> torch.Tensor:
-        """``(B, V)`` bool: tokens of each sample's scan that hold written content."""
-        return (self.counts[0] > 0)[scan_index, :, 0]

@@ -13,6 +13,12 @@ Order of one ``"full"`` block (read memory, then write it): V-MSA -> G-MSA -> W-
 with a residual. V-MSA mixes the whole volume's memory into the intersecting cells, G-MSA hands it to the window
 tokens, W-MSA hands it to the visual tokens; so a volume token anywhere in the volume reaches the crop's pixels
 inside one block. ``docs/design.md`` explains the choice.
+
+The memory mode is resolved once, in ``__init__``, into flags (``has_window_tokens``, ``volume_attention``,
+``global_attention``, ``released_global_attention``); the forward never compares mode strings, reads no tensor value
+on the host and builds no mask: the memory masks are built once per network forward (:class:`MemoryContext`), the
+window masks once per stage geometry and device (:func:`~monai_fine.networks.blocks.window.window_layout`), and a
+stage hands its blocks a :class:`BlockContext`.
 """
 
 from __future__ import annotations
@@ -30,43 +36,74 @@ from monai_fine.networks.blocks.mlp import Mlp
 from monai_fine.networks.blocks.window import (
     WindowGeometry,
     relative_position_index,
-    window_attention_mask,
-    window_geometry,
+    window_layout,
     window_partition,
     window_reverse,
 )
 
-__all__ = ["MEMORY_MODES", "MemoryContext", "FineBlock", "FineStage"]
+__all__ = ["MEMORY_MODES", "MemoryContext", "BlockContext", "FineBlock", "FineStage"]
 
 MEMORY_MODES = ("none", "window", "released", "full")
 
 
 class MemoryContext(NamedTuple):
-    """What one forward pass knows about the memory, shared by all stages.
+    """What one network forward knows about the memory, built once and shared by all stages.
+
+    ``V`` below is the memory size: cells x volume tokens per cell. All fields are None for a network without
+    volume tokens (``"none"``, ``"window"``).
 
     Attributes:
-        intersect: ``(B, V)`` bool, volume tokens of the cells each crop intersects.
-        seen: ``(V,)`` bool, volume tokens of cells visited in training (unseen ones are masked).
+        visible: ``(B, V)`` bool, volume tokens each crop's G-MSA sees: those of the cells it intersects, and, in
+            ``"full"``, only of cells visited in training.
+        write: ``(B, V, 1)`` float 0/1, volume tokens G-MSA may update (``"full"``: ``visible``).
+        volume_keys: ``(1, 1, 1, V)`` bool, keys of V-MSA: the seen volume tokens, or all of them when no cell has
+            been seen (so the softmax never runs over an empty set; ``volume_gate`` then cancels the update).
+        volume_gate: ``()`` float, 1 when any cell has been seen, else 0 (V-MSA then has no effect and gives no
+            gradient).
         scan_memory: a :class:`~monai_fine.networks.blocks.memory.ScanMemory` or None.
         scan_index: ``(B,)`` long, each sample's slot in ``scan_memory``.
     """
 
-    intersect: torch.Tensor | None = None
-    seen: torch.Tensor | None = None
+    visible: torch.Tensor | None = None
+    write: torch.Tensor | None = None
+    volume_keys: torch.Tensor | None = None
+    volume_gate: torch.Tensor | None = None
     scan_memory: object | None = None
     scan_index: torch.Tensor | None = None
 
 
-class _BlockMasks(NamedTuple):
-    window: torch.Tensor | None  # (nW, 1, L, L) bool or None
-    volume_keys: torch.Tensor | None  # (1, 1, 1, V) bool, or None when every token may be attended
-    run_volume_attention: bool
-    global_keys: torch.Tensor | None  # (B, 1, 1, nW*T + V) bool or None
-    write: torch.Tensor | None  # (B, V, 1) float 0/1: volume tokens G-MSA may update
+class BlockContext(NamedTuple):
+    """What a :class:`FineBlock` reads besides its tokens; prepared once per stage forward by :class:`FineStage`.
+
+    Attributes:
+        geom: the stage's :class:`~monai_fine.networks.blocks.window.WindowGeometry`.
+        rel_index: ``(N, N)`` long index into the block's relative-position bias table.
+        window_mask: ``(nW, 1, T + N, T + N)`` bool W-MSA mask of this block's (regular or shifted) windows, or None
+            when nothing is masked.
+        global_keys: ``(B, 1, 1, nW * T + V)`` bool G-MSA keys (all window tokens, the visible volume tokens), or
+            None when every key is visible (no volume tokens).
+        memory: the forward's :class:`MemoryContext` (V-MSA keys and gate, write mask).
+    """
+
+    geom: WindowGeometry
+    rel_index: torch.Tensor
+    window_mask: torch.Tensor | None = None
+    global_keys: torch.Tensor | None = None
+    memory: MemoryContext = MemoryContext()
 
 
 class FineBlock(nn.Module):
-    """One FINE block: [V-MSA] -> [G-MSA] -> (S)W-MSA -> MLP, by memory mode (see module docstring)."""
+    """One FINE block: [V-MSA] -> [G-MSA] -> (S)W-MSA -> MLP, by memory mode (see module docstring).
+
+    Flags resolved from ``memory`` at construction:
+
+    - ``has_window_tokens``: window tokens join W-MSA (all modes but ``"none"``);
+    - ``volume_attention``: V-MSA over all seen volume tokens first (``"full"``);
+    - ``global_attention``: pre-norm residual G-MSA before W-MSA (``"window"``, ``"full"``);
+    - ``released_global_attention``: the official code's G-MSA after the MLP, without norm or residual, its output
+      replacing the window tokens (``"released"``, all blocks of a stage but the last);
+    - ``norm_window_tokens``: window tokens are normalised before W-MSA (all but ``"released"``).
+    """
 
     def __init__(
         self,
@@ -97,6 +134,9 @@ class FineBlock(nn.Module):
                 gets its own :class:`Attention`.
             mlp_ratio, qkv_bias, drop, attn_drop, drop_path: as in timm.
             use_flash_attention: see :class:`Attention`.
+
+        Raises:
+            ValueError: unknown ``memory``.
         """
         super().__init__()
         if memory not in MEMORY_MODES:
@@ -105,6 +145,12 @@ class FineBlock(nn.Module):
         self.shifted = shifted
         self.window_size = window_size
         self.num_heads = num_heads
+        released = memory == "released"
+        self.has_window_tokens = memory != "none"
+        self.norm_window_tokens = not released
+        self.volume_attention = memory == "full"
+        self.global_attention = memory in ("window", "full")
+        self.released_global_attention = released and global_attention
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, use_flash_attention)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 3, num_heads))
@@ -116,12 +162,11 @@ class FineBlock(nn.Module):
         def memory_attention() -> Attention | None:
             return None if share_memory_attention else Attention(dim, num_heads, qkv_bias, attn_drop, drop, use_flash_attention)
 
-        self.has_global = memory in ("window", "full") or (memory == "released" and global_attention)
-        # "released" runs G-MSA without pre-norm or residual, as the official code does.
-        self.norm_global = nn.LayerNorm(dim) if memory in ("window", "full") else None
-        self.attn_global = memory_attention() if self.has_global else None
-        self.norm_volume = nn.LayerNorm(dim) if memory == "full" else None
-        self.attn_volume = memory_attention() if memory == "full" else None
+        has_global = self.global_attention or self.released_global_attention
+        self.norm_global = nn.LayerNorm(dim) if self.global_attention else None
+        self.attn_global = memory_attention() if has_global else None
+        self.norm_volume = nn.LayerNorm(dim) if self.volume_attention else None
+        self.attn_volume = memory_attention() if self.volume_attention else None
 
     def _window_bias(self, rel_index: torch.Tensor, num_tokens: int) -> torch.Tensor:
         n = rel_index.shape[0]
@@ -131,75 +176,69 @@ class FineBlock(nn.Module):
         return bias.unsqueeze(0)  # (1, H, L, L)
 
     def window_attention(
-        self, x: torch.Tensor, win: torch.Tensor | None, geom: WindowGeometry, rel_index: torch.Tensor, mask
+        self, x: torch.Tensor, win: torch.Tensor | None, ctx: BlockContext
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(S)W-MSA over each window's ``[window tokens; visual tokens]``.
 
         Args:
             x: ``(B, X, Y, Z, C)`` visual tokens.
             win: ``(B, nW, T, C)`` window tokens or None.
+            ctx: the stage's :class:`BlockContext`.
         """
         B, _, _, _, C = x.shape
-        xw = window_partition(self.norm1(x), geom, self.shifted)  # (B, nW, N, C)
-        T = 0 if win is None else win.shape[2]
-        if T:
-            tokens = win if self.memory == "released" else self.norm1(win)
-            xw = torch.cat([tokens, xw], dim=2)
+        xw = window_partition(self.norm1(x), ctx.geom, self.shifted)  # (B, nW, N, C)
+        T = 0
+        if win is not None:
+            T = win.shape[2]
+            xw = torch.cat([self.norm1(win) if self.norm_window_tokens else win, xw], dim=2)
         nW, L = xw.shape[1], xw.shape[2]
-        attn_mask = resolve_attn_mask(self._window_bias(rel_index, T), mask)  # (1|nW, H, L, L)
+        attn_mask = resolve_attn_mask(self._window_bias(ctx.rel_index, T), ctx.window_mask)  # (1|nW, H, L, L)
         if attn_mask.shape[0] > 1:
             attn_mask = attn_mask.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(B * nW, *attn_mask.shape[1:])
         out = self.attn(xw.reshape(B * nW, L, C), attn_mask).reshape(B, nW, L, C)
-        x = x + self.drop_path(window_reverse(out[:, :, T:], geom, self.shifted))
-        if T:
+        x = x + self.drop_path(window_reverse(out[:, :, T:], ctx.geom, self.shifted))
+        if win is not None:
             win = win + out[:, :, :T]
         return x, win
 
     def forward(
-        self,
-        x: torch.Tensor,
-        win: torch.Tensor | None,
-        vol: torch.Tensor | None,
-        geom: WindowGeometry,
-        rel_index: torch.Tensor,
-        masks: _BlockMasks,
+        self, x: torch.Tensor, win: torch.Tensor | None, vol: torch.Tensor | None, ctx: BlockContext
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
         Args:
             x: ``(B, X, Y, Z, C)`` visual tokens.
             win: ``(B, nW, T, C)`` window tokens, or None (``"none"``).
             vol: ``(B, V, C)`` volume tokens, or None (``"none"``, ``"window"``).
-            geom, rel_index, masks: prepared once per stage by :class:`FineStage`.
+            ctx: the :class:`BlockContext` its stage prepared.
 
         Returns:
             updated ``x``, ``win``, ``vol`` with the same shapes.
         """
-        if self.memory == "full" and masks.run_volume_attention:  # V-MSA: all seen volume tokens
+        if self.volume_attention:  # V-MSA: all seen volume tokens (no effect while no cell has been seen)
             attn = self.attn_volume or self.attn
-            vol = vol + attn(self.norm_volume(vol), masks.volume_keys)
-        if self.has_global and self.memory != "released":  # G-MSA: window tokens + intersecting volume tokens
-            win, vol = self._global_attention(win, vol, masks)
-        x, win = self.window_attention(x, win, geom, rel_index, masks.window)
+            mem = ctx.memory
+            vol = vol + attn(self.norm_volume(vol), mem.volume_keys) * mem.volume_gate
+        if self.global_attention:  # G-MSA: window tokens + intersecting volume tokens
+            win, vol = self._global_attention(win, vol, ctx)
+        x, win = self.window_attention(x, win, ctx)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         if win is not None:
             win = win + self.mlp(self.norm2(win))
-        if self.has_global and self.memory == "released":
-            win, vol = self._global_attention(win, vol, masks)
+        if self.released_global_attention:  # no norm, no residual: the output replaces the window tokens
+            B, nW, T, C = win.shape
+            seq = win.reshape(B, nW * T, C) if vol is None else torch.cat([win.reshape(B, nW * T, C), vol], dim=1)
+            win = (self.attn_global or self.attn)(seq, ctx.global_keys)[:, : nW * T].reshape(B, nW, T, C)
         return x, win, vol
 
-    def _global_attention(self, win, vol, masks: _BlockMasks):
+    def _global_attention(self, win, vol, ctx: BlockContext):
         B, nW, T, C = win.shape
         seq = win.reshape(B, nW * T, C)
         if vol is not None:
             seq = torch.cat([seq, vol], dim=1)
-        attn = self.attn_global or self.attn
-        if self.memory == "released":  # no norm, no residual: the output replaces the window tokens
-            out = attn(seq, masks.global_keys)
-            return out[:, : nW * T].reshape(B, nW, T, C), vol
-        out = attn(self.norm_global(seq), masks.global_keys)
+        out = (self.attn_global or self.attn)(self.norm_global(seq), ctx.global_keys)
         win = win + out[:, : nW * T].reshape(B, nW, T, C)
         if vol is not None:
-            vol = vol + out[:, nW * T :] * masks.write
+            vol = vol + out[:, nW * T :] * ctx.memory.write
         return win, vol
 
 
@@ -207,7 +246,16 @@ class FineStage(nn.Module):
     """A stage of ``depth`` FINE blocks (regular and shifted windows alternating) with its memory tokens.
 
     Parameters ``window_tokens`` ``(T, C)`` (shared by every window, as in the paper) and ``volume_tokens``
-    ``(V, C)`` (one row per cell and token, learned prior of that body region).
+    ``(memory_size, C)`` (one row per cell and token, learned prior of that body region).
+
+    Args:
+        dim, depth, num_heads, window_size: stage channels, blocks, heads, window edge.
+        memory: memory mode (see :class:`FineBlock`).
+        num_window_tokens: window tokens per window ``T`` (ignored for ``"none"``).
+        memory_size: volume tokens of the stage, cells x tokens per cell (used by ``"released"``, ``"full"``).
+        drop_path: stochastic depth rate per block.
+        use_checkpoint: gradient checkpointing of every block in training.
+        block_kwargs: passed to :class:`FineBlock`.
     """
 
     def __init__(
@@ -218,19 +266,23 @@ class FineStage(nn.Module):
         window_size: int,
         memory: str,
         num_window_tokens: int,
-        num_volume_tokens: int,
+        memory_size: int,
         drop_path: list[float],
         use_checkpoint: bool = False,
         **block_kwargs,
     ) -> None:
         super().__init__()
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}.")
         self.memory = memory
         self.window_size = window_size
         self.use_checkpoint = use_checkpoint
-        self.num_window_tokens = num_window_tokens if memory != "none" else 0
-        uses_volume = memory in ("released", "full")
+        self.has_window_tokens = memory != "none"
+        self.has_volume_tokens = memory in ("released", "full")
+        self.num_window_tokens = num_window_tokens if self.has_window_tokens else 0
+        self.memory_size = memory_size if self.has_volume_tokens else 0
         self.window_tokens = nn.Parameter(torch.zeros(self.num_window_tokens, dim)) if self.num_window_tokens else None
-        self.volume_tokens = nn.Parameter(torch.zeros(num_volume_tokens, dim)) if uses_volume else None
+        self.volume_tokens = nn.Parameter(torch.zeros(memory_size, dim)) if self.has_volume_tokens else None
         for p in (self.window_tokens, self.volume_tokens):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
@@ -251,24 +303,6 @@ class FineStage(nn.Module):
             "relative_position_index", relative_position_index((window_size,) * 3, window_size), persistent=False
         )
 
-    def _memory_masks(self, B: int, geom: WindowGeometry, ctx: MemoryContext, device) -> _BlockMasks:
-        """The memory part of the masks (the same for regular and shifted blocks); ``window`` is left None."""
-        T = self.num_window_tokens
-        if self.volume_tokens is None:
-            return _BlockMasks(None, None, False, None, None)
-        intersect = ctx.intersect.to(device)
-        if self.memory == "released":
-            visible = intersect
-            volume_keys, run_volume, write = None, False, None
-        else:
-            seen = ctx.seen.to(device)
-            visible = intersect & seen
-            run_volume = bool(seen.any())
-            volume_keys = None if bool(seen.all()) else seen.view(1, 1, 1, -1)
-            write = visible.to(self.volume_tokens.dtype).unsqueeze(-1)
-        global_keys = torch.cat([torch.ones(B, geom.num_windows * T, dtype=torch.bool, device=device), visible], 1)
-        return _BlockMasks(None, volume_keys, run_volume, global_keys.view(B, 1, 1, -1), write)
-
     def forward(self, x: torch.Tensor, ctx: MemoryContext, stage_index: int) -> torch.Tensor:
         """
         Args:
@@ -280,32 +314,27 @@ class FineStage(nn.Module):
             ``(B, X, Y, Z, C)``.
         """
         B, X, Y, Z, C = x.shape
-        geom = window_geometry((X, Y, Z), self.window_size)
-        if geom.window == (self.window_size,) * 3:
-            rel_index = self.relative_position_index
-        else:
-            rel_index = relative_position_index(geom.window, self.window_size).to(x.device)
-        win = None
+        # static sizes (under torch.jit.trace the shape entries are traced values; the layout is per size anyway)
+        layout = window_layout((int(X), int(Y), int(Z)), self.window_size, self.num_window_tokens, x.device)
+        geom = layout.geom
+        rel_index = self.relative_position_index if geom.window == (self.window_size,) * 3 else layout.rel_index
+        win = vol = vol_start = global_keys = None
         if self.window_tokens is not None:
             win = self.window_tokens.expand(B, geom.num_windows, -1, -1)
-        vol = vol_start = None
+        memory = ctx.scan_memory
         if self.volume_tokens is not None:
             vol = vol_start = self.volume_tokens.expand(B, -1, -1)
-            memory = ctx.scan_memory
-            if memory is not None and memory.mode == "read":
+            if memory is not None and memory.reading:
                 vol = vol_start = vol + memory.read(stage_index, ctx.scan_index)
-        memory_masks = self._memory_masks(B, geom, ctx, x.device)
-        masks = [
-            memory_masks._replace(window=window_attention_mask(geom, s, self.num_window_tokens, x.device))
-            for s in (False, True)
-        ]
+            window_keys = torch.ones(B, geom.num_windows * self.num_window_tokens, dtype=torch.bool, device=x.device)
+            global_keys = torch.cat([window_keys, ctx.visible], 1).view(B, 1, 1, -1)
+        contexts = [BlockContext(geom, rel_index, mask, global_keys, ctx) for mask in layout.masks]
         for blk in self.blocks:
-            args = (x, win, vol, geom, rel_index, masks[int(blk.shifted)])
+            block_ctx = contexts[1] if blk.shifted else contexts[0]
             if self.use_checkpoint and self.training:
-                x, win, vol = checkpoint(blk, *args, use_reentrant=False)
+                x, win, vol = checkpoint(blk, x, win, vol, block_ctx, use_reentrant=False)
             else:
-                x, win, vol = blk(*args)
-        memory = ctx.scan_memory
-        if vol is not None and memory is not None and memory.mode == "write":
-            memory.write(stage_index, ctx.scan_index, vol - vol_start, masks[0].write[..., 0] > 0)
+                x, win, vol = blk(x, win, vol, block_ctx)
+        if vol is not None and memory is not None and not memory.reading:
+            memory.write(stage_index, ctx.scan_index, vol - vol_start, ctx.write)
         return x

@@ -8,9 +8,9 @@ axes are padded at the far end to a multiple of the window; padded positions are
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +21,8 @@ __all__ = [
     "window_partition",
     "window_reverse",
     "window_attention_mask",
+    "WindowLayout",
+    "window_layout",
 ]
 
 
@@ -90,13 +92,13 @@ def window_reverse(windows: torch.Tensor, geom: WindowGeometry, shifted: bool) -
     return x
 
 
-@lru_cache(maxsize=64)
-def _window_mask_cpu(geom: WindowGeometry, shifted: bool, num_tokens: int) -> torch.Tensor | None:
+def _window_mask_numpy(geom: WindowGeometry, shifted: bool, num_tokens: int) -> np.ndarray | None:
+    """The mask of :func:`window_attention_mask` built in numpy, so tracing and compiling see a constant."""
     do_shift = shifted and any(geom.shift)
     if not do_shift and not any(geom.pad):
         return None
     padded = tuple(g * w for g, w in zip(geom.grid, geom.window))
-    region = torch.zeros(padded, dtype=torch.long)
+    region = np.zeros(padded, dtype=np.int64)
     if do_shift:
         label = 0
         axes = []
@@ -107,22 +109,72 @@ def _window_mask_cpu(geom: WindowGeometry, shifted: bool, num_tokens: int) -> to
                 for sz in axes[2]:
                     region[sx, sy, sz] = label
                     label += 1
-    valid = torch.zeros(padded, dtype=torch.bool)
+    valid = np.zeros(padded, dtype=bool)
     valid[: padded[0] - geom.pad[0], : padded[1] - geom.pad[1], : padded[2] - geom.pad[2]] = True
     if do_shift:
-        valid = torch.roll(valid, shifts=tuple(-s for s in geom.shift), dims=(0, 1, 2))
-    unpadded = geom._replace(pad=(0, 0, 0))  # region and valid already cover the padded grid
-    region_w = window_partition(region[None, ..., None], unpadded, shifted=False)[0, ..., 0]  # (nW, N)
-    valid_w = window_partition(valid[None, ..., None], unpadded, shifted=False)[0, ..., 0]
+        valid = np.roll(valid, shift=tuple(-s for s in geom.shift), axis=(0, 1, 2))
+
+    def partition(a: np.ndarray) -> np.ndarray:  # (X, Y, Z) -> (nW, N), as window_partition
+        (gx, gy, gz), (wx, wy, wz) = geom.grid, geom.window
+        return a.reshape(gx, wx, gy, wy, gz, wz).transpose(0, 2, 4, 1, 3, 5).reshape(gx * gy * gz, wx * wy * wz)
+
+    region_w, valid_w = partition(region), partition(valid)
     n = geom.window_volume
-    allowed = (region_w[:, :, None] == region_w[:, None, :]) & valid_w[:, None, :]
-    allowed |= torch.eye(n, dtype=torch.bool)
+    allowed = ((region_w[:, :, None] == region_w[:, None, :]) & valid_w[:, None, :]) | np.eye(n, dtype=bool)
     if num_tokens:
-        full = torch.ones(geom.num_windows, num_tokens + n, num_tokens + n, dtype=torch.bool)
+        full = np.ones((geom.num_windows, num_tokens + n, num_tokens + n), dtype=bool)
         full[:, num_tokens:, num_tokens:] = allowed
         full[:, :num_tokens, num_tokens:] = valid_w[:, None, :]
         allowed = full
-    return allowed[:, None]  # (nW, 1, L, L)
+    return np.ascontiguousarray(allowed[:, None])  # (nW, 1, L, L)
+
+
+class WindowLayout(NamedTuple):
+    """Everything a stage's blocks need about its windows, built once per (resolution, device) and cached.
+
+    Attributes:
+        geom: the :class:`WindowGeometry`.
+        rel_index: ``(N, N)`` long relative-position index on the device.
+        masks: ``(regular, shifted)`` bool masks ``(nW, 1, T + N, T + N)`` or None, see
+            :func:`window_attention_mask`.
+    """
+
+    geom: WindowGeometry
+    rel_index: torch.Tensor
+    masks: tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+_LAYOUTS: dict[tuple, WindowLayout] = {}
+_MAX_LAYOUTS = 256
+
+
+def _build_layout(resolution: tuple[int, int, int], window_size: int, num_tokens: int, device) -> WindowLayout:
+    geom = window_geometry(resolution, window_size)
+    rel_index = relative_position_index(geom.window, window_size).to(device)
+    masks = []
+    for shifted in (False, True):
+        m = _window_mask_numpy(geom, shifted, num_tokens)
+        masks.append(None if m is None else torch.from_numpy(m).to(device))
+    return WindowLayout(geom, rel_index, (masks[0], masks[1]))
+
+
+def window_layout(
+    resolution: tuple[int, int, int], window_size: int, num_tokens: int, device: torch.device
+) -> WindowLayout:
+    """The :class:`WindowLayout` of a stage of spatial size ``resolution``, cached per device.
+
+    In eager mode the tensors are built once per ``(resolution, window_size, num_tokens, device)`` and reused by
+    every later forward (no mask building or host-to-device copy per forward). ``torch.compile`` reads cached
+    tensors as graph inputs; a layout first built while compiling is traced into that graph once (numpy ops that
+    ``torch.jit.trace`` records as constants).
+    """
+    key = (tuple(resolution), window_size, num_tokens, torch.device(device))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = _build_layout(resolution, window_size, num_tokens, device)
+    return layout
 
 
 def window_attention_mask(
@@ -133,5 +185,5 @@ def window_attention_mask(
     Visual tokens attend to tokens of their own shift region that are not padding, and always to themselves;
     the ``T`` window tokens in front are visible to every token of their window and see its non-padded tokens.
     """
-    mask = _window_mask_cpu(geom, shifted, num_tokens)
-    return None if mask is None else mask.to(device)
+    mask = _window_mask_numpy(geom, shifted, num_tokens)
+    return None if mask is None else torch.from_numpy(mask).to(device)

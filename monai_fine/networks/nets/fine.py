@@ -12,9 +12,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from monai_fine.networks.blocks.memory import ScanMemory, intersecting_cells
+from monai_fine.networks.blocks.memory import ScanMemory, check_roi_box, intersecting_cells
 from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
 from monai_fine.networks.blocks.transformer import MEMORY_MODES, FineStage, MemoryContext
+
+
+def _eager() -> bool:
+    """True outside ``torch.jit`` tracing/scripting and ``torch.compile``/``torch.export`` tracing."""
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling())
+
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # torch < 2.3: never
 
 __all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "PRESETS", "create_fine"]
 
@@ -65,7 +73,8 @@ class FINE(nn.Module):
             memory_grid: volume-token cells per axis ``(gx, gy, gz)`` over the whole volume; the paper keeps the
                 memory constant along z (``gz = 1``).
             num_window_tokens: window tokens per window (``Nv`` in the paper).
-            num_volume_tokens: volume tokens per cell (``Nw`` in the paper).
+            num_volume_tokens: volume tokens per cell (``Nw`` in the paper); a stage holds
+                ``memory_size = cells x num_volume_tokens`` volume tokens.
             scan_memory: when a forward gets ``scan_id``, crops of one scan share a per-scan memory (two passes:
                 write, then read). Needs ``memory="full"``.
             share_memory_attention: G-MSA and V-MSA reuse each block's W-MSA projections (own LayerNorms); False
@@ -108,8 +117,13 @@ class FINE(nn.Module):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.num_stages = len(depths)
         self.memory = memory
+        # the mode, resolved once: the forward reads only these flags
+        self.has_volume_tokens = memory in ("released", "full")
+        self.volume_attention = memory == "full"
         self.memory_grid = tuple(int(g) for g in memory_grid)
-        self.num_volume_tokens = num_volume_tokens
+        self.num_volume_tokens = num_volume_tokens  # per cell
+        self.num_cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
+        self.memory_size = self.num_cells * num_volume_tokens  # volume tokens per stage
         self.scan_memory = scan_memory
         self.deep_supervision = deep_supervision
         self.stride = tuple(p * 2 ** (self.num_stages - 1) for p in self.patch_size)
@@ -117,14 +131,13 @@ class FINE(nn.Module):
         if self.roi_size is not None:
             self._check_spatial(self.roi_size)
 
-        num_cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
         # visit count per memory cell; cells never visited in training stay masked (saved in checkpoints)
-        self.register_buffer("memory_visits", torch.zeros(num_cells))
+        self.register_buffer("memory_visits", torch.zeros(self.num_cells))
         stage_kwargs = dict(
             window_size=window_size,
             memory=memory,
             num_window_tokens=num_window_tokens,
-            num_volume_tokens=num_cells * num_volume_tokens,
+            memory_size=self.memory_size,
             use_checkpoint=use_checkpoint,
             share_memory_attention=share_memory_attention,
             mlp_ratio=mlp_ratio,
@@ -187,12 +200,52 @@ class FINE(nn.Module):
 
     def new_scan_memory(self, num_scans: int = 1, device=None, dtype=None) -> ScanMemory:
         """An empty per-scan memory (write mode) for two-pass inference; see :class:`ScanMemory`."""
-        if self.memory != "full":
+        if not self.volume_attention:
             raise ValueError(f"scan memory needs memory='full', this net has memory={self.memory!r}.")
         ref = self.encoder_stages[0].volume_tokens
-        cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
-        return ScanMemory(
-            num_scans, cells * self.num_volume_tokens, self.stage_dims, device or ref.device, dtype or ref.dtype
+        return ScanMemory(num_scans, self.memory_size, self.stage_dims, device or ref.device, dtype or ref.dtype)
+
+    @staticmethod
+    def check_roi_box(roi_box: torch.Tensor) -> torch.Tensor:
+        """Validate ``roi_box`` values on the host (shape, finite, ``stop > start``); see
+        :func:`~monai_fine.networks.blocks.memory.check_roi_box`. The forward does this itself only for CPU boxes in
+        eager mode: call it where GPU boxes are produced, before compiling or exporting.
+
+        Raises:
+            ValueError: naming the bad values.
+        """
+        return check_roi_box(roi_box)
+
+    def memory_context(
+        self, roi_box: torch.Tensor | None, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> MemoryContext:
+        """The masks every stage's memory attention reads, built once per forward (no host synchronisation).
+
+        In training mode this also marks the cells of the crops as visited (``memory_visits``), before attending.
+        """
+        if not self.has_volume_tokens:
+            return MemoryContext()
+        if roi_box is not None:
+            roi_box = torch.as_tensor(roi_box).to(device)
+        cells = intersecting_cells(roi_box, self.memory_grid, batch_size, validate=False, device=device)
+        if self.training:
+            with torch.no_grad():
+                self.memory_visits += cells.sum(0).to(self.memory_visits.dtype)
+        tokens = self.num_volume_tokens
+
+        def per_token(mask: torch.Tensor) -> torch.Tensor:  # (..., cells) -> (..., cells x tokens per cell)
+            return mask.unsqueeze(-1).expand(*mask.shape, tokens).reshape(*mask.shape[:-1], -1)
+
+        if not self.volume_attention:  # "released": every intersecting cell, no V-MSA, no write
+            return MemoryContext(visible=per_token(cells))
+        seen = self.memory_visits > 0
+        visible = per_token(cells & seen)
+        any_seen = seen.any()
+        return MemoryContext(
+            visible=visible,
+            write=visible.to(dtype).unsqueeze(-1),
+            volume_keys=per_token(seen | ~any_seen).view(1, 1, 1, -1),
+            volume_gate=any_seen.to(dtype),
         )
 
     def _check_spatial(self, spatial: Sequence[int]) -> None:
@@ -221,7 +274,8 @@ class FINE(nn.Module):
         Args:
             x: ``(B, C_in, X, Y, Z)``.
             roi_box: ``(B, 2, 3)`` ``[start, stop)`` of each crop per spatial axis as fractions of the preprocessed
-                full volume (may leave [0, 1] over padding); None means the input is the whole volume.
+                full volume (may leave [0, 1] over padding); None means the input is the whole volume. Its values are
+                checked (finite, ``stop > start``) in eager mode when it is on the CPU; see :meth:`check_roi_box`.
             scan_id: ``(B,)`` ints; with ``scan_memory=True`` (constructor) crops with equal ids share a memory
                 (two passes over the batch). Ignored otherwise.
             scan_memory: an explicit :class:`ScanMemory` (from :meth:`new_scan_memory`): in its write mode the
@@ -232,31 +286,34 @@ class FINE(nn.Module):
             ``(B, out_channels, X, Y, Z)`` logits; in training mode with deep supervision a list
             ``[full, 1/2, 1/4 resolution]`` as MONAI's ``DeepSupervisionLoss`` takes.
         """
-        if not torch.jit.is_tracing() and not torch.jit.is_scripting():
+        eager = _eager()
+        if eager:
             self._check_input(x)
+            if roi_box is not None and torch.as_tensor(roi_box).device.type == "cpu":
+                check_roi_box(roi_box)  # host values, no device synchronisation; see check_roi_box
         B = x.shape[0]
-        intersect = seen = None
-        if self.memory in ("released", "full"):
-            cells = intersecting_cells(roi_box, self.memory_grid, B).to(x.device)
-            if self.training:
-                with torch.no_grad():
-                    self.memory_visits += cells.sum(0).to(self.memory_visits.dtype)
-            seen = self.memory_visits > 0
-            intersect = cells.repeat_interleave(self.num_volume_tokens, dim=1)
-            seen = seen.repeat_interleave(self.num_volume_tokens)
+        ref = self.encoder_stages[0].volume_tokens
+        ctx = self.memory_context(roi_box, B, x.device, x.dtype if ref is None else ref.dtype)
         if scan_memory is None and self.scan_memory and scan_id is not None:
-            scan_index = torch.unique(torch.as_tensor(scan_id).reshape(-1), return_inverse=True)[1].to(x.device)
-            scan_memory = self.new_scan_memory(int(scan_index.max()) + 1)
-            self._forward(x, MemoryContext(intersect, seen, scan_memory, scan_index), heads=False)
+            ids = torch.as_tensor(scan_id).to(x.device).reshape(-1)
+            # slot of a sample = batch index of the first sample with its scan id (B slots, no host sync)
+            scan_index = (ids[:, None] == ids[None, :]).int().argmax(1)
+            scan_memory = self.new_scan_memory(B)
+            self._forward(x, ctx._replace(scan_memory=scan_memory, scan_index=scan_index), heads=False)
             scan_memory.set_mode("read")
         elif scan_memory is not None:
-            if self.memory != "full":
+            if not self.volume_attention:
                 raise ValueError(f"scan_memory needs memory='full', this net has memory={self.memory!r}.")
-            scan_index = torch.zeros(B, dtype=torch.long, device=x.device) if scan_id is None else scan_id
-            scan_index = torch.as_tensor(scan_index, device=x.device).long().reshape(-1)
+            if scan_id is None:
+                scan_index = torch.zeros(B, dtype=torch.long, device=x.device)
+            else:
+                scan_index = torch.as_tensor(scan_id)
+                if eager and scan_index.device.type == "cpu":
+                    scan_memory.check_index(scan_index)
+                scan_index = scan_index.to(x.device).long().reshape(-1)
         else:
             scan_index = None
-        return self._forward(x, MemoryContext(intersect, seen, scan_memory, scan_index))
+        return self._forward(x, ctx._replace(scan_memory=scan_memory, scan_index=scan_index))
 
     def _forward(self, x: torch.Tensor, ctx: MemoryContext, heads: bool = True):
         x = self.patch_embed(x)  # (B, X', Y', Z', C)

@@ -84,8 +84,10 @@ def test_scan_memory_means_and_slots():
     torch.testing.assert_close(read[0, 1], delta[1, 1])
     torch.testing.assert_close(read[0, 2], delta[0, 2])
     assert read[1].abs().sum() == 0  # slot 0 untouched
-    assert mem.written_tokens(torch.tensor([1])).tolist() == [[True, True, True]]
-    with pytest.raises(ValueError, match="out of range"):
-        mem.read(0, torch.tensor([2]))
+    assert (mem.counts[0][1, :, 0] > 0).tolist() == [True, True, True]  # every token of slot 1 was written
+    assert mem.counts[0][0].sum() == 0
+    with pytest.raises(ValueError, match=r"out of range \[0, 2\): \[2\]"):
+        mem.check_index(torch.tensor([2]))
+    mem.check_index(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="mode"):
         mem.set_mode("erase")

@@ -1,0 +1,73 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""FineBlock / FineStage: modes resolved at construction, the public BlockContext, the V-MSA gate, cached layouts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_fine.networks.blocks import BlockContext, FineBlock, FineStage, MemoryContext, window_layout
+
+FLAGS = {  # mode: (has_window_tokens, volume_attention, global_attention, released_global_attention)
+    "none": (False, False, False, False),
+    "window": (True, False, True, False),
+    "released": (True, False, False, True),
+    "full": (True, True, True, False),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(FLAGS))
+def test_mode_resolved_to_flags(mode):
+    blk = FineBlock(8, 2, 4, shifted=False, memory=mode)
+    assert (blk.has_window_tokens, blk.volume_attention, blk.global_attention, blk.released_global_attention) == FLAGS[
+        mode
+    ]
+    last = FineBlock(8, 2, 4, shifted=True, memory=mode, global_attention=False)
+    assert not last.released_global_attention
+    stage = FineStage(8, 2, 2, 4, mode, num_window_tokens=1, memory_size=6, drop_path=[0.0, 0.0])
+    assert stage.has_volume_tokens == (mode in ("released", "full"))
+    assert stage.memory_size == (6 if stage.has_volume_tokens else 0)
+    with pytest.raises(ValueError, match="memory must be one of"):
+        FineBlock(8, 2, 4, shifted=False, memory="intended")
+
+
+def _block_inputs(V=6):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 4, 4, 8)
+    layout = window_layout((4, 4, 4), 4, 1, torch.device("cpu"))
+    win = torch.randn(2, layout.geom.num_windows, 1, 8)
+    vol = torch.randn(2, V, 8, requires_grad=True)
+    return x, win, vol, layout
+
+
+@pytest.mark.parametrize("any_seen", [False, True])
+def test_volume_attention_gate(any_seen):
+    """With no cell seen, V-MSA leaves the volume tokens exactly as they are and gives them no gradient."""
+    blk = FineBlock(8, 2, 4, shifted=False, memory="full")
+    x, win, vol, layout = _block_inputs()
+    keys = torch.ones(1, 1, 1, 6, dtype=torch.bool)
+    mem = MemoryContext(
+        visible=torch.zeros(2, 6, dtype=torch.bool),
+        write=torch.zeros(2, 6, 1),
+        volume_keys=keys,
+        volume_gate=torch.tensor(float(any_seen)),
+    )
+    global_keys = torch.cat([torch.ones(2, 1, dtype=torch.bool), mem.visible], 1).view(2, 1, 1, -1)
+    ctx = BlockContext(layout.geom, layout.rel_index, layout.masks[0], global_keys, mem)
+    _, _, out_vol = blk(x, win, vol, ctx)
+    (grad,) = torch.autograd.grad(out_vol.sum(), vol)
+    if any_seen:
+        assert (out_vol - vol).abs().max() > 0
+    else:
+        assert torch.equal(out_vol, vol)  # nothing written (write mask 0), nothing mixed in (gate 0)
+        assert torch.equal(grad, torch.ones_like(grad))  # only the identity path
+
+
+def test_window_layout_is_cached_per_size_and_device():
+    a = window_layout((6, 8, 4), 4, 2, torch.device("cpu"))
+    assert window_layout((6, 8, 4), 4, 2, torch.device("cpu")) is a
+    assert window_layout((8, 8, 4), 4, 2, torch.device("cpu")) is not a
+    assert a.geom.window == (4, 4, 4) and a.geom.pad == (2, 0, 0)
+    regular, shifted = a.masks
+    assert regular.shape == shifted.shape == (a.geom.num_windows, 1, 2 + 64, 2 + 64)
+    assert regular.dtype == torch.bool and a.rel_index.shape == (64, 64)
