@@ -6,9 +6,8 @@ network built from the same config and checkpoint: maximum absolute difference o
 ``-s`` to see it) and identical argmax label maps. The checkpoint has a partly visited memory grid, as a trained one
 does, so that the memory-token path is exported too.
 
-``ckpt_export`` without ``--use_trace`` (TorchScript scripting) and ``onnx_export`` need the export-friendly network
-forward of issue 11 item 3 (network side); until it is merged they are expected to fail (``xfail(strict=True)``:
-once it is merged they pass, and the marker must go).
+``ckpt_export`` without ``--use_trace`` (TorchScript scripting) is not supported and stays an expected failure
+(``xfail(strict=True)``, so that it is noticed if it starts to work); trace and ``onnx_export`` work.
 """
 
 from __future__ import annotations
@@ -21,22 +20,23 @@ import torch
 from monai.bundle import ckpt_export, onnx_export
 from monai.data import load_net_with_metadata
 
-from monai_fine.networks import create_fine
+from monai_fine.bundle_tools import create_network
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 TINY = {"preset": "tiny", "roi_size": [32, 32, 16], "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]}
 SHAPE = [1, 1, 32, 32, 16]
-NEEDS_NET_EXPORT = pytest.mark.xfail(
+SCRIPTING_UNSUPPORTED = pytest.mark.xfail(
     strict=True,
-    reason="needs the export-friendly FINE forward (issue 11 item 3, network side): scripting fails on Final[bool], "
-    "ONNX on the data-dependent seen.any() / in-place |=; remove this marker once that change is merged",
+    reason="TorchScript scripting of FINE is not supported (its forward takes the Python ScanMemory object and "
+    "keyword tensors; docs/design.md section 9): use ckpt_export --use_trace True, or monai_fine.networks.trace_fine",
 )
 
 
 def _eager(**kw) -> torch.nn.Module:
-    """The network of inference.json's ``network_def`` with the TINY overrides."""
-    return create_fine("tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4),
-                       deep_supervision=True, **kw)
+    """The network of inference.json's ``network_def`` with the TINY overrides (its arguments recorded in its weights,
+    as the bundle's checkpoints record them)."""
+    return create_network(None, "tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4),
+                          deep_supervision=True, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def _compare(name: str, exported: np.ndarray, eager: torch.Tensor) -> float:
 def _ckpt_export(path: Path, ckpt: Path, **kw) -> None:
     ckpt_export(
         net_id="network_def", filepath=str(path), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
-        config_file=str(CONFIGS / "inference.json"), **kw, **TINY,
+        config_file=str(CONFIGS / "inference.json"), checkpoint=str(ckpt), **kw, **TINY,
     )  # fmt: skip
 
 
@@ -83,7 +83,7 @@ def test_ckpt_export_trace_runs_at_the_traced_size(checkpoint, tmp_path):
         _compare("ckpt_export trace", net(x).numpy(), eager(x))
 
 
-@NEEDS_NET_EXPORT
+@SCRIPTING_UNSUPPORTED
 def test_ckpt_export_script_keeps_roi_box_at_two_sizes(checkpoint, tmp_path):
     """``ckpt_export`` as the Model Zoo CI runs it (scripting): any stride-multiple size, with and without roi_box."""
     ckpt, eager = checkpoint
@@ -99,7 +99,6 @@ def test_ckpt_export_script_keeps_roi_box_at_two_sizes(checkpoint, tmp_path):
             _compare(f"ckpt_export script {shape[2:]} roi_box", net(x, box).numpy(), eager(x, box))
 
 
-@NEEDS_NET_EXPORT
 def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path):
     """``onnx_export`` (torch's default exporter) at the crop size; run with onnxruntime on the CPU."""
     ort = pytest.importorskip("onnxruntime")
@@ -107,7 +106,8 @@ def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path):
     path = tmp_path / "model.onnx"
     onnx_export(
         net_id="network_def", filepath=str(path), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
-        config_file=str(CONFIGS / "inference.json"), use_trace=True, input_shape=SHAPE, **TINY,
+        config_file=str(CONFIGS / "inference.json"), checkpoint=str(ckpt), use_trace=True, input_shape=SHAPE,
+        **TINY,
     )  # fmt: skip
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     torch.manual_seed(3)

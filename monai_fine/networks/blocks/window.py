@@ -173,7 +173,14 @@ def window_layout(
     if layout is None:
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
-        layout = _LAYOUTS[key] = _build_layout(resolution, window_size, num_tokens, device)
+        # built outside any torch.jit.trace, so that a trace reads the layout as constants whether or not it was
+        # cached before (the trace checker of ``monai.bundle ckpt_export --use_trace`` retraces and compares graphs)
+        tracing_state = torch._C._get_tracing_state()
+        torch._C._set_tracing_state(None)
+        try:
+            layout = _LAYOUTS[key] = _build_layout(resolution, window_size, num_tokens, device)
+        finally:
+            torch._C._set_tracing_state(tracing_state)
     return layout
 
 
