@@ -24,6 +24,7 @@ __all__ = ["atomic_write", "AtomicNibabelWriter", "check_writable_dir", "check_o
 
 TMP_TAG = ".tmp-"
 PAUSE_ENV = "MONAI_FINE_PAUSE_BEFORE_REPLACE"
+PAUSE_MATCH_ENV = "MONAI_FINE_PAUSE_MATCH"
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -49,7 +50,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
     Test hook: with the environment variable ``MONAI_FINE_PAUSE_BEFORE_REPLACE=<seconds>`` the writer sleeps between
     the complete temporary write and the rename, and prints ``PAUSE <path>`` first, so a test can kill the process
-    while a checkpoint is being written.
+    while a checkpoint is being written; ``MONAI_FINE_PAUSE_MATCH=<text>`` limits the pause to paths containing
+    ``<text>``.
 
     Args:
         path: the destination file.
@@ -66,7 +68,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
-        if pause > 0:
+        if pause > 0 and os.environ.get(PAUSE_MATCH_ENV, "") in str(path):
             print(f"PAUSE {path}", flush=True)
             time.sleep(pause)
         os.replace(tmp, path)

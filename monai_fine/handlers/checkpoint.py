@@ -183,6 +183,7 @@ class ResumableCheckpointSaver:
         self._consumed = 0  # batches drawn from the current loader iterator
         self._pending: dict[str, Any] | None = None  # loader/RNG state to restore when the run starts
         self._already_done = False
+        self._set_aside = False
 
     # ----------------------------------------------------------------------------------------------- attach / events
     def attach(self, engine: Any) -> None:
@@ -217,6 +218,11 @@ class ResumableCheckpointSaver:
             return
         pending, self._pending = self._pending, None
         if pending is None:
+            return
+        scaler = getattr(engine, "scaler_", None)  # MONAI's trainer creates its GradScaler in run()
+        if scaler is not None and pending.get("amp_scaler") is not None:
+            scaler.load_state_dict(pending["amp_scaler"])
+        if pending.get("rng") is None:  # a checkpoint without RNG state: weights resume, randomness does not
             return
         loader = engine.state.dataloader
         if loader is not None and pending.get("iter_rng") is not None:
@@ -276,12 +282,32 @@ class ResumableCheckpointSaver:
     def save(self, engine: Any) -> Path:
         """Write the checkpoint of the current epoch atomically, then drop the ones beyond ``n_saved``."""
         path = self.save_dir / f"{self.file_prefix}_checkpoint_epoch={engine.state.epoch}.pt"
+        if self.loaded_path is None and not self._set_aside:
+            self._set_aside_previous_run()
         ckpt = self.state(engine)
         with atomic_write(path) as tmp:
             torch.save(ckpt, tmp)
         for _, old in checkpoint_files(self.save_dir, self.file_prefix)[self.n_saved :]:
             old.unlink(missing_ok=True)
         return path
+
+    def _set_aside_previous_run(self) -> None:
+        """A fresh start (no resume) moves an earlier run's numbered checkpoints into ``previous_run_<N>/``."""
+        self._set_aside = True
+        old = checkpoint_files(self.save_dir, self.file_prefix)
+        if not old:
+            return
+        n = 1
+        while (self.save_dir / f"previous_run_{n}").exists():
+            n += 1
+        folder = self.save_dir / f"previous_run_{n}"
+        folder.mkdir(parents=True)
+        for _, p in old:
+            p.replace(folder / p.name)
+        warnings.warn(
+            f"training started over (no resume): {len(old)} checkpoint(s) of an earlier run moved to {folder}.",
+            stacklevel=2,
+        )
 
     def _remove_stale_temp_files(self) -> None:
         if self.save_dir.is_dir():
@@ -313,28 +339,28 @@ class ResumableCheckpointSaver:
                 for k, obj in self.save_dict.items():
                     obj.load_state_dict(ckpt[k])
             except Exception as e:  # truncated/corrupt/foreign file: fall back to the previous checkpoint
+                aside = path.with_name(path.name + ".unreadable")
                 warnings.warn(
-                    f"skipping checkpoint {path}: it could not be loaded ({type(e).__name__}: {e}); "
-                    "trying the previous one.",
+                    f"skipping checkpoint {path}: it could not be loaded ({type(e).__name__}: {e}); renamed to "
+                    f"{aside.name}, trying the previous one.",
                     stacklevel=2,
                 )
+                path.replace(aside)
                 continue
             max_epochs = engine.state.max_epochs
             engine.load_state_dict(ckpt["trainer"])
             if max_epochs is not None:
                 engine.state.max_epochs = max(max_epochs, engine.state.epoch)
                 self._already_done = engine.state.epoch >= max_epochs
-            scaler = getattr(engine, "scaler_", None)
-            if scaler is not None and "amp_scaler" in ckpt:
-                scaler.load_state_dict(ckpt["amp_scaler"])
             if self.validator is not None and "best" in ckpt:
                 self.validator.state.best_metric = ckpt["best"]["best_metric"]
                 self.validator.state.best_metric_epoch = ckpt["best"]["best_metric_epoch"]
             self._pending = {
-                "rng": ckpt["rng"],
+                "rng": ckpt.get("rng"),
                 "transform_rng": ckpt.get("transform_rng"),
+                "amp_scaler": ckpt.get("amp_scaler"),
                 **(ckpt.get("loader") or {}),
-            } if "rng" in ckpt else None
+            }
             self.loaded_path = path
             logger.info(f"resumed from {path} (epoch {epoch}, iteration {engine.state.iteration})")
             return path
