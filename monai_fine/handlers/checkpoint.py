@@ -444,9 +444,13 @@ class CaseErrorReporter:
         self.data, self.image_key = list(data or []), image_key
 
     def attach(self, engine: Any) -> None:
+        """Register first among the ``EXCEPTION_RAISED`` handlers (MONAI's ``StatsHandler`` re-raises as is)."""
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+        handlers = getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED)
+        if handlers and len(handlers) > 1:
+            handlers.insert(0, handlers.pop())
 
     def __call__(self, engine: Any, e: Exception) -> None:
         names = batch_case_names(engine.state.batch, self.image_key) if engine.state.batch is not None else []

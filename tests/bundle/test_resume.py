@@ -148,3 +148,77 @@ def test_resume_false_from_the_command_line_starts_over(reference, data_dir, tmp
     after = final_weights(root)
     assert max_abs_diff(before, after) > 1e-4  # a new 1-epoch training, not the finished 3-epoch run
     assert ckpt(root, 1).exists() and (root / "models" / "previous_run_1" / "last_checkpoint_epoch=3.pt").exists()
+
+
+def _train_in_process(root: Path, data: Path, **override):
+    from monai.bundle import ConfigWorkflow
+
+    import ast
+
+    def value(v: str):  # what Python Fire would make of the command-line string
+        try:
+            return ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            return v
+
+    args = {k: value(v) for k, v in ARGS.items()}
+    args.update(override)
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", bundle_root=str(root),
+        dataset_dir=str(data), **args,
+    )
+    wf.initialize()
+    return wf
+
+
+def _error_text(err) -> str:
+    return str(err.value) + str(err.value.__cause__) + str(getattr(err.value.__cause__, "__cause__", ""))
+
+
+def test_non_finite_loss_stops_before_the_weights_change(data_dir, tmp_path):
+    import json
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    data = tmp_path / "nan"
+    shutil.copytree(data_dir, data)
+    bad = data / json.loads((data / "dataset_0.json").read_text())["training"][1]["image"]
+    img = nib.load(bad)
+    nib.save(nib.Nifti1Image(np.full(img.shape, np.nan, np.float32), img.affine), str(bad))
+    root = tmp_path / "run"
+    wf = _train_in_process(root, data, check_data="false", max_epochs=1, epoch_length=None)
+    network = wf.parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    with pytest.raises(Exception) as err:
+        wf.run()
+    text = _error_text(err)
+    assert "non-finite training loss" in text and bad.name in text, text
+    after = network.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    models = root / "models"
+    assert not (models / "model.pt").exists() and not (models / "model_final.pt").exists()
+    # the check that --check_data false skipped names the file up front
+    with pytest.raises(Exception) as err:
+        _train_in_process(tmp_path / "run2", data, max_epochs=1)
+    assert bad.name in _error_text(err) and "NaN" in _error_text(err)
+
+
+def test_empty_validation_list_and_broken_json_are_named(data_dir, tmp_path):
+    import json
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(data_dir, data)
+    listing = json.loads((data / "dataset_0.json").read_text())
+    (data / "dataset_0.json").write_text(json.dumps({**listing, "validation": []}))
+    with pytest.raises(Exception) as err:
+        _train_in_process(tmp_path / "r", data)
+    assert "'validation' list of" in _error_text(err) and "dataset_0.json is empty" in _error_text(err)
+    (data / "dataset_0.json").write_text(json.dumps(listing)[:-5])
+    with pytest.raises(Exception) as err:
+        _train_in_process(tmp_path / "r", data)
+    assert "dataset_0.json: not valid JSON" in _error_text(err)
+    assert not (tmp_path / "r" / "models").exists()
