@@ -118,3 +118,46 @@ def test_boolean_strings_from_both_command_lines(tmp_path):
     assert proc.returncode != 0 and "load_pretrain must be a boolean" in proc.stderr + proc.stdout
     assert not (tmp_path / "out2" / "c_seg.nii.gz").exists()
     assert image.is_file()
+
+
+def test_half_precision_stitching_matches_float32():
+    """The float16 stitching buffer (half the host memory) gives the float32 labels up to logit-rounding ties."""
+    import torch
+
+    from monai_fine.inferers import FINEInferer
+    from monai_fine.networks import create_fine
+    from monai_fine.stitching import CastStitchInferer
+
+    torch.manual_seed(0)
+    net = create_fine("tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4)).eval()
+    volume = torch.rand(1, 1, 56, 48, 28)
+    inner = FINEInferer(roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.5)
+    with torch.no_grad():
+        ref = inner(volume, net)
+        half = CastStitchInferer(inner, "float16")(volume, net)
+        same = CastStitchInferer(inner, "float32")(volume, net)
+    assert ref.dtype == torch.float32 and half.dtype == torch.float16 and half.shape == ref.shape
+    assert torch.equal(same, ref)
+    err = (half.float() - ref).abs().max() / ref.abs().max()
+    assert err < 5e-3, float(err)
+    agree = (half.float().argmax(1) == ref.argmax(1)).float().mean()
+    assert agree > 0.99, float(agree)
+    with pytest.raises(ValueError, match="stitch_dtype must be one of"):
+        CastStitchInferer(inner, "float8")
+
+
+@pytest.mark.slow
+def test_bench_inference_quick(tmp_path):
+    proc = _cli([str(BUNDLE.parent / "benchmarks" / "bench_inference.py"), "--quick", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+
+    with open(tmp_path / "bench_inference_tiny_quick.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["pass"] for r in rows] == ["one", "two"] and all(r["status"] == "ok" for r in rows)
+    # 40x36x24 with 32x32x16 windows at overlap 0.5: 2 x 2 x 2 windows per pass, both passes run the network
+    assert [int(r["windows"]) for r in rows] == [8, 16]
+    for r in rows:
+        assert float(r["seconds"]) > 0 and 0 < float(r["peak_rss_gib"]) < 8 and 0 < float(r["peak_fraction"]) < 1
+        assert abs(float(r["gflops"]) - float(r["gflops_window"]) * int(r["windows"])) < 0.1
+    assert "| 40x36x24 | one |" in (tmp_path / "bench_inference_tiny_quick.md").read_text()
