@@ -161,3 +161,19 @@ def test_bench_inference_quick(tmp_path):
         assert float(r["seconds"]) > 0 and 0 < float(r["peak_rss_gib"]) < 8 and 0 < float(r["peak_fraction"]) < 1
         assert abs(float(r["gflops"]) - float(r["gflops_window"]) * int(r["windows"])) < 0.1
     assert "| 40x36x24 | one |" in (tmp_path / "bench_inference_tiny_quick.md").read_text()
+
+
+def test_argmax_uint8_equals_torch_argmax_and_keeps_metadata():
+    import torch
+    from monai.data import MetaTensor
+
+    from monai_fine.stitching import ArgmaxUint8d
+
+    torch.manual_seed(1)
+    x = MetaTensor(torch.randn(14, 9, 7, 19).half(), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    out = ArgmaxUint8d("pred", slab=4)({"pred": x})["pred"]
+    assert out.dtype == torch.uint8 and out.shape == (1, 9, 7, 19)
+    assert torch.equal(out.as_tensor().long(), x.as_tensor().float().argmax(0, keepdim=True))
+    assert torch.equal(out.affine, x.affine)
+    with pytest.raises(ValueError, match="channels do not fit"):
+        ArgmaxUint8d("pred")({"pred": torch.zeros(300, 2, 2, 2)})
