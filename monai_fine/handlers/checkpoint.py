@@ -151,6 +151,9 @@ class ResumableCheckpointSaver:
         n_saved: how many numbered checkpoints to keep (older ones are removed after a new one is complete).
         final_filename: written when training completes, with ``{name: state_dict}`` of ``save_dict``; ``None``
             disables it.
+        trainer: the trainer; when given, :meth:`attach` may be called without it. (In a bundle config list it before
+            ``validator`` so the objects are built, and draw their random seeds, in the same order as with MONAI's
+            ``CheckpointSaver``.)
         validator: the validation evaluator whose ``best_metric``/``best_metric_epoch`` are saved and restored.
         transform: the training transform whose random states are saved; default the trainer's dataset transform.
         map_location: passed to ``torch.load``.
@@ -164,6 +167,7 @@ class ResumableCheckpointSaver:
         save_interval: int = 1,
         n_saved: int = 2,
         final_filename: str | None = "model_final.pt",
+        trainer: Any = None,
         validator: Any = None,
         transform: Any = None,
         map_location: Any = "cpu",
@@ -178,6 +182,7 @@ class ResumableCheckpointSaver:
         self.final_filename, self.validator, self.transform = final_filename, validator, transform
         self.map_location = map_location
         self.engine: Any = None
+        self.trainer = trainer
         self.loaded_path: Path | None = None
         self._iter_rng: torch.Tensor | None = None  # torch RNG state the current loader iterator was created from
         self._consumed = 0  # batches drawn from the current loader iterator
@@ -186,10 +191,13 @@ class ResumableCheckpointSaver:
         self._set_aside = False
 
     # ----------------------------------------------------------------------------------------------- attach / events
-    def attach(self, engine: Any) -> None:
-        """Register the handlers on the trainer ``engine``."""
+    def attach(self, engine: Any = None) -> None:
+        """Register the handlers on the trainer ``engine`` (default: the ``trainer`` given at construction)."""
         from ignite.engine import Events
 
+        engine = engine if engine is not None else self.trainer
+        if engine is None:
+            raise ValueError("ResumableCheckpointSaver.attach() needs the trainer engine.")
         self.engine = engine
         if self.transform is None:
             dataset = getattr(getattr(engine, "data_loader", None), "dataset", None)
