@@ -35,7 +35,6 @@ __all__ = [
     "create_network",
     "read_network_config",
     "load_network",
-    "resume_objects",
     "package_bundle",
 ]
 
@@ -162,22 +161,6 @@ def load_network(checkpoint: str | os.PathLike, device: str | torch.device = "cp
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     net.load_state_dict(ckpt.get("model", ckpt))
     return net.to(device).eval()
-
-
-def resume_objects(checkpoint: str | os.PathLike | None, max_epochs: int, **objects: Any) -> dict[str, Any]:
-    """What to restore from the last checkpoint ``checkpoint``: all of ``objects`` for an unfinished run, only the
-    ``model`` when that run had reached ``max_epochs`` (a new run of ``max_epochs`` epochs then starts from its weights,
-    as MONAI Label's ``/train`` expects, instead of resuming a finished run and training nothing).
-    """
-    if checkpoint is None or not os.path.isfile(checkpoint):
-        return objects
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    epoch = int(ckpt.get("trainer", {}).get("epoch", 0)) if isinstance(ckpt, Mapping) else 0
-    if epoch < int(max_epochs) or "model" not in objects:
-        return objects
-    # a warning, not a log record: a bundle's logging.conf (fileConfig) disables loggers created before it
-    warnings.warn(f"{checkpoint}: that run finished ({epoch} >= max_epochs {max_epochs}); training anew from its weights.")
-    return {"model": objects["model"]}
 
 
 def _md5(path: Path) -> str:

@@ -118,6 +118,9 @@ def demo(
         crop_sampler: ``"classes"`` (every organ equally often at a crop centre, so the small organs are learned in
             minutes) or ``"posneg"`` (the bundle default, foreground/background 2:1).
     """
+    from monai_fine.bools import as_bool
+
+    scan_memory = as_bool(scan_memory, "scan_memory")  # `--scan_memory false` arrives as the string 'false'
     t0 = time.time()
     out_dir = Path(out).resolve()
     data_dir = _demo_data(out_dir, num_cases=num_cases, seed=seed, shape=shape)

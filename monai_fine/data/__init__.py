@@ -9,8 +9,11 @@ from monai_fine.data.checks import (
     check_datalist_file,
     check_file_exists,
     check_images,
+    check_nonempty,
     check_option,
+    load_datalist,
 )
+from monai_fine.data.io import AtomicNibabelWriter, atomic_write, check_output_names, check_writable_dir
 from monai_fine.data.datalist import (
     BTCV_TEST_IDS,
     BTCV_TRAIN_IDS,
@@ -22,6 +25,12 @@ from monai_fine.data.datalist import (
 from monai_fine.data.phantom import BTCV_LABELS, make_phantom_case, make_phantom_dataset, phantom
 
 __all__ = [
+    "AtomicNibabelWriter",
+    "atomic_write",
+    "check_nonempty",
+    "check_output_names",
+    "check_writable_dir",
+    "load_datalist",
     "BTCV_LABELS",
     "BTCV_TEST_IDS",
     "BTCV_TRAIN_IDS",

@@ -10,6 +10,7 @@ In a bundle it runs in the ``initialize`` list::
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,9 +22,21 @@ from monai.utils import optional_import
 
 nib, _ = optional_import("nibabel")
 
-__all__ = ["check_datalist", "check_datalist_file", "check", "check_images", "check_file_exists", "check_option"]
+__all__ = [
+    "check_datalist",
+    "check_datalist_file",
+    "check",
+    "check_images",
+    "check_file_exists",
+    "check_option",
+    "check_nonempty",
+    "load_datalist",
+    "DEFAULT_MAX_IMAGE_VOXELS",
+]
 
 _MAX_LISTED = 10
+DEFAULT_MAX_IMAGE_VOXELS = 512 * 512 * 1024
+"""Default size limit of one image (voxels): 512 x 512 x 1024, 1 GiB as float32."""
 
 
 def _spatial_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
@@ -42,8 +55,11 @@ def _list_values(values: np.ndarray) -> str:
 class _Checker:
     """Collects problems of one datalist; ``load`` returns ``None`` (after recording why) for unusable files."""
 
-    def __init__(self, num_classes: int, check_values: bool, affine_atol: float) -> None:
+    def __init__(
+        self, num_classes: int, check_values: bool, affine_atol: float, max_voxels: int | None = None
+    ) -> None:
         self.num_classes, self.check_values, self.affine_atol = num_classes, check_values, affine_atol
+        self.max_voxels = max_voxels
         self.problems: list[str] = []
 
     def fail(self, path: str | os.PathLike, problem: str) -> None:
@@ -66,6 +82,14 @@ class _Checker:
         shape = _spatial_shape(img.shape)
         if shape is None:
             self.fail(path, f"{role} is not 3D: shape {tuple(img.shape)} (expected (X, Y, Z) or (X, Y, Z, 1))")
+            return None
+        voxels = int(np.prod(shape, dtype=np.int64))
+        if self.max_voxels is not None and voxels > self.max_voxels:
+            self.fail(
+                path,
+                f"{role} declares {' x '.join(map(str, shape))} = {voxels} voxels, above the limit max_image_voxels="
+                f"{self.max_voxels} (refused from the header; nothing was read)",
+            )
             return None
         if abs(np.linalg.det(img.affine[:3, :3])) < 1e-8:
             self.fail(path, f"{role} affine is singular (zero voxel size): {img.affine[:3, :3].tolist()}")
@@ -138,6 +162,7 @@ def check_datalist(
     check_values: bool = True,
     max_cases: int | None = None,
     affine_atol: float = 1e-2,
+    max_image_voxels: int | None = DEFAULT_MAX_IMAGE_VOXELS,
 ) -> bool:
     """Check that every image/label pair of a datalist can be trained on.
 
@@ -156,6 +181,8 @@ def check_datalist(
             this way).
         max_cases: check only the first ``max_cases`` items; ``None`` checks all.
         affine_atol: largest accepted absolute difference between the image and label affines (mm).
+        max_image_voxels: largest accepted number of voxels of one file, checked from the header before any voxel
+            is read (a 2048^3 header is refused, not read into memory); ``None`` for no limit.
 
     Returns:
         True when every item passes, so the call can sit in a bundle's ``initialize`` expression list.
@@ -163,7 +190,7 @@ def check_datalist(
     Raises:
         ValueError: listing every problem found, one line each, as ``<file>: <problem and offending values>``.
     """
-    checker = _Checker(num_classes, check_values, affine_atol)
+    checker = _Checker(num_classes, check_values, affine_atol, max_image_voxels)
     selected = list(items)[:max_cases] if max_cases is not None else list(items)
     for index, item in enumerate(selected):
         if not isinstance(item, Mapping):
@@ -200,7 +227,7 @@ def check_datalist_file(
     """
     items: list[dict[str, Any]] = []
     for key in keys:
-        items += load_decathlon_datalist(str(datalist_json), is_segmentation=True, data_list_key=key, base_dir=base_dir)
+        items += load_datalist(datalist_json, key, base_dir=base_dir)
     max_cases = kwargs.get("max_cases")
     check_datalist(items, **kwargs)
     return len(items) if max_cases is None else min(len(items), max_cases)
@@ -235,8 +262,19 @@ def check(
     return f"{n} item(s) of {datalist} ({', '.join(keys)}) passed the checks."
 
 
-def check_images(images: Sequence[str | Path], image_key: str = "image", check_values: bool = True) -> bool:
+def check_images(
+    images: Sequence[str | Path],
+    image_key: str = "image",
+    check_values: bool = True,
+    max_image_voxels: int | None = DEFAULT_MAX_IMAGE_VOXELS,
+) -> bool:
     """Check images to segment (no labels): at least one, each an existing, readable 3D NIfTI without NaN/inf.
+
+    Args:
+        images: image paths (or datalist items with ``image_key``).
+        image_key: key of the image path in datalist items.
+        check_values: also read the voxel data (NaN/inf intensities).
+        max_image_voxels: size limit of one image from its header (see :func:`check_datalist`).
 
     Raises:
         ValueError: no images, or the problems found (see :func:`check_datalist`).
@@ -245,7 +283,9 @@ def check_images(images: Sequence[str | Path], image_key: str = "image", check_v
     if not images:
         raise ValueError("No images to segment: the datalist is empty (is dataset_dir/imagesTs empty or mistyped?).")
     items = [img if isinstance(img, Mapping) else {image_key: str(img)} for img in images]
-    return check_datalist(items, image_key=image_key, label_key="__no_label__", check_values=check_values)
+    return check_datalist(
+        items, image_key=image_key, label_key="__no_label__", check_values=check_values, max_image_voxels=max_image_voxels
+    )
 
 
 def check_file_exists(path: str | Path, what: str = "file") -> bool:
@@ -260,3 +300,37 @@ def check_option(name: str, value: Any, choices: Sequence[Any]) -> bool:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
     return True
+
+
+def check_nonempty(items: Sequence[Any], section: str, datalist: str | Path | None = None) -> bool:
+    """Raise ``ValueError`` naming ``section`` and the datalist file when ``items`` is empty.
+
+    Training without validation cases would never write ``model.pt`` (the best model), so it is refused up front.
+    """
+    if len(items) == 0:
+        where = f" of {datalist}" if datalist is not None else ""
+        raise ValueError(
+            f"The '{section}' list{where} is empty: training needs at least one {section} case to select and save "
+            "model.pt (the best model)."
+        )
+    return True
+
+
+def load_datalist(
+    datalist: str | Path, data_list_key: str = "training", base_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """:func:`monai.data.load_decathlon_datalist` (segmentation) with errors that name the file.
+
+    Raises:
+        FileNotFoundError: the datalist file does not exist.
+        ValueError: a JSON syntax error (with line and column) or a missing section, naming the file.
+    """
+    path = Path(datalist)
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist not found: {path}")
+    try:
+        return load_decathlon_datalist(str(path), True, data_list_key, base_dir=base_dir)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -1,8 +1,25 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Ignite handlers of monai_fine: per-organ Dice and HD95 (mm) metric handlers."""
+"""Ignite handlers of monai_fine: per-organ Dice and HD95 (mm) metrics; atomic, exactly resumable checkpoints."""
 
 from __future__ import annotations
 
+from monai_fine.handlers.checkpoint import (
+    BestModelSaver,
+    CaseErrorReporter,
+    NonFiniteLossGuard,
+    ResumableCheckpointSaver,
+    batch_case_names,
+    checkpoint_files,
+)
 from monai_fine.handlers.metrics import HausdorffDistance95, OrganDice
 
-__all__ = ["OrganDice", "HausdorffDistance95"]
+__all__ = [
+    "OrganDice",
+    "HausdorffDistance95",
+    "BestModelSaver",
+    "CaseErrorReporter",
+    "NonFiniteLossGuard",
+    "ResumableCheckpointSaver",
+    "batch_case_names",
+    "checkpoint_files",
+]

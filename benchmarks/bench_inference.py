@@ -1,0 +1,206 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Whole-scan inference cost on the host: seconds, peak RSS, windows, FLOPs and the fraction of the fp32 matmul peak.
+
+Every run is a fresh subprocess that runs the bundle's own inference pipeline (``bundle/configs/inference.json``:
+LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged -> FINE sliding window -> argmax -> Invertd ->
+SaveImaged) on a real NIfTI CT-like scan written to a temporary folder, with a randomly initialised ``model.pt`` of the
+chosen preset (timing and memory do not depend on the weights). Reported per (scan size, one pass / two-pass
+``scan_memory``):
+
+- ``seconds``: wall time of ``evaluator.run()`` (load, preprocess, windows, post-process, save);
+- ``peak_rss_gib``: the subprocess's resident-set high-water mark (``ru_maxrss``), the whole process included;
+- ``windows``: network calls x batch, counted by a forward hook (two-pass runs count both passes);
+- ``gflops``: forward FLOPs of one window (``torch.utils.flop_counter.FlopCounterMode``) x windows;
+- ``peak_fraction``: achieved GFLOP/s over the fp32 matmul peak measured in the same run (best of 2048^3 matmuls).
+
+    python benchmarks/bench_inference.py --preset tiny                 # 3 sizes up to 512x512x200 at 0.76x0.76x3 mm
+    python benchmarks/bench_inference.py --preset bcv --overlap 0.5 --out benchmarks/results
+    python benchmarks/bench_inference.py --quick                       # a seconds-long smoke run
+
+Writes ``bench_inference_<preset>.csv`` and ``.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+DEFAULT_SIZES = "128x128x50,256x256x100,512x512x200"
+FIELDS = (
+    "preset", "size", "spacing", "pass", "overlap", "roi", "seconds", "peak_rss_gib", "windows", "gflops_window",
+    "gflops", "gflops_per_s", "matmul_peak_gflops_per_s", "peak_fraction", "threads", "torch", "machine", "status",
+)  # fmt: skip
+
+
+def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+    """``"128x128x50,512x512x200"`` -> ``[(128, 128, 50), (512, 512, 200)]``."""
+    sizes = []
+    for part in text.split(","):
+        dims = tuple(int(d) for d in part.lower().split("x"))
+        if len(dims) != 3 or min(dims) < 1:
+            raise ValueError(f"--sizes: expected XxYxZ, got {part!r}")
+        sizes.append(dims)
+    return sizes
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of ``n x n @ n x n`` on this machine's CPU threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def write_scan(path: Path, size: tuple[int, int, int], spacing: tuple[float, float, float], seed: int = 0) -> None:
+    """An int16 CT-like volume: an ellipsoidal 'body' of soft tissue with noise in air, LPS-style affine."""
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    grids = np.ogrid[tuple(slice(0, s) for s in size)]
+    r2 = sum(((g - s / 2) / (s / 2.4)) ** 2 for g, s in zip(grids, size))
+    data = np.where(r2 < 1, 40, -1000).astype(np.int16)
+    data += rng.integers(-30, 30, size=size, dtype=np.int16)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+def overrides(preset: str, quick: bool) -> dict:
+    base = {"preset": preset, "num_workers": 0, "device": "$torch.device('cpu')", "sw_batch_size": 2}
+    if quick:
+        base.update({"roi_size": [32, 32, 16], "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]})
+    return base
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measured inference run in this (fresh) process; prints ``RESULT {json}``."""
+    import torch
+    from monai.bundle import ConfigWorkflow
+    from torch.utils.flop_counter import FlopCounterMode
+
+    work = Path(args.work)
+    over = json.loads(args.overrides)
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), workflow_type="infer",
+        bundle_root=str(work), datalist=[str(work / "scan.nii.gz")], output_dir=str(work / "out"),
+        scan_memory=args.scan_memory, overlap=args.overlap, pixdim=list(args.spacing), **over,
+    )
+    wf.initialize()
+    network = wf.parser.get_parsed_content("network")
+    roi = tuple(wf.parser.get_parsed_content("roi_size"))
+    windows = [0]
+    network.register_forward_pre_hook(lambda m, a: windows.__setitem__(0, windows[0] + int(a[0].shape[0])))
+    network.eval()
+    with FlopCounterMode(display=False) as counter:  # (under no_grad the counter's module tracker asserts)
+        box = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+        network(torch.zeros(1, 1, *roi), roi_box=box)
+    flops_window = counter.get_total_flops()
+    windows[0] = 0
+    t0 = time.perf_counter()
+    wf.run()
+    seconds = time.perf_counter() - t0
+    wf.finalize()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak, "windows": windows[0], "flops_window":
+                                  flops_window, "roi": "x".join(map(str, roi))}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=["tiny", "bcv"], default="tiny")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated XxYxZ (default {DEFAULT_SIZES})")
+    parser.add_argument("--spacing", type=float, nargs=3, default=[0.76, 0.76, 3.0], help="mm, also the pixdim")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--passes", default="one,two", help="one (single pass), two (scan_memory), or both")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 40x36x24 at 4 mm, a 12-feature tiny network")
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--scan_memory", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return []
+    if args.quick:
+        args.sizes, args.spacing = "40x36x24", [4.0, 4.0, 4.0]
+    import torch
+
+    from monai_fine.networks import create_fine
+
+    sizes = parse_sizes(args.sizes)
+    passes = [p.strip() for p in args.passes.split(",") if p.strip()]
+    if not set(passes) <= {"one", "two"}:
+        raise ValueError(f"--passes: expected one and/or two, got {args.passes!r}")
+    peak_gflops = matmul_peak_gflops(512 if args.quick else 2048)
+    over = overrides(args.preset, args.quick)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+        work = Path(tmp)
+        (work / "models").mkdir()
+        kw = {k.split("#")[1]: v for k, v in over.items() if k.startswith("network_def#")}
+        roi = over.get("roi_size", [128, 128, 64] if args.preset == "bcv" else [64, 64, 32])
+        model = create_fine(args.preset, 1, 14, roi_size=roi, deep_supervision=True, **kw)
+        torch.save(model.state_dict(), work / "models" / "model.pt")
+        del model
+        for size in sizes:
+            write_scan(work / "scan.nii.gz", size, tuple(args.spacing))
+            for p in passes:
+                cmd = [sys.executable, __file__, "--child", "--work", str(work), "--overlap", str(args.overlap),
+                       "--scan_memory", str(int(p == "two")), "--overrides", json.dumps(over),
+                       "--spacing", *map(str, args.spacing)]
+                env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                row = {"preset": args.preset, "size": "x".join(map(str, size)), "spacing": "x".join(map(str, args.spacing)),
+                       "pass": p, "overlap": args.overlap, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "machine": platform.processor() or platform.machine(),
+                       "matmul_peak_gflops_per_s": round(peak_gflops, 1)}
+                result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                if proc.returncode != 0 or not result:
+                    row["status"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                else:
+                    r = json.loads(result[-1][len("RESULT "):])
+                    gflops = r["flops_window"] * r["windows"] / 1e9
+                    row.update({"roi": r["roi"], "seconds": round(r["seconds"], 2),
+                                "peak_rss_gib": round(r["peak_rss"] / 2**30, 3), "windows": r["windows"],
+                                "gflops_window": round(r["flops_window"] / 1e9, 3), "gflops": round(gflops, 1),
+                                "gflops_per_s": round(gflops / r["seconds"], 1),
+                                "peak_fraction": round(gflops / r["seconds"] / peak_gflops, 3), "status": "ok"})
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench_inference_{args.preset}{'_quick' if args.quick else ''}"
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    cols = ["size", "pass", "seconds", "peak_rss_gib", "windows", "gflops", "gflops_per_s", "peak_fraction", "status"]
+    lines = [f"Whole-scan inference, preset `{args.preset}`, spacing {args.spacing} mm, overlap {args.overlap}, "
+             f"{torch.get_num_threads()} threads, fp32 matmul peak {peak_gflops:.1f} GFLOP/s (measured in this run).",
+             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.md')}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Inference through ``bundle/configs/inference.json`` never loses or half-writes a result, and its boolean tunables
+mean what they say (in-process ``ConfigWorkflow`` and ``python -m monai.bundle run`` / ``python -m monai_fine``)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.bundle import ConfigWorkflow
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+CONFIGS = BUNDLE / "configs"
+SMALL = {
+    "preset": "tiny",
+    "roi_size": [32, 32, 16],
+    "network_def#feature_size": 12,
+    "network_def#num_heads": [1, 2, 2, 4],
+    "pixdim": [4.0, 4.0, 4.0],
+    "num_workers": 0,
+    "device": "$torch.device('cpu')",
+    "load_pretrain": "false",  # random weights: these tests are about the files, not the segmentation
+}
+
+
+def infer(tmp_path: Path, images: list[Path], out_dir: Path, **override) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(tmp_path),
+        datalist=[str(p) for p in images],
+        output_dir=str(out_dir),
+        **{**SMALL, **override},
+    )
+    wf.initialize()
+    return wf
+
+
+def ct(path: Path, shape=(40, 36, 24), seed=0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.random.default_rng(seed).normal(0, 200, shape).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.diag([-4.0, -4.0, 4.0, 1.0])), str(path))
+    return path
+
+
+def test_duplicate_output_names_are_refused_up_front(tmp_path):
+    images = [ct(tmp_path / "a" / "case.nii.gz"), ct(tmp_path / "b" / "case.nii.gz"), ct(tmp_path / "c.nii.gz")]
+    with pytest.raises(Exception) as err:  # before the (missing) checkpoint is even looked at
+        infer(tmp_path, images, tmp_path / "out", load_pretrain=True, checkpoint=str(tmp_path / "missing.pt"))
+    text = str(err.value) + str(err.value.__cause__)
+    assert "case_seg" in text and str(images[0]) in text and str(images[1]) in text and "missing.pt" not in text
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_unwritable_output_dir_fails_before_the_model_is_loaded(tmp_path):
+    (tmp_path / "not_a_dir").write_text("x")
+    out = tmp_path / "not_a_dir" / "seg"
+    with pytest.raises(Exception) as err:
+        infer(tmp_path, [ct(tmp_path / "c.nii.gz")], out, load_pretrain=True, checkpoint=str(tmp_path / "missing.pt"))
+    text = str(err.value) + str(err.value.__cause__)
+    assert "output_dir is not writable" in text and str(out) in text and "missing.pt" not in text
+
+
+def test_a_failing_case_is_named_and_leaves_no_partial_file(tmp_path):
+    good = ct(tmp_path / "in" / "a_good.nii.gz")
+    bad = ct(tmp_path / "in" / "b_bad.nii.gz", seed=1)
+    raw = gzip.decompress(bad.read_bytes())
+    bad.write_bytes(gzip.compress(raw[: len(raw) // 3]))  # header intact, voxel data truncated
+    out = tmp_path / "seg"
+    wf = infer(tmp_path, [good, bad], out, check_data="False")
+    with pytest.raises(Exception) as err:
+        wf.run()
+    text = str(err.value) + str(err.value.__cause__)
+    assert "failed on case" in text and "b_bad.nii.gz" in text and "a_good" not in text
+    assert sorted(p.name for p in out.iterdir()) == ["a_good_seg.nii.gz"]  # no partial or temporary file
+    seg = nib.load(out / "a_good_seg.nii.gz")
+    assert seg.shape == (40, 36, 24) and np.allclose(seg.affine, nib.load(good).affine)
+    assert np.asarray(seg.dataobj).dtype == np.uint8
+
+
+def test_boolean_overrides_in_process(tmp_path):
+    image = ct(tmp_path / "c.nii.gz")
+    for word, value in [("false", False), ("False", False), ("0", False), ("true", True), ("True", True), ("1", True)]:
+        wf = infer(tmp_path, [image], tmp_path / "out", scan_memory=word)
+        assert wf.parser.get_parsed_content("inferer").scan_memory is value, word
+    with pytest.raises(Exception) as err:
+        infer(tmp_path, [image], tmp_path / "out", amp="maybe")
+    assert "amp must be a boolean" in str(err.value) + str(err.value.__cause__)
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_boolean_strings_from_both_command_lines(tmp_path):
+    image = ct(tmp_path / "data" / "imagesTs" / "c.nii.gz")
+    common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--preset", "tiny",
+              "--roi_size", "[32,32,16]", "--network_def#feature_size", "12", "--network_def#num_heads", "[1,2,2,4]",
+              "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0", "--device", "$torch.device('cpu')"]
+    # `--load_pretrain false` arrives as the string 'false': no checkpoint is needed, the segmentation is written
+    proc = _cli(["-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file",
+                 str(CONFIGS / "metadata.json"), "--output_dir", str(tmp_path / "out"), "--load_pretrain", "false",
+                 *common])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "c_seg.nii.gz").is_file()
+    proc = _cli(["-m", "monai_fine", "infer", "--output_dir", str(tmp_path / "out2"), "--load_pretrain", "no way",
+                 *common])
+    assert proc.returncode != 0 and "load_pretrain must be a boolean" in proc.stderr + proc.stdout
+    assert not (tmp_path / "out2" / "c_seg.nii.gz").exists()
+    assert image.is_file()
+
+
+def test_half_precision_stitching_matches_float32():
+    """The float16 stitching buffer (half the host memory) gives the float32 labels up to logit-rounding ties."""
+    import torch
+
+    from monai_fine.inferers import FINEInferer
+    from monai_fine.networks import create_fine
+    from monai_fine.stitching import CastStitchInferer
+
+    torch.manual_seed(0)
+    net = create_fine("tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4)).eval()
+    volume = torch.rand(1, 1, 56, 48, 28)
+    inner = FINEInferer(roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.5)
+    with torch.no_grad():
+        ref = inner(volume, net)
+        half = CastStitchInferer(inner, "float16")(volume, net)
+        same = CastStitchInferer(inner, "float32")(volume, net)
+    assert ref.dtype == torch.float32 and half.dtype == torch.float16 and half.shape == ref.shape
+    assert torch.equal(same, ref)
+    err = (half.float() - ref).abs().max() / ref.abs().max()
+    assert err < 5e-3, float(err)
+    agree = (half.float().argmax(1) == ref.argmax(1)).float().mean()
+    assert agree > 0.99, float(agree)
+    with pytest.raises(ValueError, match="stitch_dtype must be one of"):
+        CastStitchInferer(inner, "float8")
+
+
+@pytest.mark.slow
+def test_bench_inference_quick(tmp_path):
+    proc = _cli([str(BUNDLE.parent / "benchmarks" / "bench_inference.py"), "--quick", "--out", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import csv
+
+    with open(tmp_path / "bench_inference_tiny_quick.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["pass"] for r in rows] == ["one", "two"] and all(r["status"] == "ok" for r in rows)
+    # 40x36x24 with 32x32x16 windows at overlap 0.5: 2 x 2 x 2 windows per pass, both passes run the network
+    assert [int(r["windows"]) for r in rows] == [8, 16]
+    for r in rows:
+        assert float(r["seconds"]) > 0 and 0 < float(r["peak_rss_gib"]) < 8 and 0 < float(r["peak_fraction"]) < 1
+        assert abs(float(r["gflops"]) - float(r["gflops_window"]) * int(r["windows"])) < 0.1
+    assert "| 40x36x24 | one |" in (tmp_path / "bench_inference_tiny_quick.md").read_text()
+
+
+def test_argmax_uint8_equals_torch_argmax_and_keeps_metadata():
+    import torch
+    from monai.data import MetaTensor
+
+    from monai_fine.stitching import ArgmaxUint8d
+
+    torch.manual_seed(1)
+    x = MetaTensor(torch.randn(14, 9, 7, 19).half(), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    out = ArgmaxUint8d("pred", slab=4)({"pred": x})["pred"]
+    assert out.dtype == torch.uint8 and out.shape == (1, 9, 7, 19)
+    assert torch.equal(out.as_tensor().long(), x.as_tensor().float().argmax(0, keepdim=True))
+    assert torch.equal(out.affine, x.affine)
+    with pytest.raises(ValueError, match="channels do not fit"):
+        ArgmaxUint8d("pred")({"pred": torch.zeros(300, 2, 2, 2)})

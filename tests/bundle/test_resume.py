@@ -1,0 +1,224 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Crash-safe, exact resume of the training bundle, with real ``python -m monai.bundle run`` subprocesses.
+
+A seeded run is killed with SIGKILL (once between checkpoints, once while a checkpoint is being written), resumed
+with the same command, and must end with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai_fine.data import make_phantom_dataset
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+CONFIGS = BUNDLE / "configs"
+
+# tiny network, tiny crops; 3 training cases with epoch_length 2, so the loader iterator spans epoch boundaries
+ARGS = {
+    "preset": "tiny",
+    "roi_size": "[32,32,16]",
+    "network_def#feature_size": "12",
+    "network_def#num_heads": "[1,2,2,4]",
+    "pixdim": "[4.0,4.0,4.0]",
+    "num_samples": "2",
+    "num_workers": "0",
+    "cache_rate": "0.0",
+    "device": "$torch.device('cpu')",
+    "max_epochs": "3",
+    "epoch_length": "2",
+    "val_interval": "1",
+    "learning_rate": "0.05",
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom")
+    make_phantom_dataset(out, num_cases=4, seed=5, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=0, val_fraction=0.25)
+    return out
+
+
+def command(root: Path, data: Path, **extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json"),
+           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+           "--bundle_root", str(root), "--dataset_dir", str(data)]
+    for k, v in {**ARGS, **extra}.items():
+        cmd += [f"--{k}", v]
+    return cmd
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    e["PYTHONPATH"] = str(BUNDLE.parent) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def run(root: Path, data: Path, **extra: str) -> str:
+    proc = subprocess.run(command(root, data, **extra), env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def final_weights(root: Path) -> dict[str, torch.Tensor]:
+    return torch.load(root / "models" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reference")
+    run(root, data_dir)
+    return root
+
+
+def ckpt(root: Path, epoch: int) -> Path:
+    return root / "models" / f"last_checkpoint_epoch={epoch}.pt"
+
+
+@pytest.mark.slow
+def test_kill_between_checkpoints_resumes_exactly(reference, data_dir, tmp_path):
+    root = tmp_path / "killed"
+    proc = subprocess.Popen(command(root, data_dir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not ckpt(root, 1).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert ckpt(root, 1).exists() and not ckpt(root, 2).exists(), "the kill did not land between checkpoints 1 and 2"
+    assert not (root / "models" / "model_final.pt").exists()
+    log = run(root, data_dir)  # the same command resumes
+    assert not ckpt(root, 1).exists() and ckpt(root, 2).exists() and ckpt(root, 3).exists()  # keep the last 2
+    diff = max_abs_diff(final_weights(root), final_weights(reference))
+    assert diff <= 1e-6, (diff, log[-2000:])
+    best, best_ref = (torch.load(r / "models" / "model.pt", weights_only=False) for r in (root, reference))
+    assert max_abs_diff(best, best_ref) <= 1e-6  # the resumed run remembered the best metric
+
+
+@pytest.mark.slow
+def test_kill_while_writing_a_checkpoint_resumes_exactly(reference, data_dir, tmp_path):
+    root = tmp_path / "killed"
+    hook = {"MONAI_FINE_PAUSE_BEFORE_REPLACE": "120", "MONAI_FINE_PAUSE_MATCH": "last_checkpoint_epoch=2"}
+    proc = subprocess.Popen(
+        command(root, data_dir), env=env(**hook), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = []
+    for line in proc.stdout:  # the saver prints "PAUSE <path>" once the temporary file is complete
+        lines.append(line)
+        if line.startswith("PAUSE "):
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any(line.startswith("PAUSE ") for line in lines), "".join(lines[-30:])
+    models = root / "models"
+    temps = [p for p in models.iterdir() if ".tmp-" in p.name]
+    assert temps and not ckpt(root, 2).exists() and ckpt(root, 1).exists()
+    # a corrupt newer checkpoint (e.g. a bad copy) is skipped with a warning naming it, and set aside
+    ckpt(root, 9).write_bytes(b"not a checkpoint")
+    log = run(root, data_dir)
+    assert "last_checkpoint_epoch=9.pt" in log and "could not be loaded" in log
+    assert (models / "last_checkpoint_epoch=9.pt.unreadable").exists()
+    assert not [p for p in models.iterdir() if ".tmp-" in p.name]  # stale temporary files are cleaned up
+    diff = max_abs_diff(final_weights(root), final_weights(reference))
+    assert diff <= 1e-6, (diff, log[-2000:])
+
+
+@pytest.mark.slow
+def test_resume_false_from_the_command_line_starts_over(reference, data_dir, tmp_path):
+    """``--resume false`` is the string 'false' through Python Fire: it must not resume."""
+    import shutil
+
+    root = tmp_path / "again"
+    shutil.copytree(reference, root)
+    before = final_weights(root)
+    run(root, data_dir, resume="false", max_epochs="1")
+    after = final_weights(root)
+    assert max_abs_diff(before, after) > 1e-4  # a new 1-epoch training, not the finished 3-epoch run
+    assert ckpt(root, 1).exists() and (root / "models" / "previous_run_1" / "last_checkpoint_epoch=3.pt").exists()
+
+
+def _train_in_process(root: Path, data: Path, **override):
+    from monai.bundle import ConfigWorkflow
+
+    import ast
+
+    def value(v: str):  # what Python Fire would make of the command-line string
+        try:
+            return ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            return v
+
+    args = {k: value(v) for k, v in ARGS.items()}
+    args.update(override)
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", bundle_root=str(root),
+        dataset_dir=str(data), **args,
+    )
+    wf.initialize()
+    return wf
+
+
+def _error_text(err) -> str:
+    return str(err.value) + str(err.value.__cause__) + str(getattr(err.value.__cause__, "__cause__", ""))
+
+
+def test_non_finite_loss_stops_before_the_weights_change(data_dir, tmp_path):
+    import json
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    data = tmp_path / "nan"
+    shutil.copytree(data_dir, data)
+    bad = data / json.loads((data / "dataset_0.json").read_text())["training"][1]["image"]
+    img = nib.load(bad)
+    nib.save(nib.Nifti1Image(np.full(img.shape, np.nan, np.float32), img.affine), str(bad))
+    root = tmp_path / "run"
+    wf = _train_in_process(root, data, check_data="false", max_epochs=1, epoch_length=None)
+    network = wf.parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    with pytest.raises(Exception) as err:
+        wf.run()
+    text = _error_text(err)
+    assert "non-finite training loss" in text and bad.name in text, text
+    after = network.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    models = root / "models"
+    assert not (models / "model.pt").exists() and not (models / "model_final.pt").exists()
+    # the check that --check_data false skipped names the file up front
+    with pytest.raises(Exception) as err:
+        _train_in_process(tmp_path / "run2", data, max_epochs=1)
+    assert bad.name in _error_text(err) and "NaN" in _error_text(err)
+
+
+def test_empty_validation_list_and_broken_json_are_named(data_dir, tmp_path):
+    import json
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(data_dir, data)
+    listing = json.loads((data / "dataset_0.json").read_text())
+    (data / "dataset_0.json").write_text(json.dumps({**listing, "validation": []}))
+    with pytest.raises(Exception) as err:
+        _train_in_process(tmp_path / "r", data)
+    assert "'validation' list of" in _error_text(err) and "dataset_0.json is empty" in _error_text(err)
+    (data / "dataset_0.json").write_text(json.dumps(listing)[:-5])
+    with pytest.raises(Exception) as err:
+        _train_in_process(tmp_path / "r", data)
+    assert "dataset_0.json: not valid JSON" in _error_text(err)
+    assert not (tmp_path / "r" / "models").exists()

@@ -1,0 +1,136 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Atomic writes, output-name and output-folder checks, boolean tunables, datalist and header-size errors."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_fine.bools import as_bool, check_bools
+from monai_fine.data import (
+    AtomicNibabelWriter,
+    atomic_write,
+    check_datalist,
+    check_images,
+    check_nonempty,
+    check_output_names,
+    check_writable_dir,
+    load_datalist,
+)
+from monai_fine.handlers import checkpoint_files
+
+
+def test_atomic_write_replaces_only_when_complete(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(b"half a checkp")
+            raise RuntimeError("killed while writing")
+    assert torch.equal(torch.load(path)["w"], torch.ones(3))  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # and no temporary file is left
+    with atomic_write(path) as tmp:
+        assert tmp.parent == path.parent and tmp.name.endswith(".pt") and tmp != path
+        torch.save({"w": torch.zeros(3)}, tmp)
+        assert torch.equal(torch.load(path)["w"], torch.ones(3))  # not replaced before the block ends
+    assert torch.equal(torch.load(path)["w"], torch.zeros(3))
+
+
+def test_atomic_nifti_writer_keeps_the_extension_and_the_data(tmp_path):
+    writer = AtomicNibabelWriter(output_dtype=np.uint8)
+    data = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    writer.set_data_array(torch.as_tensor(data), channel_dim=None)
+    writer.set_metadata({"affine": np.diag([2.0, 2.0, 3.0, 1.0])}, resample=False)
+    writer.write(tmp_path / "case_seg.nii.gz")
+    img = nib.load(tmp_path / "case_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data)
+    assert [p.name for p in tmp_path.iterdir()] == ["case_seg.nii.gz"]
+    with open(tmp_path / "case_seg.nii.gz", "rb") as f:
+        assert f.read(2) == b"\x1f\x8b"  # gzip, chosen from the final extension
+
+
+def test_checkpoints_are_ordered_by_number_not_time(tmp_path):
+    for epoch in (10, 2, 9):  # written last: 9, so the newest by modification time is not the highest epoch
+        (tmp_path / f"last_checkpoint_epoch={epoch}.pt").write_bytes(b"x")
+    (tmp_path / ".last_checkpoint_epoch=11.tmp-abc.pt").write_bytes(b"x")
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert [e for e, _ in checkpoint_files(tmp_path)] == [10, 9, 2]
+
+
+@pytest.mark.parametrize("word,value", [(True, True), ("true", True), ("True", True), ("1", True), (1, True),
+                                        (False, False), ("false", False), ("False", False), ("0", False), (0, False)])
+def test_as_bool_accepts(word, value):
+    assert as_bool(word, "resume") is value
+
+
+@pytest.mark.parametrize("word", ["maybe", "", "2", 2, None, "fals"])
+def test_as_bool_refuses_naming_the_id(word):
+    with pytest.raises(ValueError, match=r"scan_memory must be a boolean .*got"):
+        as_bool(word, "scan_memory")
+
+
+def test_check_bools_lists_every_bad_tunable():
+    with pytest.raises(ValueError) as err:
+        check_bools({"resume": "false", "amp": "yes please", "check_data": "nope"})
+    assert "amp" in str(err.value) and "check_data" in str(err.value) and "resume" not in str(err.value)
+    assert check_bools({"resume": "false", "amp": "True"}) == {"resume": False, "amp": True}
+
+
+def test_output_name_clashes_are_listed(tmp_path):
+    items = [tmp_path / "a" / "case1.nii.gz", tmp_path / "b" / "case1.nii.gz", tmp_path / "case2.nii.gz"]
+    with pytest.raises(ValueError) as err:
+        check_output_names(items, postfix="seg")
+    text = str(err.value)
+    assert "case1_seg" in text and str(items[0]) in text and str(items[1]) in text and "case2" not in text
+    assert check_output_names(items[1:]) is True
+
+
+def test_writable_dir(tmp_path):
+    assert check_writable_dir(tmp_path / "new" / "out") and (tmp_path / "new" / "out").is_dir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match=r"output_dir is not writable: .*a_file"):
+        check_writable_dir(blocker / "out")
+
+
+def test_datalist_json_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "dataset_0.json"
+    path.write_text('{"training": [{"image": "a.nii.gz", "label": "b.nii.gz"},]}')
+    with pytest.raises(ValueError, match=r"dataset_0\.json: not valid JSON: .* line 1, column"):
+        load_datalist(path, "training")
+    path.write_text(json.dumps({"training": [{"image": "a.nii.gz", "label": "b.nii.gz"}]}))
+    assert load_datalist(path, "training")[0]["image"] == str(tmp_path / "a.nii.gz")
+    with pytest.raises(ValueError, match=r"dataset_0\.json"):
+        load_datalist(path, "validation")
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_datalist(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match=r"'validation' list of .*dataset_0\.json is empty"):
+        check_nonempty([], "validation", path)
+
+
+def test_huge_header_is_refused_without_reading(tmp_path):
+    """A header declaring 2048^3 int16 voxels (16 GiB) over a few bytes of data: refused from the header alone."""
+    path = tmp_path / "huge.nii"
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_qform(np.diag([1.0, 1.0, 1.0, 1.0]), code=1)
+    with open(path, "wb") as f:
+        header.write_to(f)
+        f.write(b"\0" * (int(header.get_data_offset()) - f.tell() + 64))
+    tracemalloc.start()
+    with pytest.raises(ValueError) as err:
+        check_images([path])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    text = str(err.value)
+    assert "huge.nii" in text and "2048 x 2048 x 2048" in text and str(2048**3) in text and "max_image_voxels" in text
+    assert peak < 64 * 2**20  # nothing near 16 GiB was allocated
+    with pytest.raises(ValueError, match="above the limit max_image_voxels=1000"):
+        check_datalist([{"image": str(path)}], label_key="none", max_image_voxels=1000)
