@@ -110,7 +110,8 @@ def test_error_in_one_configuration_is_recorded_and_the_run_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "image, roi, overlap", [((40, 30, 20), (16, 16, 8), 0.5), ((512, 100, 70), (128, 64, 64), 0.25), ((8, 8, 8), (16, 16, 8), 0.5)]
+    "image, roi, overlap",
+    [((40, 30, 20), (16, 16, 8), 0.5), ((512, 100, 70), (128, 64, 64), 0.25), ((8, 8, 8), (16, 16, 8), 0.5)],
 )
 def test_num_windows_matches_monai_sliding_window(image, roi, overlap):
     from gpu_report import num_windows
