@@ -140,7 +140,7 @@ class Report:
             f"- command: `{s['command']}`",
             f"- started {s['started_utc']} UTC; elapsed {s.get('elapsed_s', 0):.0f} s of a {s['budget_s']} s budget",
             f"- AMP: torch.autocast({s['amp_dtype']}); AMP off = fp32 with TF32 {'on' if s['tf32'] else 'off'} "
-            f"(matmuls and convolutions); cudnn.benchmark {s['cudnn_benchmark']}",
+            f"(matmuls and convolutions: {e.get('fp32_precision', 'n/a')}); cudnn.benchmark {s['cudnn_benchmark']}",
             "",
             f"## Training step (batch {s['batch']}, crop {s['roi']}, DiceCE + deep supervision, SGD)",
             "",

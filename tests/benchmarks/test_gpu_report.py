@@ -147,3 +147,33 @@ def test_nnunet_plan_for_btcv():
     net.train()
     out = net(torch.zeros(1, 1, 64, 64, 32))
     assert out.shape == (1, 1 + plan["deep_supr_num"], 14, 64, 64, 32)
+
+
+def test_swinunetr_without_einops(monkeypatch):
+    """The GPU machine has no einops: SwinUNETR then runs on ``permute_rearrange``, with the same output."""
+    import einops
+    from monai.networks.nets import swin_unetr
+    from peers import permute_rearrange, swinunetr
+
+    x = torch.randn(2, 3, 4, 5, 6)
+    for pattern in ("b c d h w -> b d h w c", "b d h w c -> b c d h w", "n c h w -> n h w c"):
+        t = x if len(pattern.split("->")[0].split()) == 5 else x[:, :, 0]
+        assert torch.equal(permute_rearrange(t, pattern), einops.rearrange(t, pattern))
+    with pytest.raises(ValueError, match="permutation"):
+        permute_rearrange(x, "b c d h w -> b (c d) h w")
+
+    torch.manual_seed(0)
+    net = swinunetr(feature_size=12).eval()
+    image = torch.randn(1, 1, 64, 32, 32)
+    with torch.no_grad():
+        expected = net(image)
+
+    def missing(*args, **kwargs):
+        raise RuntimeError("einops is not installed")
+
+    monkeypatch.setattr(swin_unetr, "rearrange", missing)
+    monkeypatch.setitem(sys.modules, "einops", None)  # `import einops` now fails, as on the GPU machine
+    swinunetr(feature_size=12)  # notices and installs the shim in MONAI's module
+    assert swin_unetr.rearrange is permute_rearrange
+    with torch.no_grad():
+        assert torch.allclose(net(image), expected)
