@@ -1,88 +1,19 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Is the trained memory used? Evaluate a trained FINE with parts of its memory switched off at inference.
+"""Entry point kept for existing commands: ``python benchmarks/memory_probe.py ...`` is ``python -m monai_fine memory_probe ...``.
 
-For a model trained by ``context_ablation.py`` (or the bundle), segments the held-out cases three ways and reports
-per-organ Dice for each:
-
-- ``as trained``: the model as it is;
-- ``no volume memory``: the visit record cleared, so every volume token is masked (V-MSA skipped, G-MSA sees only
-  window tokens): the prediction without the volume-token memory;
-- ``no scan memory`` (models trained with ``scan_memory``): one inference pass without the per-scan memory.
-
-If removing a part changes nothing, the network learned not to rely on it.
-
-    python benchmarks/memory_probe.py --run runs/context_ablation/runs/situs/seed0/full+scan \\
-        --data runs/context_ablation/data_situs --memory full --scan_memory
+The experiment lives in :py:mod:`monai_fine.experiments.memory_probe`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
-import torch
-from monai.bundle import ConfigParser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from monai_fine.experiments.memory_probe import main  # noqa: E402
 
-from monai_fine.inferers import FINEInferer  # noqa: E402
-from monai_fine.metrics import BTCV13_ORGANS, BTCV_LABELS, compute_organ_dice  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="bundle_root of a trained run (models/model_final.pt)")
-    p.add_argument("--data", required=True, help="dataset_dir with dataset_0.json")
-    p.add_argument("--memory", default="full")
-    p.add_argument("--scan_memory", action="store_true")
-    p.add_argument("--roi", type=int, nargs=3, default=[32, 32, 16])
-    p.add_argument("--pixdim", type=float, nargs=3, default=[3.0, 3.0, 3.0])
-    p.add_argument("--split", default="validation")
-    args = p.parse_args(argv)
-
-    parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / "bundle" / "configs" / "train.json"))
-    parser.update({"preset": "tiny", "memory": args.memory, "scan_memory": args.scan_memory, "roi_size": args.roi,
-                   "pixdim": args.pixdim, "dataset_dir": args.data, "device": "$torch.device('cpu')"})
-    net = parser.get_parsed_content("network_def")
-    ckpt = torch.load(Path(args.run) / "models" / "model_final.pt", map_location="cpu", weights_only=False)
-    net.load_state_dict(ckpt.get("model", ckpt))
-    net.eval()
-    preprocess = parser.get_parsed_content("validate#preprocessing")
-    items = json.loads((Path(args.data) / "dataset_0.json").read_text())[args.split]
-    cases = [preprocess({k: str(Path(args.data) / v) for k, v in item.items() if k in ("image", "label")}) for item in items]
-    visits = net.memory_visits.clone()
-
-    conditions = {"as trained": (True, args.scan_memory)}
-    if args.memory == "full":
-        conditions["no volume memory"] = (False, False)
-    if args.scan_memory:
-        conditions["no scan memory"] = (True, False)
-    results = {}
-    for name, (memory_on, scan_on) in conditions.items():
-        net.memory_visits.copy_(visits if memory_on else torch.zeros_like(visits))
-        inferer = FINEInferer(args.roi, sw_batch_size=8, overlap=0.5, scan_memory=scan_on)
-        dice = []
-        with torch.no_grad():
-            for case in cases:
-                pred = inferer(case["image"][None], net).argmax(1)
-                onehot = lambda t: torch.nn.functional.one_hot(t.long(), 14).permute(0, 4, 1, 2, 3)  # noqa: E731
-                dice.append(compute_organ_dice(onehot(pred), onehot(case["label"][None, 0]), BTCV13_ORGANS))
-        dice = torch.cat(dice)
-        results[name] = torch.nanmean(dice, dim=0)
-    header = "| organ | " + " | ".join(results) + " |"
-    lines = [header, "|---" * (len(results) + 1) + "|"]
-    for j, label in enumerate(BTCV13_ORGANS):
-        lines.append(f"| {BTCV_LABELS[label]} | " + " | ".join(f"{float(v[j]):.3f}" for v in results.values()) + " |")
-    lines.append("| mean | " + " | ".join(f"{float(torch.nanmean(v)):.3f}" for v in results.values()) + " |")
-    print(f"run {args.run} ({len(cases)} {args.split} cases)")
-    print("\n".join(lines))
-    return {k: v.tolist() for k, v in results.items()}
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
     main()

@@ -1,21 +1,28 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """``python -m monai_fine <command>``: thin wrappers over the MONAI bundle workflows and the data tools.
 
-Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``. Bundle
+Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``, and the
+experiments ``context_ablation`` and ``memory_probe`` (:py:mod:`monai_fine.experiments`, argparse options). Bundle
 commands take any bundle id as an override (``--max_epochs 5``, ``--preset tiny``, ``--dataset_dir DIR``).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from monai_fine.data import check, datalist, phantom
+from monai_fine.reports import case_name, format_organ_table, nanmean, organ_table, overlay_png
 
-__all__ = ["bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "COMMANDS"]
+__all__ = [
+    "bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "context_ablation", "memory_probe",
+    "organ_table", "COMMANDS", "ARGPARSE_COMMANDS",
+]  # fmt: skip
 
 
 def bundle_dir() -> Path:
@@ -71,65 +78,6 @@ def verify(**override: Any) -> str:
     return "verify_net_in_out: passed"
 
 
-def _read_raw(path: Path) -> list[list[float]]:
-    with open(path) as f:
-        rows = list(csv.reader(f))
-    return [[float(v) for v in r[1:-1]] for r in rows[1:]]
-
-
-def _nanmean(values: list[float]) -> float:
-    vals = [v for v in values if v == v]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
-def organ_table(eval_dir: str | Path, protocol: str = "btcv13", prefix: str = "val") -> list[dict[str, Any]]:
-    """Per-organ mean Dice and HD95 (mm) over cases from the evaluation CSVs written by ``MetricsSaver``."""
-    from monai_fine.metrics import BTCV_LABELS, PROTOCOLS
-
-    eval_dir = Path(eval_dir)
-    # metric names of bundle/configs/evaluate.json
-    dice_name, hd95_name = {"btcv13": ("mean_dice", "hd95"), "synapse8": ("synapse8_dice", "synapse8_hd95")}[protocol]
-    dice = _read_raw(eval_dir / f"{prefix}_{dice_name}_raw.csv")
-    hd95 = _read_raw(eval_dir / f"{prefix}_{hd95_name}_raw.csv")
-    rows = []
-    for j, label in enumerate(PROTOCOLS[protocol]):
-        rows.append(
-            {
-                "label": label,
-                "organ": BTCV_LABELS[label],
-                "dice": _nanmean([r[j] for r in dice]),
-                "hd95_mm": _nanmean([r[j] for r in hd95]),
-                "cases": len(dice),
-            }
-        )
-    return rows
-
-
-def _overlay_png(image: Path, truth: Path, pred: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import nibabel as nib
-    import numpy as np
-
-    img, lab, seg = (np.asarray(nib.load(str(p)).dataobj) for p in (image, truth, pred))
-    z = int(np.argmax((lab > 0).sum(axis=(0, 1))))
-    cmap = plt.get_cmap("tab20", 14)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (title, mask) in zip(axes, [("image", None), ("ground truth", lab), ("prediction", seg)]):
-        ax.imshow(np.clip(img[:, :, z].T, -175, 250), cmap="gray", origin="lower")
-        if mask is not None:
-            m = np.ma.masked_equal(mask[:, :, z].T, 0)
-            ax.imshow(m, cmap=cmap, vmin=0, vmax=13, alpha=0.55, origin="lower", interpolation="nearest")
-        ax.invert_xaxis()  # radiological view: the patient's right on the viewer's left
-        ax.set_title(f"{title} (axial slice {z})")
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
 def demo(
     out: str = "fine_demo",
     num_cases: int = 24,
@@ -171,72 +119,78 @@ def demo(
     """
     t0 = time.time()
     out_dir = Path(out).resolve()
-    data_dir = out_dir / "data"
-    if not (data_dir / "dataset_0.json").is_file():
-        phantom(str(data_dir), num_cases=num_cases, seed=seed, num_test=2, shape=tuple(shape))
-    common: dict[str, Any] = dict(
-        bundle_root=str(out_dir),
-        dataset_dir=str(data_dir),
-        preset=preset,
-        memory=memory,
-        scan_memory=scan_memory,
-        pixdim=[3.0, 3.0, 3.0],
-        num_workers=num_workers,
-        seed=seed,
-    )
-    common["roi_size"] = [int(r) for r in roi_size]
-    if device is not None:
-        common["device"] = f"$torch.device('{device}')"
+    data_dir = _demo_data(out_dir, num_cases=num_cases, seed=seed, shape=shape)
+    common = _demo_overrides(out_dir, data_dir, preset=preset, memory=memory, scan_memory=scan_memory,
+                             num_workers=num_workers, seed=seed, roi_size=roi_size, device=device)
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
-    run_bundle(
-        ["train.json"],
-        "train",
-        max_epochs=max_epochs,
-        epoch_length=epoch_length,
-        val_interval=max_epochs,
-        num_samples=num_samples,
-        crop_sampler=crop_sampler,
-        optimizer_name=optimizer_name,
-        learning_rate=learning_rate,
-        **common,
-    )
+    run_bundle(["train.json"], "train", max_epochs=max_epochs, epoch_length=epoch_length, val_interval=max_epochs,
+               num_samples=num_samples, crop_sampler=crop_sampler, optimizer_name=optimizer_name,
+               learning_rate=learning_rate, **common)
     t_train = time.time() - t0
     print("[demo] evaluating the held-out cases", flush=True)
     run_bundle(["train.json", "evaluate.json"], "eval", save_predictions=True, **common)
     print("[demo] segmenting data/imagesTs", flush=True)
     run_bundle(["inference.json"], "infer", output_dir=str(out_dir / "predictions"), **common)
+    return _demo_report(out_dir, data_dir, t_train=t_train, t_total=time.time() - t0)
 
+
+def _demo_data(out_dir: Path, num_cases: int, seed: int, shape: Sequence[int]) -> Path:
+    """The demo's phantom in BTCV layout (written once, reused when ``out_dir`` already holds it)."""
+    data_dir = out_dir / "data"
+    if not (data_dir / "dataset_0.json").is_file():
+        phantom(str(data_dir), num_cases=num_cases, seed=seed, num_test=2, shape=tuple(shape))
+    return data_dir
+
+
+def _demo_overrides(out_dir: Path, data_dir: Path, roi_size: Sequence[int], device: str | None, **tunables: Any) -> dict:
+    """Bundle overrides shared by the demo's training, evaluation and inference (phantom spacing 3 mm)."""
+    common: dict[str, Any] = dict(bundle_root=str(out_dir), dataset_dir=str(data_dir), pixdim=[3.0, 3.0, 3.0])
+    common.update(tunables)
+    common["roi_size"] = [int(r) for r in roi_size]
+    if device is not None:
+        common["device"] = f"$torch.device('{device}')"
+    return common
+
+
+def _demo_report(out_dir: Path, data_dir: Path, t_train: float, t_total: float) -> str:
+    """Write ``metrics.csv`` and ``overlay.png``, print the per-organ table; returns the one-line summary."""
     rows = organ_table(out_dir / "eval")
     with open(out_dir / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"{'label':>5}  {'organ':<24} {'Dice':>6} {'HD95 mm':>8}"]
-    lines += [f"{r['label']:>5}  {r['organ']:<24} {r['dice']:6.3f} {r['hd95_mm']:8.1f}" for r in rows]
-    mean_dice = _nanmean([r["dice"] for r in rows])
-    mean_hd = _nanmean([r["hd95_mm"] for r in rows])
-    lines.append(f"{'':>5}  {'mean (13 organs)':<24} {mean_dice:6.3f} {mean_hd:8.1f}")
-    syn = organ_table(out_dir / "eval", protocol="synapse8")
-    lines.append(
-        f"{'':>5}  {'mean (Synapse 8 organs)':<24} {_nanmean([r['dice'] for r in syn]):6.3f} "
-        f"{_nanmean([r['hd95_mm'] for r in syn]):8.1f}"
-    )
-    import json
-
-    validation = json.loads((data_dir / "dataset_0.json").read_text())["validation"]
-    case = Path(validation[0]["image"]).name.replace(".nii.gz", "")
-    _overlay_png(
-        data_dir / validation[0]["image"],
-        data_dir / validation[0]["label"],
-        out_dir / "eval" / "predictions" / f"{case}_seg.nii.gz",
+    case = json.loads((data_dir / "dataset_0.json").read_text())["validation"][0]
+    overlay_png(
+        data_dir / case["image"],
+        data_dir / case["label"],
+        out_dir / "eval" / "predictions" / f"{case_name(case['image'])}_seg.nii.gz",
         out_dir / "overlay.png",
     )
-    table = "\n".join(lines)
-    print(f"\n[demo] held-out phantom cases: {rows[0]['cases']}; training {t_train / 60:.1f} min, total {(time.time() - t0) / 60:.1f} min")
-    print(table)
+    print(f"\n[demo] held-out phantom cases: {rows[0]['cases']}; training {t_train / 60:.1f} min, total {t_total / 60:.1f} min")
+    print(format_organ_table(rows, organ_table(out_dir / "eval", protocol="synapse8")))
     print(f"[demo] wrote {out_dir / 'metrics.csv'}, {out_dir / 'overlay.png'}, {out_dir / 'predictions'}")
+    mean_dice, mean_hd = nanmean([r["dice"] for r in rows]), nanmean([r["hd95_mm"] for r in rows])
     return f"mean Dice {mean_dice:.3f}, mean HD95 {mean_hd:.1f} mm"
 
+
+def context_ablation(*argv: str) -> None:
+    """The paper's token ablation (none / window / released / full / full+scan under one budget); argparse options,
+    see ``python -m monai_fine context_ablation --help`` and :py:mod:`monai_fine.experiments.context_ablation`."""
+    from monai_fine.experiments.context_ablation import main
+
+    main(list(argv))
+
+
+def memory_probe(*argv: str) -> None:
+    """Is the trained memory used? Evaluate a trained FINE with parts of its memory switched off; argparse options,
+    see ``python -m monai_fine memory_probe --help`` and :py:mod:`monai_fine.experiments.memory_probe`."""
+    from monai_fine.experiments.memory_probe import main
+
+    main(list(argv))
+
+
+#: commands that parse their own (argparse) options: ``python -m monai_fine NAME ...`` hands them the raw arguments
+ARGPARSE_COMMANDS = ("context_ablation", "memory_probe")
 
 COMMANDS = {
     "phantom": phantom,
@@ -247,4 +201,6 @@ COMMANDS = {
     "infer": infer,
     "verify": verify,
     "demo": demo,
+    "context_ablation": context_ablation,
+    "memory_probe": memory_probe,
 }

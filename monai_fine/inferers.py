@@ -1,142 +1,161 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Sliding-window inference that tells every window where it lies in the full volume.
+"""Sliding-window inference that tells every window where it lies in its scan.
 
-Built on MONAI's ``sliding_window_inference(..., with_coord=True)``: for every window the predictor gets the list of
-slices it was cut with, which :class:`FINEInferer` turns into the window's ``roi_box`` (``[start, stop)`` per
-spatial axis as fractions of the volume given to the inferer; windows over MONAI's padding of volumes smaller than
-``roi_size`` get values outside [0, 1], exactly like padded training crops). With ``scan_memory=True`` it runs two
-passes: the first writes every window's volume-token updates into a per-scan memory, the second segments every
-window while reading it, so a voxel's prediction can use image content anywhere in the scan.
+:class:`FINEInferer` is MONAI's :py:class:`~monai.inferers.SlidingWindowInferer` run ``with_coord=True``: the
+predictor gets the slices of every window and turns them into the window's ``roi_box``, in the frame defined in
+:py:mod:`monai_fine.transforms.location` (the frame ``CropLocationd`` gives training crops). With
+``scan_memory=True`` it runs two passes: the first writes every window's volume-token updates into a per-scan memory,
+the second segments every window while reading it, so a voxel's prediction can use image content anywhere in the scan.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.inferers import Inferer, sliding_window_inference
-from monai.utils import ensure_tuple_rep
-from torch import nn
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.utils import PytorchPadMode, convert_to_dst_type, ensure_tuple_rep, look_up_option
 
-__all__ = ["FINEInferer", "window_roi_boxes"]
+from monai_fine.transforms.location import trace_operations
+
+__all__ = ["FINEInferer", "input_frames", "window_roi_boxes"]
+
+
+def input_frames(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each item of a batch lies in its reference volume (:py:mod:`monai_fine.transforms.location`).
+
+    A MetaTensor is traced through its ``applied_operations`` (per item for a collated batch), exactly as
+    :py:class:`monai_fine.transforms.CropLocationd` traces a training crop; a plain tensor is its own reference.
+
+    Args:
+        inputs: ``(B, C, *spatial)`` volumes.
+
+    Returns:
+        ``start (B, S)`` (voxel of the reference volume at the item's index 0) and ``size (B, S)`` (the reference
+        volume's size), float64.
+
+    Raises:
+        ValueError: when an item's history cannot be traced (the message names the transform).
+    """
+    batch, spatial = inputs.shape[0], [int(s) for s in inputs.shape[2:]]
+    start = torch.zeros(batch, len(spatial), dtype=torch.float64)
+    size = torch.tensor([spatial] * batch, dtype=torch.float64)
+    if not isinstance(inputs, MetaTensor):
+        return start, size
+    ops = inputs.applied_operations
+    per_item = list(ops) if inputs.is_batch else [ops] * batch
+    if len(per_item) != batch:  # e.g. a batch MetaTensor built by hand, without per-item records
+        per_item = [[]] * batch
+    for b, item_ops in enumerate(per_item):
+        try:
+            trace = trace_operations(item_ops, spatial)
+        except ValueError as e:
+            raise ValueError(f"FINEInferer cannot place batch item {b} in its scan: {e}") from e
+        start[b], size[b] = trace.start.double(), trace.reference_size.double()
+    return start, size
 
 
 def window_roi_boxes(
-    unravel_slice: Sequence[Sequence[slice]], image_size: Sequence[int], pad_before: Sequence[int], device=None
+    unravel_slice: Sequence[Sequence[slice]], start: torch.Tensor, size: torch.Tensor, device=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``roi_box (n, 2, 3)`` and batch index ``(n,)`` of the windows MONAI's sliding window passes with_coord.
+    """``roi_box (n, 2, S)`` and batch index ``(n,)`` of the windows MONAI's sliding window passes ``with_coord``.
 
     Args:
-        unravel_slice: per window ``[batch slice, channel slice, spatial slices...]`` in padded coordinates.
-        image_size: spatial size of the unpadded volume.
-        pad_before: padding MONAI added before each spatial axis (volumes smaller than the roi).
+        unravel_slice: per window ``[batch slice, channel slice, spatial slices...]`` in the coordinates of the
+            tensor the sliding window runs over.
+        start: ``(B, S)`` voxel of the reference volume at index 0 of each item of that tensor.
+        size: ``(B, S)`` size of each item's reference volume.
+        device: device of the returned tensors.
     """
-    size = torch.tensor([float(s) for s in image_size])
-    before = torch.tensor([float(p) for p in pad_before])
-    starts = torch.tensor([[float(s.start) for s in sl[2:]] for sl in unravel_slice]) - before
-    stops = torch.tensor([[float(s.stop) for s in sl[2:]] for sl in unravel_slice]) - before
-    boxes = torch.stack([starts / size, stops / size], dim=1).to(device=device, dtype=torch.float32)
-    batch = torch.tensor([sl[0].start for sl in unravel_slice], dtype=torch.long, device=device)
-    return boxes, batch
+    batch = torch.tensor([sl[0].start for sl in unravel_slice], dtype=torch.long)
+    lo = torch.tensor([[float(s.start) for s in sl[2:]] for sl in unravel_slice], dtype=torch.float64)
+    hi = torch.tensor([[float(s.stop) for s in sl[2:]] for sl in unravel_slice], dtype=torch.float64)
+    offset, scale = start[batch], size[batch]
+    boxes = torch.stack([(lo + offset) / scale, (hi + offset) / scale], dim=1)
+    return boxes.to(device=device, dtype=torch.float32), batch.to(device)
 
 
 def _unwrap(network: Callable) -> Callable:
     return getattr(network, "module", network)  # DataParallel / DistributedDataParallel
 
 
-def _accepts(network: Callable, name: str) -> bool:
-    """Whether the (unwrapped) network's forward takes the keyword ``name``."""
-    fn = getattr(_unwrap(network), "forward", network)
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-class FINEInferer(Inferer):
-    """Sliding-window inferer giving each window its ``roi_box`` (and, optionally, a shared per-scan memory).
+class FINEInferer(SlidingWindowInferer):
+    """MONAI's sliding-window inferer giving each window its ``roi_box`` (and, optionally, a shared scan memory).
 
     Called as ``inferer(inputs, network, *args, **kwargs)`` (how MONAI engines and MONAI Label call inferers);
-    extra arguments go to the network. A network whose ``forward`` has no ``roi_box`` argument is run as MONAI's
-    plain sliding window would run it.
+    extra arguments go to the network. Each window's ``roi_box`` is in the frame of
+    :py:mod:`monai_fine.transforms.location`: the input's own place in its scan is traced from its
+    ``applied_operations`` (so a ``CropForegroundd`` in the preprocessing is accounted for), and volumes smaller
+    than ``roi_size`` are padded here, symmetrically as MONAI would (``padding_mode``, ``cval``), with the padding
+    reflected in the boxes (values outside [0, 1], as for padded training crops) and removed from the output.
 
     Args:
-        roi_size: window size (the training crop size).
-        sw_batch_size: windows per network call.
-        overlap: window overlap per axis.
-        mode: blending, ``"gaussian"`` (default) or ``"constant"``.
-        sigma_scale: Gaussian sigma as a fraction of the window.
-        padding_mode, cval: padding of volumes smaller than ``roi_size``.
-        sw_device: device the windows and the network run on; ``device``: where the output is stitched (e.g.
-            ``"cpu"`` for large scans).
-        progress: tqdm progress bar.
-        scan_memory: two passes (write the per-scan memory, then segment while reading it). Needs a network
-            with ``new_scan_memory`` (``monai_fine.networks.FINE(memory="full")``); costs about 2x one pass.
+        roi_size: window size (the training crop size, e.g. ``network.roi_size``).
+        args: :py:class:`monai.inferers.SlidingWindowInferer` arguments (``sw_batch_size``, ``overlap``, ``mode``,
+            ``sigma_scale``, ``padding_mode``, ``cval``, ``sw_device``, ``device``, ``progress``, ...), in its
+            order. Defaults differ in two: ``overlap=0.5`` and ``mode="gaussian"``.
+        pass_roi_box: give the network ``roi_box=`` (and, with ``scan_memory``, ``scan_id=``/``scan_memory=``).
+            ``False`` runs the network as MONAI's plain sliding window would (for networks without ``roi_box``,
+            e.g. a baseline). A network that does not accept ``roi_box`` with the default ``True`` raises a
+            ``TypeError`` naming this switch: the box is never dropped silently.
+        scan_memory: two passes (write the per-scan memory, then segment while reading it). Needs a network with
+            ``new_scan_memory`` (``monai_fine.networks.FINE(memory="full")``); costs about 2x one pass.
+        kwargs: further :py:class:`~monai.inferers.SlidingWindowInferer` keywords.
+
+    Raises:
+        ValueError: for ``scan_memory=True`` with ``pass_roi_box=False``, or a bad ``roi_size``.
     """
 
     def __init__(
         self,
         roi_size: Sequence[int] | int,
-        sw_batch_size: int = 1,
-        overlap: Sequence[float] | float = 0.5,
-        mode: str = "gaussian",
-        sigma_scale: Sequence[float] | float = 0.125,
-        padding_mode: str = "constant",
-        cval: float = 0.0,
-        sw_device: torch.device | str | None = None,
-        device: torch.device | str | None = None,
-        progress: bool = False,
+        *args: Any,
+        pass_roi_box: bool = True,
         scan_memory: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.roi_size = ensure_tuple_rep(roi_size, 3)
-        if any(int(r) < 1 for r in self.roi_size):
-            raise ValueError(f"roi_size must be positive, got {self.roi_size}.")
-        self.sw_kwargs = dict(
-            roi_size=self.roi_size,
-            sw_batch_size=sw_batch_size,
-            overlap=overlap,
-            mode=mode,
-            sigma_scale=sigma_scale,
-            padding_mode=padding_mode,
-            cval=cval,
-            sw_device=sw_device,
-            device=device,
-            progress=progress,
-        )
+        if len(args) < 2:
+            kwargs.setdefault("overlap", 0.5)
+        if len(args) < 3:
+            kwargs.setdefault("mode", "gaussian")
+        if kwargs.pop("with_coord", pass_roi_box) != pass_roi_box:
+            raise ValueError("FINEInferer sets with_coord from pass_roi_box; do not pass with_coord.")
+        roi_size = ensure_tuple_rep(roi_size, 3)
+        if any(int(r) < 1 for r in roi_size):
+            raise ValueError(f"roi_size must be positive, got {roi_size}.")
+        super().__init__(roi_size, *args, with_coord=pass_roi_box, **kwargs)
+        if scan_memory and not pass_roi_box:
+            raise ValueError("scan_memory=True needs pass_roi_box=True (the memory is addressed by roi_box).")
+        self.pass_roi_box = pass_roi_box
         self.scan_memory = scan_memory
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any):
         """
         Args:
-            inputs: ``(B, C, X, Y, Z)`` preprocessed volumes.
-            network: the model; gets ``(windows, roi_box=..., [scan_id=..., scan_memory=...], *args, **kwargs)``.
+            inputs: ``(B, C, X, Y, Z)`` preprocessed volumes (a MetaTensor keeps its history for the frame).
+            network: the model; gets ``(windows, *args, roi_box=..., [scan_id=..., scan_memory=...], **kwargs)``.
+            args, kwargs: passed to the network.
 
         Returns:
-            ``(B, out_channels, X, Y, Z)`` stitched logits.
+            ``(B, out_channels, X, Y, Z)`` stitched logits (a MetaTensor with the input's metadata for one).
         """
         if inputs.ndim != 5:
             raise ValueError(f"FINEInferer expects (B, C, X, Y, Z) volumes, got shape {tuple(inputs.shape)}.")
-        if not _accepts(network, "roi_box"):
-            if self.scan_memory:
-                raise ValueError("scan_memory=True needs a network whose forward takes roi_box and scan_memory.")
-            return sliding_window_inference(inputs, predictor=lambda w: network(w, *args, **kwargs), **self.sw_kwargs)
-        image_size = tuple(int(s) for s in inputs.shape[2:])
-        pad_before = tuple(max(r - s, 0) // 2 for r, s in zip(self.roi_size, image_size))
-
-        def predictor(memory, write: bool):
-            def run(win: torch.Tensor, unravel_slice) -> torch.Tensor:
-                boxes, batch = window_roi_boxes(unravel_slice, image_size, pad_before, device=win.device)
-                extra = {} if memory is None else {"scan_id": batch, "scan_memory": memory}
-                out = network(win, *args, roi_box=boxes, **extra, **kwargs)
-                if write:  # the write pass only fills the memory; stitch a cheap placeholder
-                    return torch.zeros(win.shape[0], 1, *win.shape[2:], device=win.device, dtype=win.dtype)
-                return out
-
-            return run
+        if not self.pass_roi_box:
+            return super().__call__(inputs, network, *args, **kwargs)
+        start, size = input_frames(inputs)
+        spatial = [int(s) for s in inputs.shape[2:]]
+        before = [max(int(r) - s, 0) // 2 for r, s in zip(self.roi_size, spatial)]
+        after = [max(int(r) - s, 0) - b for r, s, b in zip(self.roi_size, spatial, before)]
+        volume = inputs
+        if any(before) or any(after):
+            pad = [p for b, a in zip(reversed(before), reversed(after)) for p in (b, a)]  # F.pad: last axis first
+            mode = look_up_option(self.padding_mode, PytorchPadMode)
+            volume = F.pad(torch.as_tensor(inputs), pad=pad, mode=mode, value=self.cval)
+            start = start - torch.tensor(before, dtype=torch.float64)
 
         memory = None
         if self.scan_memory:
@@ -146,6 +165,35 @@ class FINEInferer(Inferer):
                     f"scan_memory=True needs a network with new_scan_memory(); {type(_unwrap(network)).__name__} has none."
                 )
             memory = new_memory(inputs.shape[0])
-            sliding_window_inference(inputs, predictor=predictor(memory, True), with_coord=True, **self.sw_kwargs)
+            super().__call__(volume, self._predictor(network, start, size, memory, True), *args, **kwargs)
             memory.set_mode("read")
-        return sliding_window_inference(inputs, predictor=predictor(memory, False), with_coord=True, **self.sw_kwargs)
+        out = super().__call__(volume, self._predictor(network, start, size, memory, False), *args, **kwargs)
+        if volume is inputs:
+            return out
+        crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
+        out = torch.as_tensor(out)[(slice(None), slice(None), *crop)]
+        if isinstance(inputs, MetaTensor):
+            out = convert_to_dst_type(out, MetaTensor([]).copy_meta_from(inputs, copy_attr=False), device=out.device)[0]
+        return out
+
+    @staticmethod
+    def _predictor(network: Callable, start: torch.Tensor, size: torch.Tensor, memory: Any, write: bool) -> Callable:
+        """The ``with_coord`` predictor: ``roi_box`` (and the scan memory) for every window of one pass."""
+
+        def run(win: torch.Tensor, unravel_slice: Sequence[Sequence[slice]], *args: Any, **kwargs: Any):
+            boxes, batch = window_roi_boxes(unravel_slice, start, size, device=win.device)
+            extra = {} if memory is None else {"scan_id": batch, "scan_memory": memory}
+            try:
+                out = network(win, *args, roi_box=boxes, **extra, **kwargs)
+            except TypeError as e:
+                if "roi_box" in str(e):
+                    raise TypeError(
+                        f"{type(_unwrap(network)).__name__} does not take roi_box ({e}); use "
+                        "FINEInferer(..., pass_roi_box=False) for networks without it."
+                    ) from e
+                raise
+            if write:  # the write pass only fills the memory; stitch a cheap placeholder
+                return torch.zeros(win.shape[0], 1, *win.shape[2:], device=win.device, dtype=win.dtype)
+            return out
+
+        return run

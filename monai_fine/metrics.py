@@ -1,10 +1,8 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """Per-organ Dice and HD95 (in millimetres) for BTCV / Synapse multi-organ CT, with explicit evaluation protocols.
 
-Two label sets are defined on the 14-class BTCV label map (0 = background):
-
-- ``"btcv13"``: the 13 organs 1..13 (FINE / nnU-Net evaluation);
-- ``"synapse8"``: the 8 organs (1, 2, 3, 4, 6, 7, 8, 11) of the Synapse protocol (TransUNet, nnFormer, UNETR++).
+The label sets (``protocol="btcv13"`` / ``"synapse8"``) and the BTCV label table live in
+:py:mod:`monai_fine.labels` (re-exported here).
 
 Two empty-mask rules are defined, selected with ``empty=``:
 
@@ -29,6 +27,22 @@ HD95 is the symmetric 95th-percentile Hausdorff distance as computed by MONAI
 Inputs are binarised one-hot tensors ``(B, C, *spatial)`` where ``C`` counts the background channel, so channel ``i``
 is label ``i``; a non-zero value is foreground. A single-channel label map ``(B, 1, *spatial)`` is also accepted when
 one of the requested labels is >= 1.
+
+Voxel spacing (for HD95 in millimetres) comes from MONAI: an explicit ``spacing`` goes through
+:py:func:`monai.metrics.utils.prepare_spacing`; otherwise it is read by :py:func:`spacing_from_meta`, i.e.
+:py:func:`monai.data.utils.affine_to_spacing` of the ground truth's affine (what ``MetaTensor.pixdim`` returns).
+
+Arguments shared by the functions and classes below (documented once here):
+
+- ``labels``: channel / label indices to score, mutually exclusive with ``protocol``, see
+  :py:func:`monai_fine.labels.resolve_labels`;
+- ``protocol``: ``"btcv13"`` (the default when ``labels`` is None) or ``"synapse8"``;
+- ``empty``: the empty-mask rule above, ``"nan"`` or ``"synapse"``;
+- ``reduction``: ``"mean"`` (mean over organs of the per-organ nanmean over cases; MONAI's ``"mean"`` averages over
+  channels first, which differs when values are NaN), ``"mean_batch"`` (per-organ nanmean over cases) or ``"none"``
+  (the ``(cases, labels)`` values), see :py:func:`reduce_organ_metric`;
+- ``spacing``: voxel size in mm along the array axes: one number, one number per spatial axis, or one such entry per
+  batch item (:py:func:`monai.metrics.utils.prepare_spacing`); e.g. ``1.0`` reports voxel units as nnFormer does.
 """
 
 from __future__ import annotations
@@ -42,7 +56,11 @@ import numpy as np
 import torch
 
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.metrics import CumulativeIterationMetric, compute_hausdorff_distance
+from monai.metrics.utils import prepare_spacing
+
+from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS, PROTOCOLS, SYNAPSE8_ORGANS, organ_names, resolve_labels
 
 __all__ = [
     "BTCV_LABELS",
@@ -61,60 +79,11 @@ __all__ = [
     "HausdorffDistance95Metric",
 ]
 
-BTCV_LABELS: dict[int, str] = {
-    0: "background",
-    1: "spleen",
-    2: "right kidney",
-    3: "left kidney",
-    4: "gallbladder",
-    5: "esophagus",
-    6: "liver",
-    7: "stomach",
-    8: "aorta",
-    9: "inferior vena cava",
-    10: "portal and splenic vein",
-    11: "pancreas",
-    12: "right adrenal gland",
-    13: "left adrenal gland",
-}
-BTCV13_ORGANS: tuple[int, ...] = tuple(range(1, 14))
-SYNAPSE8_ORGANS: tuple[int, ...] = (1, 2, 3, 4, 6, 7, 8, 11)
-PROTOCOLS: dict[str, tuple[int, ...]] = {"btcv13": BTCV13_ORGANS, "synapse8": SYNAPSE8_ORGANS}
 EMPTY_RULES: tuple[str, ...] = ("nan", "synapse")
 REDUCTIONS: tuple[str, ...] = ("mean", "mean_batch", "none")
 
 # a spacing argument: one number (isotropic), one number per spatial axis, or one such entry per batch item
 SpacingLike = Union[float, Sequence[float], Sequence[Union[float, Sequence[float]]]]
-
-
-def resolve_labels(labels: Sequence[int] | None = None, protocol: str | None = None) -> tuple[int, ...]:
-    """Return the label (channel) indices to score, from explicit ``labels`` or a named ``protocol``.
-
-    Args:
-        labels: explicit label indices; mutually exclusive with ``protocol``.
-        protocol: ``"btcv13"`` (labels 1..13) or ``"synapse8"`` (labels 1, 2, 3, 4, 6, 7, 8, 11).
-            When both arguments are None, ``"btcv13"`` is used.
-
-    Raises:
-        ValueError: when both arguments are given, the protocol is unknown, or ``labels`` is empty, has duplicates
-            or negative values.
-    """
-    if labels is not None and protocol is not None:
-        raise ValueError(f"give either labels ({labels}) or protocol ({protocol!r}), not both.")
-    if labels is None:
-        protocol = "btcv13" if protocol is None else protocol
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; expected one of {sorted(PROTOCOLS)}.")
-        return PROTOCOLS[protocol]
-    out = tuple(int(i) for i in labels)
-    if len(out) == 0 or len(set(out)) != len(out) or min(out) < 0:
-        raise ValueError(f"labels must be a non-empty sequence of distinct non-negative integers, got {labels}.")
-    return out
-
-
-def organ_names(labels: Sequence[int]) -> list[str]:
-    """Return the BTCV organ name of each label (``"label_<i>"`` for ids outside :data:`BTCV_LABELS`)."""
-    return [BTCV_LABELS.get(int(i), f"label_{int(i)}") for i in labels]
 
 
 def _check_empty(empty: str) -> str:
@@ -123,19 +92,20 @@ def _check_empty(empty: str) -> str:
     return empty
 
 
-def _spacing_from_affine(affine: Any) -> tuple[float, ...]:
+def _affine_spacing(affine: Any) -> tuple[float, ...]:
+    """:py:func:`monai.data.utils.affine_to_spacing` of one ``(N+1, N+1)`` affine, as a tuple of floats."""
     a = torch.as_tensor(affine, dtype=torch.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 2:
         raise ValueError(f"expected a square (N+1, N+1) affine of one image, got shape {tuple(a.shape)}.")
-    n = a.shape[0] - 1
-    return tuple(float(v) for v in torch.linalg.vector_norm(a[:n, :n], dim=0))
+    return tuple(float(v) for v in affine_to_spacing(a, r=a.shape[0] - 1, suppress_zeros=False))
 
 
 def spacing_from_meta(t: MetaTensor | Mapping[str, Any]) -> tuple[float, ...]:
     """Voxel spacing in millimetres, one value per array axis, from an image's metadata.
 
-    The spacing of axis ``j`` is the norm of column ``j`` of the linear part of the affine (so flips, rotations and
-    axis permutations are handled). When there is no affine, ``pixdim[1:4]`` (NIfTI header convention) is used.
+    MONAI's :py:func:`~monai.data.utils.affine_to_spacing` of the affine (what ``MetaTensor.pixdim`` returns): the
+    spacing of axis ``j`` is the norm of column ``j`` of the linear part (so flips, rotations and axis permutations
+    are handled). When there is no affine, ``pixdim[1:4]`` (NIfTI header convention) is used.
 
     Note:
         A :py:class:`~monai.data.MetaTensor` created without an affine carries MONAI's default identity affine,
@@ -158,7 +128,7 @@ def spacing_from_meta(t: MetaTensor | Mapping[str, Any]) -> tuple[float, ...]:
             "with 'affine' or 'pixdim'. Pass an explicit spacing instead."
         )
     if affine is not None:
-        return _spacing_from_affine(affine)
+        return _affine_spacing(affine)
     pixdim = meta.get("pixdim")
     if pixdim is not None:
         p = np.asarray(pixdim, dtype=np.float64).reshape(-1)
@@ -212,9 +182,7 @@ def compute_organ_dice(
     Args:
         y_pred: binarised one-hot prediction ``(B, C, *spatial)`` (or label map ``(B, 1, *spatial)``).
         y: binarised one-hot ground truth, same batch and spatial shape as ``y_pred``.
-        labels: channel / label indices to score, e.g. :data:`BTCV13_ORGANS`.
-        empty: empty-mask rule. ``"nan"``: NaN when both masks are empty; ``"synapse"``: 1 when both are empty.
-            Dice is 0 when exactly one mask is empty under both rules.
+        labels, empty: see the module docstring (e.g. ``labels=BTCV13_ORGANS``, ``empty="nan"``).
 
     Returns:
         float32 tensor ``(B, len(labels))``, on ``y_pred``'s device.
@@ -233,24 +201,21 @@ def compute_organ_dice(
 
 
 def _per_item_spacing(spacing: SpacingLike, batch_size: int, spatial_dims: int) -> list[tuple[float, ...]]:
-    """Normalise ``spacing`` to one ``spatial_dims``-tuple of positive floats per batch item."""
+    """One ``spatial_dims``-tuple of positive floats per batch item, via MONAI's ``prepare_spacing``."""
     if spacing is None:
         raise ValueError("spacing is required to compute HD95 in millimetres, got None.")
     if isinstance(spacing, (torch.Tensor, np.ndarray)):
         spacing = np.asarray(spacing.detach().cpu() if isinstance(spacing, torch.Tensor) else spacing).tolist()
-    if isinstance(spacing, (int, float)):
-        items: list[Any] = [(spacing,) * spatial_dims] * batch_size
-    elif isinstance(spacing, Sequence) and len(spacing) > 0 and all(isinstance(s, (int, float)) for s in spacing):
-        items = [tuple(spacing)] * batch_size
-    elif isinstance(spacing, Sequence) and len(spacing) == batch_size:
-        items = [(s,) * spatial_dims if isinstance(s, (int, float)) else tuple(s) for s in spacing]
-    else:
+    try:
+        items = prepare_spacing(spacing, batch_size, spatial_dims)
+    except (ValueError, TypeError) as e:
         raise ValueError(
             f"spacing must be a number, {spatial_dims} numbers, or one of those per batch item "
             f"(batch size {batch_size}), got {spacing}."
-        )
+        ) from e
     out = []
     for s in items:
+        s = (s,) * spatial_dims if isinstance(s, (int, float)) else tuple(s)
         if len(s) != spatial_dims or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in s):
             raise ValueError(f"each spacing must be {spatial_dims} positive finite numbers, got {s} (from {spacing}).")
         out.append(tuple(float(v) for v in s))
@@ -274,10 +239,7 @@ def compute_organ_hd95(
     Args:
         y_pred: binarised one-hot prediction ``(B, C, *spatial)`` (or label map ``(B, 1, *spatial)``).
         y: binarised one-hot ground truth, same batch and spatial shape as ``y_pred``.
-        labels: channel / label indices to score.
-        spacing: voxel size in mm along the array axes: one number, one number per spatial axis, or a sequence with
-            one such entry per batch item.
-        empty: empty-mask rule. ``"nan"``: NaN when either mask is empty; ``"synapse"``: 0 when either is empty.
+        labels, spacing, empty: see the module docstring.
 
     Returns:
         float32 tensor ``(B, len(labels))`` in millimetres, on ``y_pred``'s device.
@@ -366,10 +328,7 @@ class OrganDiceMetric(_OrganMetric):
     """Cumulative per-case, per-organ Dice, see :py:func:`compute_organ_dice`.
 
     Args:
-        labels: label indices to score; mutually exclusive with ``protocol``.
-        protocol: ``"btcv13"`` (default when ``labels`` is None) or ``"synapse8"``.
-        empty: empty-mask rule, ``"nan"`` (NaN when both masks are empty) or ``"synapse"`` (1 when both are empty).
-        reduction: ``"mean"`` (mean over organs of the per-organ nanmean over cases), ``"mean_batch"`` or ``"none"``.
+        labels, protocol, empty, reduction: see the module docstring.
     """
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
@@ -382,27 +341,17 @@ class HausdorffDistance95Metric(_OrganMetric):
     """Cumulative per-case, per-organ HD95 in millimetres, see :py:func:`compute_organ_hd95`.
 
     The spacing of each case is, in order of precedence: the ``spacing`` keyword of the call, the ``spacing`` given
-    here, or the affine of the ground-truth ``MetaTensor`` of that case. A plain tensor without either raises a
+    here, or :py:func:`spacing_from_meta` of the ground-truth ``MetaTensor`` of that case. A plain tensor without either raises a
     ``ValueError``: the metric never falls back to 1 mm on its own. A ``MetaTensor`` whose affine is the identity
     (MONAI's default when no affine was set) triggers a warning, since it reads as 1 mm.
 
     Args:
-        labels: label indices to score; mutually exclusive with ``protocol``.
-        protocol: ``"btcv13"`` (default when ``labels`` is None) or ``"synapse8"``.
-        empty: empty-mask rule, ``"nan"`` (NaN when either mask is empty) or ``"synapse"`` (0 when either is empty).
-        reduction: ``"mean"`` (mean over organs of the per-organ nanmean over cases), ``"mean_batch"`` or ``"none"``.
-        spacing: fixed voxel size in mm for every case (e.g. ``1.0`` for voxel units); overrides the metadata.
+        labels, protocol, empty, reduction: see the module docstring.
+        spacing: fixed spacing (module docstring) used for every case instead of the metadata.
     """
 
-    def __init__(
-        self,
-        labels: Sequence[int] | None = None,
-        protocol: str | None = None,
-        empty: str = "nan",
-        reduction: str = "mean",
-        spacing: float | Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(labels=labels, protocol=protocol, empty=empty, reduction=reduction)
+    def __init__(self, *args: Any, spacing: float | Sequence[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         if spacing is not None:
             _per_item_spacing(spacing, 1, len(spacing) if isinstance(spacing, Sequence) else 1)
         self.spacing = spacing
@@ -423,10 +372,10 @@ class HausdorffDistance95Metric(_OrganMetric):
                 stacklevel=3,
             )
         if len(affines) == 1:
-            return [_spacing_from_affine(affines[0])] * batch_size
+            return [spacing_from_meta(y)] * batch_size
         if len(affines) != batch_size:
             raise ValueError(f"label has {len(affines)} affines for a batch of {batch_size}.")
-        return [_spacing_from_affine(a) for a in affines]
+        return [spacing_from_meta({"affine": a}) for a in affines]
 
     def _compute_list(self, y_pred: Any, y: Any = None, **kwargs: Any) -> torch.Tensor:
         """Compute a list of channel-first items one by one, each with its own spacing."""

@@ -8,6 +8,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from monai_fine.cli import demo, verify
 
@@ -45,6 +46,7 @@ def test_verify():
     assert "passed" in verify(preset="tiny")
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_small(tmp_path):
     """The README's main job on a minimal budget: phantom -> train -> evaluate -> infer -> table, CSV, PNG."""
     out = tmp_path / "demo"

@@ -80,7 +80,7 @@ def test_network_without_roi_box_runs_like_plain_sliding_window():
     net = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
     x = torch.randn(1, 1, 40, 36, 20)
     with torch.no_grad():
-        got = FINEInferer(ROI, overlap=0.25, mode="constant")(x, net)
+        got = FINEInferer(ROI, overlap=0.25, mode="constant", pass_roi_box=False)(x, net)
         ref = sliding_window_inference(x, ROI, 1, net, overlap=0.25, mode="constant")
     torch.testing.assert_close(got, ref)
     with pytest.raises(ValueError, match="scan_memory=True needs a network"):
@@ -124,3 +124,79 @@ def test_bad_input():
         FINEInferer(ROI)(torch.randn(1, 40, 40), tiny_net())
     with pytest.raises(ValueError, match="new_scan_memory"):
         FINEInferer(ROI, scan_memory=True)(torch.randn(1, 1, 32, 32, 16), BoxRecorder())
+
+
+def test_training_and_inference_boxes_agree_with_crop_foreground(tmp_path):
+    """CropForegroundd in the preprocessing: CropLocationd (training) and FINEInferer (inference) give the same box.
+
+    A NIfTI volume of 60 x 50 x 30 voxels whose foreground is the box [10, 50) x [5, 45) x [4, 26): CropForegroundd
+    leaves a 40 x 40 x 22 volume placed at (10, 5, 4) in the scan. The training crop [8, 24) x [16, 32) x [4, 12) of
+    that volume and the inference window at the same place must both get the box (10 + 8, 5 + 16, 4 + 4) / size.
+    """
+    import nibabel as nib
+    import numpy as np
+    from monai.data import list_data_collate
+    from monai.transforms import Compose, CropForegroundd, EnsureTyped, LoadImaged, Orientationd, SpatialCropd
+
+    from monai_fine.transforms import CropLocationd
+
+    vol = np.zeros((60, 50, 30), dtype=np.float32)
+    vol[10:50, 5:45, 4:26] = 1.0 + np.random.default_rng(0).random((40, 40, 22), dtype=np.float32)
+    path = str(tmp_path / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1.0])), path)
+    roi = (16, 16, 8)
+    preprocessing = [
+        LoadImaged("image", ensure_channel_first=True),
+        Orientationd("image", axcodes="RAS"),
+        CropForegroundd("image", source_key="image"),
+        EnsureTyped("image"),
+    ]
+    train = Compose(preprocessing + [SpatialCropd("image", roi_start=(8, 16, 4), roi_end=(24, 32, 12)), CropLocationd("image")])
+    expected = torch.tensor([[18 / 60, 21 / 50, 8 / 30], [34 / 60, 37 / 50, 16 / 30]])  # by hand, in the scan
+    torch.testing.assert_close(train({"image": path})["roi_box"], expected)
+
+    batch = list_data_collate([Compose(preprocessing)({"image": path})])
+    assert batch["image"].shape[2:] == (40, 40, 22)
+    rec = BoxRecorder()
+    out = FINEInferer(roi, overlap=0.5, mode="constant")(batch["image"], rec)
+    boxes = torch.cat(rec.boxes)
+    same = [b for b in boxes if torch.allclose(b, expected)]
+    assert len(same) == 1  # the window [8, 24) x [16, 32) x [4, 12) of the cropped volume
+    # the frame is the uncropped scan, not the tensor the inferer got: every box lies inside the foreground's place
+    assert torch.all(boxes[:, 0] >= torch.tensor([10 / 60, 5 / 50, 4 / 30]) - 1e-6)
+    assert torch.all(boxes[:, 1] <= torch.tensor([50 / 60, 45 / 50, 26 / 30]) + 1e-6)
+    assert isinstance(out, MetaTensor) and out.shape == (1, 6, 40, 40, 22)
+
+
+def test_small_volume_keeps_metadata_and_matches_monai_padding():
+    """The inferer pads volumes smaller than roi_size itself, like MONAI (same output as MONAI padding would give)."""
+    net = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    affine = torch.diag(torch.tensor([0.8, 0.8, 3.0, 1.0], dtype=torch.float64))
+    x = MetaTensor(torch.randn(1, 1, 40, 20, 10), affine=affine)
+    with torch.no_grad():
+        got = FINEInferer(ROI, overlap=0.5, mode="gaussian")(x, lambda w, roi_box: net(w))
+        ref = sliding_window_inference(x, ROI, 1, net, overlap=0.5, mode="gaussian")
+    assert isinstance(got, MetaTensor) and got.shape == (1, 2, 40, 20, 10)
+    torch.testing.assert_close(got.affine, affine)
+    torch.testing.assert_close(got.as_tensor(), ref.as_tensor())
+
+
+def test_network_without_roi_box_raises_unless_switched_off():
+    net = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    x = torch.randn(1, 1, 32, 32, 16)
+    with pytest.raises(TypeError, match="pass_roi_box=False"):
+        FINEInferer(ROI)(x, net)
+    with pytest.raises(ValueError, match="pass_roi_box=True"):
+        FINEInferer(ROI, pass_roi_box=False, scan_memory=True)
+    assert FINEInferer(ROI, 2, 0.25, "constant", progress=True).progress  # MONAI's positional order and progress
+
+
+def test_untraceable_input_is_refused_naming_the_transform():
+    """A grid change after a crop has no roi_box frame: the inferer refuses it, as CropLocationd does."""
+    from monai.transforms import CropForeground, Spacing
+
+    img = MetaTensor(torch.zeros(1, 40, 40, 20))
+    img[:, 5:35, 5:35, 2:18] = 1.0
+    img = Spacing(pixdim=(2.0, 2.0, 2.0))(CropForeground()(img))
+    with pytest.raises(ValueError, match="batch item 0.*`SpatialResample`.*applied after `CropForeground`"):
+        FINEInferer(ROI)(img[None], BoxRecorder())

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from monai.utils import optional_import
 
-from monai_fine.metrics import BTCV_LABELS
+from monai_fine.labels import BTCV_LABELS
 
 nib, _ = optional_import("nibabel")
 ndimage, _ = optional_import("scipy.ndimage")

@@ -16,13 +16,9 @@ __all__ = ["CropLocation"]
 class CropLocation(Transform):
     """Return where a crop lies in its reference volume, as the ``roi_box`` the FINE network takes.
 
-    ``roi_box`` is a float32 ``(2, S)`` tensor (``(2, 3)`` for CT): row 0 the start, row 1 the stop of the
-    half-open ``[start, stop)`` extent of the crop along each spatial axis (MONAI array order, x, y, z after
-    ``Orientationd("RAS")``), in the coordinates of the reference volume (after ``Orientation``/``Spacing``,
-    before any pad or crop), as fractions of that volume's size. Values leave ``[0, 1]`` where the crop covers
-    padding. A flip or ``Rotate90`` applied after the crop moves the box with the content. The box is read from
-    ``MetaTensor.applied_operations``, see :py:func:`monai_fine.transforms.location.crop_box_from_meta` for the
-    supported MONAI transforms.
+    The box is the float32 ``(2, S)`` ``roi_box`` in the frame defined in :py:mod:`monai_fine.transforms.location`
+    (fractions of the reference volume: after ``Orientation``/``Spacing``, before any crop or pad), read from
+    ``MetaTensor.applied_operations``; that module lists the supported MONAI transforms.
 
     The image itself is not changed.
     """
@@ -35,7 +31,7 @@ class CropLocation(Transform):
             img: channel-first MetaTensor ``(C, *spatial)`` of one crop.
 
         Returns:
-            ``(2, S)`` float32 ``[start, stop)`` box, fractions of the reference volume's size.
+            ``(2, S)`` float32 ``roi_box`` (:py:mod:`monai_fine.transforms.location`).
 
         Raises:
             TypeError: when ``img`` is not a MetaTensor.

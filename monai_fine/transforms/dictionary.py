@@ -20,13 +20,10 @@ class CropLocationd(MapTransform):
     Dictionary-based wrapper of :py:class:`monai_fine.transforms.CropLocation`: write each crop's location in
     its full volume, and an id of that volume, into the data dictionary.
 
-    ``d[roi_box_key]`` is a float32 ``(2, S)`` tensor (``(2, 3)`` for CT): row 0 the start, row 1 the stop of the
-    half-open ``[start, stop)`` extent of the crop along each spatial axis (MONAI array order, x, y, z after
-    ``Orientationd("RAS")``), in the coordinates of the reference volume (after ``Orientationd``/``Spacingd``,
-    before any pad or crop), as fractions of that volume's size; values leave ``[0, 1]`` where the crop covers
-    padding. Flips and 90-degree rotations applied after the crop move the box with the content. After
-    ``list_data_collate`` the batch holds ``(B, 2, S)`` boxes and ``(B,)`` scan ids; the ``num_samples`` crops of
-    one scan share the id.
+    ``d[roi_box_key]`` is the float32 ``(2, S)`` ``roi_box`` in the frame defined in
+    :py:mod:`monai_fine.transforms.location` (the same frame :py:class:`monai_fine.inferers.FINEInferer` gives its
+    windows). After ``list_data_collate`` the batch holds ``(B, 2, S)`` boxes and ``(B,)`` scan ids; the
+    ``num_samples`` crops of one scan share the id.
 
     Place it after the crop (``RandCropByPosNegLabeld``, ``RandSpatialCropd``, ...) and any flip/``Rotate90``
     augmentation, and before transforms a box cannot follow (``RandAffined``, ``RandZoomd``, ``Resized``, ...).

@@ -1,17 +1,22 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Where a training crop lies in its full volume, read from the MetaTensor's ``applied_operations``.
+"""The ``roi_box`` frame: where a crop or a sliding window lies in its scan (the one definition; others link here).
 
-The box convention (fixed by :py:class:`monai_fine.networks.FINE`): ``roi_box`` is a float32 tensor of shape
-``(2, S)`` (``S`` spatial dims, 3 for CT). Row 0 is the start, row 1 the stop of the half-open ``[start, stop)``
-extent of the crop along each spatial axis (MONAI array order, i.e. x, y, z after ``Orientationd("RAS")``), in the
-coordinates of the *reference volume*, as fractions of that volume's size: ``start = first voxel index / size``,
-``stop = (last voxel index + 1) / size``. The reference volume is the image after the last transform that changes
-the voxel grid (``Orientation``, ``Spacing``, ``Resize``, ...) and before any crop or pad. Values leave ``[0, 1]``
-where the crop covers padding.
+**The frame.** ``roi_box`` is a float32 ``(2, S)`` tensor (``S`` spatial dims, 3 for CT; ``(B, 2, S)`` once
+batched). Row 0 is the start, row 1 the stop of the half-open ``[start, stop)`` extent along each spatial axis
+(MONAI array order, i.e. x, y, z after ``Orientationd("RAS")``), in the coordinates of the *reference volume*, as
+fractions of that volume's size: ``start = first voxel index / size``, ``stop = (last voxel index + 1) / size``.
+The reference volume is the image after the last transform that changes the voxel grid (``Orientation``,
+``Spacing``, ``Resize``, ...) and before any crop or pad (``CropForeground``, ``SpatialPad``, random crops, ...).
+Values leave ``[0, 1]`` where the crop covers padding. Flips and 90-degree rotations applied to a crop move the box
+with the content: the box is then expressed in the reference volume flipped/rotated the same way. Along a flipped
+axis ``[s, e)`` becomes ``[1 - e, 1 - s)``; after ``torch.rot90(img, 1, dims=(a, b))`` the box along ``a`` is
+``[1 - e_b, 1 - s_b)`` and along ``b`` is ``[s_a, e_a)``.
 
-Flips and 90-degree rotations applied to a crop move the box with the content: the box is then expressed in the
-reference volume flipped/rotated the same way. Along a flipped axis ``[s, e)`` becomes ``[1 - e, 1 - s)``; after
-``torch.rot90(img, 1, dims=(a, b))`` the box along ``a`` is ``[1 - e_b, 1 - s_b)`` and along ``b`` is ``[s_a, e_a)``.
+**Both producers derive it the same way**, by tracing the image's ``MetaTensor.applied_operations`` with
+:py:func:`trace_operations`: :py:class:`monai_fine.transforms.CropLocationd` for training crops, and
+:py:class:`monai_fine.inferers.FINEInferer` for the volume it receives (each window's box is the window's place in
+that volume, shifted by the volume's own place in its reference). So a preprocessing with ``CropForegroundd`` gives
+training and inference boxes in the same, uncropped, frame. A plain tensor (no history) is its own reference.
 
 What MONAI (1.6.1) records, and what is read here (``extra_info`` of the innermost entry, wrappers such as
 ``RandCropByPosNegLabel``, ``RandSpatialCropSamples``, ``RandFlipd`` and ``RandZoomd`` nest the real entry in their
@@ -49,7 +54,7 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.utils import TraceKeys
 
-__all__ = ["CropTrace", "trace_crop", "crop_box_from_meta", "scan_id_from_meta"]
+__all__ = ["CropTrace", "trace_operations", "trace_crop", "crop_box_from_meta", "scan_id_from_meta"]
 
 #: Entries that do not move voxels (recorded by invertible but non-spatial transforms or by composers).
 _PASS_THROUGH_CLASSES = frozenset(
@@ -255,8 +260,25 @@ def trace_crop(img: MetaTensor) -> CropTrace:
             f"the image has pending lazy operations {pending}; apply them first (e.g. run the transforms in a "
             "Compose, which executes pending operations) before tracing the crop location."
         )
-    shape = [int(s) for s in img.shape[1:]]
-    ops = list(img.applied_operations)
+    return trace_operations(img.applied_operations, img.shape[1:])
+
+
+def trace_operations(operations: Sequence[Mapping], spatial_shape: Sequence[int]) -> CropTrace:
+    """Trace an image's place in its reference volume from its ``applied_operations`` (see the module docstring).
+
+    Args:
+        operations: the ``applied_operations`` of one item (a list of MONAI trace entries, oldest first).
+        spatial_shape: the item's current spatial shape.
+
+    Returns:
+        the :py:class:`CropTrace` of the image.
+
+    Raises:
+        ValueError: when a transform the box cannot represent follows a crop or pad (the message names it), or
+            the record does not match ``spatial_shape``.
+    """
+    shape = [int(s) for s in spatial_shape]
+    ops = list(operations)
     tracer = _Tracer(ops[0].get(TraceKeys.ORIG_SIZE, shape) if ops else shape)
     for i, entry in enumerate(ops):
         out_size = ops[i + 1].get(TraceKeys.ORIG_SIZE) if i + 1 < len(ops) else shape
@@ -278,14 +300,7 @@ def trace_crop(img: MetaTensor) -> CropTrace:
 
 
 def crop_box_from_meta(img: MetaTensor) -> torch.Tensor:
-    """The ``[start, stop)`` box of a crop in its reference volume, as fractions of the volume's size.
-
-    The reference volume is the image after the last grid-changing transform (``Orientation``, ``Spacing``,
-    ``Resize``, ...) and before any crop or pad. ``start = first voxel index / size`` and
-    ``stop = (last voxel index + 1) / size`` along each spatial axis, in MONAI array order. Padding makes values
-    leave ``[0, 1]``. After a flip along axis ``a`` the box is mirrored there (``[s, e)`` -> ``[1 - e, 1 - s)``);
-    after ``torch.rot90(k=1, dims=(a, b))`` the new box along ``a`` is ``[1 - e_b, 1 - s_b)`` and along ``b`` is
-    ``[s_a, e_a)``: the box is expressed in the reference volume flipped/rotated the same way as the crop.
+    """The ``roi_box`` of a crop: its ``[start, stop)`` in the reference volume (the frame of the module docstring).
 
     Args:
         img: channel-first MetaTensor ``(C, *spatial)`` of one crop, carrying MONAI's ``applied_operations``.

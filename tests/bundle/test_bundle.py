@@ -91,6 +91,7 @@ def test_verify_net_in_out_default_network():
     verify_net_in_out(net_id="network_def", meta_file=META, config_file=str(CONFIGS / "inference.json"))
 
 
+@pytest.mark.slow
 def test_train_evaluate_infer_resume(phantom_dir, tmp_path):
     root = tmp_path / "run"
     common = {"bundle_root": str(root), "dataset_dir": str(phantom_dir)}
@@ -142,6 +143,7 @@ def test_train_evaluate_infer_resume(phantom_dir, tmp_path):
         assert values.min() >= 0 and values.max() <= 13
 
 
+@pytest.mark.slow
 def test_real_ct_inference_keeps_shape_and_affine(totalseg_dir, tmp_path):
     """Inference on the real scan (122 x 101 x 112, 3 mm) with resampling to 2 mm in between."""
     data = tmp_path / "data"

@@ -288,46 +288,44 @@ def _linspace(stop: float, n: int) -> list[float]:
     return [stop * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
-def fine_bcv(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
-    """The paper's BCV size: feature 192, depths (2,2,2,2), heads (6,12,24,48), patch (4,4,2), window 4,
-    for ``roi_size=(128, 128, 64)`` (the paper's 64x128x128 z-first crop) and a 4x4x1 memory grid."""
-    cfg = dict(
-        feature_size=192,
-        depths=(2, 2, 2, 2),
-        num_heads=(6, 12, 24, 48),
-        patch_size=(4, 4, 2),
-        window_size=4,
-        memory_grid=(4, 4, 1),
-        drop_path_rate=0.2,
-        roi_size=(128, 128, 64),
-    )
-    cfg.update(kwargs)
-    return FINE(in_channels, out_channels, **cfg)
-
-
-def fine_tiny(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
-    """A CPU preset for tests and the demo: feature 24, depths (2,2,2,2), heads (1,2,4,8), patch (2,2,2),
-    window 4, for ``roi_size=(64, 64, 32)`` and a 4x4x1 memory grid."""
-    cfg = dict(
-        feature_size=24,
-        depths=(2, 2, 2, 2),
-        num_heads=(1, 2, 4, 8),
-        patch_size=(2, 2, 2),
-        window_size=4,
-        memory_grid=(4, 4, 1),
-        roi_size=(64, 64, 32),
-    )
-    cfg.update(kwargs)
-    return FINE(in_channels, out_channels, **cfg)
-
-
-PRESETS = {"bcv": fine_bcv, "tiny": fine_tiny}
+#: Preset settings, one entry per preset: every keyword of :py:class:`FINE` that the preset fixes, including
+#: ``roi_size`` (the training crop / sliding-window size the preset is sized for). Adding a preset is one entry;
+#: the bundle configs and the CLI read ``roi_size`` from here (``PRESETS[@preset]['roi_size']``).
+PRESETS: dict[str, dict] = {
+    # the paper's BCV size, for its 64x128x128 z-first crop
+    "bcv": dict(feature_size=192, num_heads=(6, 12, 24, 48), patch_size=(4, 4, 2), drop_path_rate=0.2,
+                depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(128, 128, 64)),
+    # a CPU preset for tests and the demo
+    "tiny": dict(feature_size=24, num_heads=(1, 2, 4, 8), patch_size=(2, 2, 2),
+                 depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(64, 64, 32)),
+}  # fmt: skip
 
 
 def create_fine(preset: str = "bcv", in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
-    """Build a preset by name (``"bcv"`` or ``"tiny"``) with keyword overrides; the bundle's ``network_def``."""
+    """Build a preset of :data:`PRESETS` by name with keyword overrides; the bundle's ``network_def``.
+
+    Args:
+        preset: a key of :data:`PRESETS` (``"bcv"``, ``"tiny"``).
+        in_channels: input channels.
+        out_channels: output channels (classes, background included).
+        kwargs: :py:class:`FINE` keywords overriding the preset's (``roi_size=None`` keeps the preset's).
+
+    Raises:
+        ValueError: for an unknown ``preset``.
+    """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}.")
-    if kwargs.get("roi_size") is not None:
-        kwargs["roi_size"] = tuple(int(r) for r in kwargs["roi_size"])
-    return PRESETS[preset](in_channels, out_channels, **kwargs)
+    cfg = dict(PRESETS[preset])
+    cfg.update({k: v for k, v in kwargs.items() if not (k == "roi_size" and v is None)})
+    cfg["roi_size"] = tuple(int(r) for r in cfg["roi_size"])
+    return FINE(in_channels, out_channels, **cfg)
+
+
+def fine_bcv(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
+    """The paper's BCV size (``PRESETS["bcv"]``): feature 192, heads (6,12,24,48), patch (4,4,2), roi (128,128,64)."""
+    return create_fine("bcv", in_channels, out_channels, **kwargs)
+
+
+def fine_tiny(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
+    """A CPU preset for tests and the demo (``PRESETS["tiny"]``): feature 24, heads (1,2,4,8), roi (64,64,32)."""
+    return create_fine("tiny", in_channels, out_channels, **kwargs)

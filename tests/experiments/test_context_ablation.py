@@ -1,28 +1,22 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""benchmarks/context_ablation.py end to end on a minimal budget (a few iterations, a tiny network, 4 small cases)."""
+"""The context ablation (``python -m monai_fine context_ablation``, :py:mod:`monai_fine.experiments.context_ablation`)
+end to end on a minimal budget (a few iterations, a tiny network, 4 small cases); the experiments' CLI entry points."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
+import runpy
+import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "context_ablation.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("context_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from monai_fine.experiments import context_ablation
 
 @pytest.fixture(scope="module")
 def ablation():
-    return _load()
+    return context_ablation
 
 
 # a tiny network, small crops and a small phantom keep every run at seconds on a CPU
@@ -34,6 +28,7 @@ MINIMAL = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_context_ablation_end_to_end(ablation, tmp_path):
     configs = list(ablation.CONFIGS)
     out = tmp_path / "ablation"
@@ -108,6 +103,7 @@ def test_budget_skips_runs_and_arguments(ablation, tmp_path):
     assert (o["memory"], o["scan_memory"], o["seed"], o["preset"]) == ("full", True, 3, "bcv") and "optimizer" not in o
 
 
+@pytest.mark.slow
 def test_parallel_workers(ablation, tmp_path):
     # --jobs 2: two single-threaded worker processes share the runs; the parent collects them into one summary
     out = tmp_path / "jobs"
@@ -120,3 +116,14 @@ def test_parallel_workers(ablation, tmp_path):
     assert (out / "worker_0.log").is_file() and (out / "worker_1.log").is_file()
     assert not list(out.glob("runs/*/*/*/.claim-*"))
     assert "2 parallel runs of 1 torch thread each" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("command, option", [("context_ablation", "--budget_minutes"), ("memory_probe", "--run")])
+def test_experiments_are_reachable_from_the_cli(command, option, monkeypatch, capsys):
+    """``python -m monai_fine <command> --help``, run in-process through the package's ``__main__``."""
+    monkeypatch.setattr(sys, "argv", ["monai_fine", command, "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("monai_fine", run_name="__main__", alter_sys=False)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"python -m monai_fine {command}" in out and option in out

@@ -1,21 +1,15 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Tests of per-organ Dice / HD95 (mm) functions, metrics and Ignite handlers against hand-made and scipy answers."""
+"""Tests of per-organ Dice / HD95 (mm) functions and cumulative metrics against hand-made and scipy answers."""
 
 from __future__ import annotations
 
-import csv
 import math
 import re
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
 from monai.data import MetaTensor
-from monai.handlers import MetricsSaver, from_engine
-from scipy import ndimage
 
 from monai_fine.handlers import HausdorffDistance95, OrganDice
 from monai_fine.metrics import (
@@ -32,84 +26,18 @@ from monai_fine.metrics import (
     spacing_from_meta,
 )
 
+from metrics.references import (
+    NUM_CLASSES,
+    SPACING,
+    affine_for,
+    one_hot,
+    perturb,
+    random_label_map,
+    ref_hd95,
+    ref_table,
+)
+
 pytestmark = pytest.mark.timeout(120)
-
-SPACING = (0.8, 0.8, 3.0)
-NUM_CLASSES = 14
-SHAPE = (24, 24, 24)
-
-
-# ---------------------------------------------------------------- independent references (numpy / scipy only)
-
-
-def ref_dice(pred: np.ndarray, true: np.ndarray, empty: str) -> float:
-    """2|P&T| / (|P|+|T|); both empty -> NaN ("nan") or 1 ("synapse")."""
-    denom = int(pred.sum()) + int(true.sum())
-    if denom == 0:
-        return math.nan if empty == "nan" else 1.0
-    return 2.0 * int((pred & true).sum()) / denom
-
-
-def ref_hd95(pred: np.ndarray, true: np.ndarray, spacing: tuple[float, ...], empty: str) -> float:
-    """max of the two directed 95th percentiles of surface-to-surface distances in mm (medpy hd95 definition).
-
-    Surface = mask XOR binary_erosion(mask) (face connectivity, outside of the image is background). Each distance
-    goes from a surface voxel of one mask to the nearest *surface* voxel of the other mask (as MONAI and medpy do;
-    measuring to the nearest voxel of the other *mask* would give 0 for surface voxels inside it).
-    """
-    if not pred.any() or not true.any():
-        return math.nan if empty == "nan" else 0.0
-    surf_p = pred ^ ndimage.binary_erosion(pred)
-    surf_t = true ^ ndimage.binary_erosion(true)
-    d_pt = ndimage.distance_transform_edt(~surf_t, sampling=spacing)[surf_p]
-    d_tp = ndimage.distance_transform_edt(~surf_p, sampling=spacing)[surf_t]
-    return float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
-
-
-def ref_table(pred_lm: np.ndarray, true_lm: np.ndarray, labels, spacing, empty: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reference (Dice, HD95) rows of one case from integer label maps."""
-    dice = [ref_dice(pred_lm == i, true_lm == i, empty) for i in labels]
-    hd = [ref_hd95(pred_lm == i, true_lm == i, spacing, empty) for i in labels]
-    return np.array(dice), np.array(hd)
-
-
-def nanmean_of_organs(table: np.ndarray) -> float:
-    """Mean over organs of the per-organ nanmean over cases."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(np.nanmean(np.nanmean(table, axis=0)))
-
-
-# ---------------------------------------------------------------- data builders
-
-
-def affine_for(spacing: tuple[float, float, float]) -> torch.Tensor:
-    """LPS-style affine (flipped x, y) with the given spacing and a non-zero origin."""
-    a = torch.diag(torch.tensor([-spacing[0], -spacing[1], spacing[2], 1.0], dtype=torch.float64))
-    a[:3, 3] = torch.tensor([120.0, 95.0, -310.0], dtype=torch.float64)
-    return a
-
-
-def one_hot(label_map: np.ndarray, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """(X, Y, Z) integer map -> (C, X, Y, Z) float one-hot."""
-    return torch.nn.functional.one_hot(torch.as_tensor(label_map).long(), num_classes).permute(3, 0, 1, 2).float()
-
-
-def random_label_map(rng: np.random.Generator, organs, shape=SHAPE) -> np.ndarray:
-    """Label map with smooth random blobs for the given organ ids (later organs overwrite earlier ones)."""
-    out = np.zeros(shape, dtype=np.int64)
-    for organ in organs:
-        field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=2.5)
-        out[field > np.quantile(field, 0.9)] = organ
-    return out
-
-
-def perturb(rng: np.random.Generator, label_map: np.ndarray) -> np.ndarray:
-    """A 'prediction': shift the map by one voxel along a random axis and relabel a random blob."""
-    pred = np.roll(label_map, shift=int(rng.choice([-1, 1])), axis=int(rng.integers(0, 3)))
-    field = ndimage.gaussian_filter(rng.standard_normal(label_map.shape), sigma=2.0)
-    pred[field > np.quantile(field, 0.97)] = int(rng.choice(np.unique(label_map)))
-    return pred
 
 
 # ---------------------------------------------------------------- constants and protocols
@@ -271,108 +199,6 @@ def test_mean_reduction_is_mean_over_organs_of_nanmean_over_cases():
     assert math.isnan(reduce_organ_metric(torch.full((2, 2), math.nan), "mean").item())
 
 
-# ---------------------------------------------------------------- Ignite handlers and MetricsSaver
-
-
-def _case(rng: np.random.Generator, index: int, spacing) -> dict:
-    organs = (1, 2, 6, 11) if index % 2 == 0 else (1, 3, 5, 6)
-    true_lm = random_label_map(rng, organs)
-    pred_lm = perturb(rng, true_lm)
-    if index == 1:
-        pred_lm[pred_lm == 3] = 0  # an organ missed by the prediction
-    meta = {"filename_or_obj": f"case_{index:02d}.nii.gz"}
-    return {
-        "pred": MetaTensor(one_hot(pred_lm), affine=affine_for(spacing), meta=dict(meta)),
-        "label": MetaTensor(one_hot(true_lm), affine=affine_for(spacing), meta=dict(meta)),
-        "pred_lm": pred_lm,
-        "true_lm": true_lm,
-        "spacing": spacing,
-    }
-
-
-def _read_raw_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    return rows[0], [r[0] for r in rows[1:]], np.array([[float(v) for v in r[1:]] for r in rows[1:]])
-
-
-@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")  # MetricsSaver's summary of all-NaN organs
-def test_handlers_on_engine_with_metrics_saver(tmp_path):
-    rng = np.random.default_rng(42)
-    spacings = [(0.8, 0.8, 3.0), (0.7, 0.7, 2.5), (0.9, 0.6, 1.5)]
-    # 3 iterations of 2 decollated cases each, as a SupervisedEvaluator output (list of dicts)
-    batches = [[_case(rng, 2 * i + j, spacings[(2 * i + j) % 3]) for j in range(2)] for i in range(3)]
-    cases = [c for b in batches for c in b]
-
-    engine = Engine(lambda engine, batch: batch)
-    handlers = {
-        "dice": OrganDice(output_transform=from_engine(["pred", "label"])),
-        "hd95": HausdorffDistance95(output_transform=from_engine(["pred", "label"])),
-        "dice8": OrganDice(protocol="synapse8", empty="synapse", output_transform=from_engine(["pred", "label"])),
-        "hd95_8": HausdorffDistance95(
-            protocol="synapse8", empty="synapse", output_transform=from_engine(["pred", "label"])
-        ),
-    }
-    for name, handler in handlers.items():
-        handler.attach(engine, name)
-    MetricsSaver(
-        save_dir=str(tmp_path),
-        metrics="*",
-        metric_details="*",
-        batch_transform=lambda batch: [c["label"].meta for c in batch],
-        summary_ops=["mean"],
-    ).attach(engine)
-    engine.run(batches, max_epochs=1)
-
-    for name, protocol, empty, which in [
-        ("dice", "btcv13", "nan", 0),
-        ("hd95", "btcv13", "nan", 1),
-        ("dice8", "synapse8", "synapse", 0),
-        ("hd95_8", "synapse8", "synapse", 1),
-    ]:
-        labels = PROTOCOLS[protocol]
-        ref = np.stack(
-            [ref_table(c["pred_lm"], c["true_lm"], labels, c["spacing"], empty)[which] for c in cases]
-        )
-        details = engine.state.metric_details[name]
-        assert tuple(details.shape) == (len(cases), len(labels))
-        np.testing.assert_allclose(details.numpy(), ref, rtol=1e-4, atol=1e-6)
-        assert engine.state.metrics[name] == pytest.approx(nanmean_of_organs(ref), rel=1e-4)
-        assert handlers[name].class_names == [BTCV_LABELS[i] for i in labels]
-
-        header, filenames, values = _read_raw_csv(tmp_path / f"{name}_raw.csv")
-        assert header == ["filename"] + [f"class{j}" for j in range(len(labels))] + ["mean"]
-        assert filenames == [f"case_{i:02d}.nii.gz" for i in range(len(cases))]
-        np.testing.assert_allclose(values[:, :-1], ref, rtol=1e-4, atol=1e-4)
-        with np.errstate(all="ignore"):
-            np.testing.assert_allclose(values[:, -1], np.nanmean(ref, axis=1), rtol=1e-4, atol=1e-4)
-        assert (tmp_path / f"{name}_summary.csv").exists()
-
-    # the nan rule really produced NaNs (absent organs) and the synapse rule produced none
-    assert torch.isnan(engine.state.metric_details["hd95"]).any()
-    assert not torch.isnan(engine.state.metric_details["hd95_8"]).any()
-    saved = dict(line.split(",") for line in (tmp_path / "metrics.csv").read_text().splitlines())
-    assert set(saved) == set(handlers)
-    assert float(saved["hd95"]) == pytest.approx(engine.state.metrics["hd95"], rel=1e-6)
-
-
-def test_handler_accepts_dict_of_lists_and_batch_first_metatensors():
-    rng = np.random.default_rng(3)
-    cases = [_case(rng, i, SPACING) for i in range(2)]
-    ref = np.stack([ref_table(c["pred_lm"], c["true_lm"], (1, 6), SPACING, "nan")[1] for c in cases])
-    for output in (
-        {"pred": [c["pred"] for c in cases], "label": [c["label"] for c in cases]},
-        {
-            "pred": torch.stack([c["pred"] for c in cases]),
-            "label": MetaTensor(torch.stack([c["label"].as_tensor() for c in cases]), affine=affine_for(SPACING)),
-        },
-    ):
-        engine = Engine(lambda engine, batch, output=output: output)
-        HausdorffDistance95(labels=[1, 6], output_transform=from_engine(["pred", "label"])).attach(engine, "hd")
-        engine.run([0], max_epochs=1)
-        np.testing.assert_allclose(engine.state.metric_details["hd"].numpy(), ref, rtol=1e-4)
-
-
 # ---------------------------------------------------------------- spacing from metadata
 
 
@@ -390,17 +216,6 @@ def test_spacing_from_meta_uses_affine_column_norms_then_pixdim():
         spacing_from_meta({"filename_or_obj": "x.nii.gz"})
     with pytest.raises(ValueError, match="Tensor"):
         spacing_from_meta(torch.zeros(1, 2, 2, 2))
-
-
-def test_hd95_handler_reads_spacing_per_case_from_affine():
-    y = torch.zeros(2, 4, 4, 6)
-    y[1, 1, 1, 1] = 1
-    y_pred = torch.roll(y, shifts=1, dims=3)  # one voxel along z
-    handler = HausdorffDistance95(labels=[1])
-    handler.reset()
-    affines = [affine_for((0.8, 0.8, 3.0)), affine_for((1.0, 1.0, 2.0))]
-    handler.update(([MetaTensor(y_pred, affine=a) for a in affines], [MetaTensor(y, affine=a) for a in affines]))
-    torch.testing.assert_close(handler.metric_fn.get_buffer(), torch.tensor([[3.0], [2.0]]))
 
 
 # ---------------------------------------------------------------- errors
@@ -460,3 +275,4 @@ def test_shape_mismatch_names_both_shapes():
 def test_invalid_arguments(factory, match):
     with pytest.raises(ValueError, match=match):
         factory()
+

@@ -1,0 +1,117 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Export from MONAI's bundle tools on our configs: ``ckpt_export`` (trace and script) and ``onnx_export``.
+
+Each exported file is loaded back the way a user runs it (``torch.jit.load``, onnxruntime) and compared with the eager
+network built from the same config and checkpoint: maximum absolute difference of the logits (printed; run with
+``-s`` to see it) and identical argmax label maps. The checkpoint has a partly visited memory grid, as a trained one
+does, so that the memory-token path is exported too.
+
+``ckpt_export`` without ``--use_trace`` (TorchScript scripting) and ``onnx_export`` need the export-friendly network
+forward of issue 11 item 3 (network side); until it is merged they are expected to fail (``xfail(strict=True)``:
+once it is merged they pass, and the marker must go).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ckpt_export, onnx_export
+from monai.data import load_net_with_metadata
+
+from monai_fine.networks import create_fine
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+TINY = {"preset": "tiny", "roi_size": [32, 32, 16], "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]}
+SHAPE = [1, 1, 32, 32, 16]
+NEEDS_NET_EXPORT = pytest.mark.xfail(
+    strict=True,
+    reason="needs the export-friendly FINE forward (issue 11 item 3, network side): scripting fails on Final[bool], "
+    "ONNX on the data-dependent seen.any() / in-place |=; remove this marker once that change is merged",
+)
+
+
+def _eager(**kw) -> torch.nn.Module:
+    """The network of inference.json's ``network_def`` with the TINY overrides."""
+    return create_fine("tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4),
+                       deep_supervision=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    net = _eager()
+    with torch.no_grad():
+        visits = torch.zeros_like(net.memory_visits)
+        visits.view(-1)[::3] = 5  # a trained net has visited part of the memory grid
+        net.memory_visits.copy_(visits)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return path, net.eval()
+
+
+def _compare(name: str, exported: np.ndarray, eager: torch.Tensor) -> float:
+    eager = eager.detach().numpy()
+    assert exported.shape == eager.shape, (name, exported.shape, eager.shape)
+    diff = float(np.abs(exported - eager).max())
+    print(f"{name}: max abs diff vs eager {diff:.3g} (logits std {eager.std():.3g}) shape {list(eager.shape)}")
+    assert diff < 1e-3 * max(1.0, float(np.abs(eager).max())), (name, diff)
+    assert np.array_equal(exported.argmax(1), eager.argmax(1)), name
+    return diff
+
+
+def _ckpt_export(path: Path, ckpt: Path, **kw) -> None:
+    ckpt_export(
+        net_id="network_def", filepath=str(path), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"), **kw, **TINY,
+    )  # fmt: skip
+
+
+def test_ckpt_export_trace_runs_at_the_traced_size(checkpoint, tmp_path):
+    """What works without the network change: a trace at one size, without ``roi_box`` (whole-volume input)."""
+    ckpt, eager = checkpoint
+    path = tmp_path / "model.ts"
+    _ckpt_export(path, ckpt, use_trace=True, input_shape=SHAPE)
+    net, meta, extra = load_net_with_metadata(str(path), more_extra_files=("inference.json",))
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 14  # the bundle's metadata rides along
+    assert "network_def" in extra["inference.json"].decode()
+    torch.manual_seed(1)
+    x = torch.rand(SHAPE)
+    with torch.no_grad():
+        _compare("ckpt_export trace", net(x).numpy(), eager(x))
+
+
+@NEEDS_NET_EXPORT
+def test_ckpt_export_script_keeps_roi_box_at_two_sizes(checkpoint, tmp_path):
+    """``ckpt_export`` as the Model Zoo CI runs it (scripting): any stride-multiple size, with and without roi_box."""
+    ckpt, eager = checkpoint
+    path = tmp_path / "model.ts"
+    _ckpt_export(path, ckpt)
+    net = torch.jit.load(str(path))
+    torch.manual_seed(2)
+    for shape in (SHAPE, [1, 1, 64, 32, 32]):
+        x = torch.rand(shape)
+        box = torch.tensor([[[0.25, 0.0, 0.5], [0.75, 0.5, 1.0]]])
+        with torch.no_grad():
+            _compare(f"ckpt_export script {shape[2:]}", net(x).numpy(), eager(x))
+            _compare(f"ckpt_export script {shape[2:]} roi_box", net(x, box).numpy(), eager(x, box))
+
+
+@NEEDS_NET_EXPORT
+def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path):
+    """``onnx_export`` (torch's default exporter) at the crop size; run with onnxruntime on the CPU."""
+    ort = pytest.importorskip("onnxruntime")
+    ckpt, eager = checkpoint
+    path = tmp_path / "model.onnx"
+    onnx_export(
+        net_id="network_def", filepath=str(path), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"), use_trace=True, input_shape=SHAPE, **TINY,
+    )  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    torch.manual_seed(3)
+    x = torch.rand(SHAPE)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        _compare("onnx_export onnxruntime", out, eager(x))
