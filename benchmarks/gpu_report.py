@@ -447,6 +447,7 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
     """``train.json`` through MONAI's ``ConfigWorkflow`` on a phantom written to a temporary folder."""
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
+    from monai.handlers import from_engine
 
     from monai_fine.cli import bundle_dir
     from monai_fine.data import phantom
@@ -468,6 +469,8 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
             "num_workers": args.bundle_workers,
             "device": f"$torch.device('{dev.device}')",
             "seed": 0,
+            "progress": False,  # ignite's ProgressBar needs tqdm, TensorBoard tensorboard: the GPU machine has neither
+            "tensorboard": False,
         }
         if args.bundle_optimizer:
             override["optimizer_name"] = args.bundle_optimizer
@@ -499,10 +502,9 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
         losses: list[float] = []
         epoch_t = [time.perf_counter()]
 
-        def on_iteration(engine) -> None:
-            out = engine.state.output
-            outs = out if isinstance(out, list) else [out]
-            losses.extend(float(o["loss"].detach()) for o in outs)
+        def on_iteration(engine) -> None:  # the iteration's loss, decollated into every item or not
+            loss = from_engine(["loss"], first=True)(engine.state.output)
+            losses.append(float(loss.detach() if hasattr(loss, "detach") else loss))
 
         def on_epoch(engine) -> None:
             now = time.perf_counter()
@@ -540,8 +542,15 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
 
 # -------------------------------------------------------------------------------------------------------------- main
 def _error(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}"
+    """``Type: first line`` of the error and, when it wraps another (e.g. MONAI's config errors), of its root."""
+
+    def line(err: BaseException) -> str:
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+
+    root = e
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    return line(e) if root is e else f"{line(e)} <- {line(root)}"
 
 
 def _watchdog(report: Report, hard_s: float, t0: float) -> None:
