@@ -64,9 +64,6 @@ def test_tiny_run_writes_every_file(tmp_path):
         assert math.isfinite(float(r["peak_mb"])) and float(r["peak_mb"]) >= 0
         assert r["amp_dtype"] == ("bfloat16" if r["amp"] == "True" else "float32")
         assert r["device"] == "cpu" and r["device_name"] == device_name and r["roi"] == "64x32x32"
-    # the scan row really trains 2 crops of one scan in two passes: it costs more than one pass of the same batch
-    by = {(r["model"], r["amp"]): r for r in train}
-    assert float(by[("fine:full+scan", "False")]["train_s"]) > float(by[("fine:full", "False")]["train_s"])
 
     infer = _rows(tmp_path / "gpu_report_infer.csv")
     assert [r["scan_memory"] for r in infer] == ["False", "True"]
@@ -74,7 +71,6 @@ def test_tiny_run_writes_every_file(tmp_path):
         assert r["status"] == "ok", r
         assert r["windows"] == "2"  # 96 voxels in windows of 64 at overlap 0.5: starts 0 and 32
         assert _positive(r["infer_s"]) and r["scan"] == "96x32x32" and r["device_name"] == device_name
-    assert float(infer[1]["infer_s"]) > float(infer[0]["infer_s"])  # two passes
 
     epochs = _rows(tmp_path / "gpu_report_bundle.csv")
     assert [r["epoch"] for r in epochs] == ["1", "2"]
