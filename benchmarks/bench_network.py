@@ -1,6 +1,6 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Cost of FINE per memory mode against MONAI's SwinUNETR at the same crop: parameters, FLOPs, training-step and
-inference time, peak memory.
+"""Cost of FINE per memory mode against MONAI's SwinUNETR and nnU-Net's DynUNet at the same crop: parameters, FLOPs,
+training-step and inference time, peak memory; over one crop or a sweep of crop sizes.
 
 One command measures every configuration; each (configuration, repeat) runs in a fresh subprocess so that one
 model's allocations cannot pollute the next one's memory peak, and with ``--repeats 2`` the order is reversed on the
@@ -9,7 +9,8 @@ second pass (ABBA) so that a drift in background load does not favour one config
 
     python benchmarks/bench_network.py                          # fine_bcv at 128x128x64 on CPU (slow, many GB)
     python benchmarks/bench_network.py --device cuda --steps 10
-    python benchmarks/bench_network.py --preset tiny --roi 64 64 32 --steps 1   # a quick check
+    python benchmarks/bench_network.py --sweep --modes none full               # crops 64x64x32, 96x96x64, 128x128x64
+    python benchmarks/bench_network.py --quick                                  # a quick check of the script
 
 See ``benchmarks/README.md`` for the columns and how memory is measured.
 """
@@ -31,6 +32,18 @@ from pathlib import Path
 FINE_MODES = ("none", "window", "released", "full", "scan")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# the crop-size sweep (issue 9): every crop divisible by fine_bcv's stride (32, 32, 16) and by SwinUNETR's 32
+# (96x96x48 would suit FINE but not SwinUNETR, so the middle crop is 96x96x64)
+SWEEP_ROIS = ((64, 64, 32), (96, 96, 64), (128, 128, 64))
+QUICK = {  # --quick: the script's own smoke check, seconds per configuration
+    "preset": "tiny",
+    "rois": [(32, 32, 16), (64, 32, 16)],  # too small for SwinUNETR (multiples of 32): its rows say so
+    "modes": ["none", "full"],
+    "warmup": 1,
+    "steps": 1,
+    "swin_feature_size": 12,
+    "dynunet_filters": (8, 32),
+}
 # the crop's place in its scan, as (2, 3) [start, stop) fractions: 3x3 of the 4x4x1 memory cells
 ROI_BOX = ((0.1, 0.1, 0.25), (0.6, 0.6, 0.75))
 ROI_BOX_2 = ((0.4, 0.4, 0.25), (0.9, 0.9, 0.75))  # the scan-memory row's second crop of the same scan
@@ -145,16 +158,21 @@ def _register_cpu_sdpa_flops() -> None:
         )
 
 
-def _build(cfg: dict):
-    """The model, its loss and its forward keyword arguments for one configuration."""
+def build_model(cfg: dict):
+    """The model, its loss, its forward keyword arguments and the transform of its training output for the loss, for
+    ``cfg`` with ``model`` (``fine``, ``swinunetr`` or ``dynunet``), ``roi``, ``batch`` and, for FINE, ``preset`` and
+    ``memory`` (``scan``: ``full`` with scan memory and all crops of one scan)."""
     import torch
     from monai.losses import DeepSupervisionLoss, DiceCELoss
+    from peers import ds_loss_weights, ds_outputs, nnunet_dynunet, swinunetr
 
     loss = DiceCELoss(to_onehot_y=True, softmax=True)
     if cfg["model"] == "swinunetr":
-        from monai.networks.nets import SwinUNETR
-
-        return SwinUNETR(in_channels=1, out_channels=14, feature_size=48), loss, {}
+        return swinunetr(feature_size=cfg.get("swin_feature_size", 48)), loss, {}, None
+    if cfg["model"] == "dynunet":
+        base, cap = cfg.get("dynunet_filters") or (32, 320)
+        net, plan = nnunet_dynunet(cfg["roi"], base_features=base, max_features=cap)
+        return net, DeepSupervisionLoss(loss, weights=ds_loss_weights(plan["deep_supr_num"])), {}, ds_outputs
     from monai_fine.networks.nets.fine import fine_bcv, fine_tiny
 
     factory = fine_bcv if cfg["preset"] == "bcv" else fine_tiny
@@ -164,11 +182,11 @@ def _build(cfg: dict):
     )
     # steady state of training: every memory cell visited, so V-MSA attends to all volume tokens
     net.memory_visits.fill_(1)
-    boxes = (ROI_BOX, ROI_BOX_2)[: cfg["batch"]]
+    boxes = [(ROI_BOX, ROI_BOX_2)[i % 2] for i in range(cfg["batch"])]
     kwargs = {"roi_box": torch.tensor(boxes, dtype=torch.float32)}
     if scan:
         kwargs["scan_id"] = torch.zeros(cfg["batch"], dtype=torch.long)  # both crops from one scan
-    return net, DeepSupervisionLoss(loss), kwargs
+    return net, DeepSupervisionLoss(loss), kwargs, None
 
 
 def _run_delay() -> float | None:
@@ -231,7 +249,8 @@ def run_worker(cfg: dict) -> dict:
         set_tf32(cfg["tf32"])
     mem = PeakMemory(device)  # baseline before the model exists
 
-    net, loss_fn, fwd_kwargs = _build(cfg)
+    net, loss_fn, fwd_kwargs, to_loss = build_model(cfg)
+    to_loss = to_loss or (lambda out: out)
     net = net.to(device)
     fwd_kwargs = {k: v.to(device) for k, v in fwd_kwargs.items()}
     B = cfg["batch"]
@@ -286,7 +305,7 @@ def run_worker(cfg: dict) -> dict:
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x, **fwd_kwargs), label).backward()
+        loss_fn(to_loss(net(x, **fwd_kwargs)), label).backward()
         opt.step()
 
     mem.start()
@@ -312,9 +331,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _configs(args) -> list[dict]:
+def _roi_str(roi) -> str:
+    return "x".join(map(str, roi))
+
+
+def _configs(args, rois: list[tuple[int, int, int]]) -> list[dict]:
+    """One configuration per crop and model; ``key`` (config@crop) names it in the driver."""
     base = {
-        "roi": list(args.roi),
         "device": args.device,
         "threads": args.threads,
         "warmup": args.warmup,
@@ -322,16 +345,29 @@ def _configs(args) -> list[dict]:
         "cpu_name": cpu_name(),
         "flops_only": args.flops_only,
         "tf32": args.tf32,
+        "swin_feature_size": args.swin_feature_size,
+        "dynunet_filters": args.dynunet_filters,
     }
     preset = f"fine_{args.preset}"
     configs = []
-    for mode in args.modes:
-        name = f"{preset}:full+scan" if mode == "scan" else f"{preset}:{mode}"
-        batch = 2 if mode == "scan" else 1
-        configs.append({**base, "config": name, "model": "fine", "preset": args.preset, "memory": mode, "batch": batch})
-    if not args.skip_swinunetr:
-        swin = {"config": "swinunetr", "model": "swinunetr", "preset": None, "memory": None, "batch": 1}
-        configs.append({**base, **swin})
+    for roi in rois:
+        at = {**base, "roi": list(roi)}
+        for mode in args.modes:
+            name = f"{preset}:full+scan" if mode == "scan" else f"{preset}:{mode}"
+            batch = 2 if mode == "scan" else 1
+            fine = {"config": name, "model": "fine", "preset": args.preset, "memory": mode, "batch": batch}
+            configs.append({**at, **fine})
+        if not args.skip_swinunetr:
+            name = "swinunetr" if args.swin_feature_size == 48 else f"swinunetr({args.swin_feature_size})"
+            swin = {"config": name, "model": "swinunetr", "preset": None, "memory": None, "batch": 1}
+            if any(r % 32 for r in roi):
+                swin["skip"] = f"skipped: SwinUNETR needs a crop divisible by 32, not {_roi_str(roi)}"
+            configs.append({**at, **swin})
+        if not args.skip_dynunet:
+            name = "dynunet" if args.dynunet_filters is None else "dynunet(filters {}-{})".format(*args.dynunet_filters)
+            configs.append({**at, "config": name, "model": "dynunet", "preset": None, "memory": None, "batch": 1})
+    for cfg in configs:
+        cfg["key"] = f"{cfg['config']}@{_roi_str(cfg['roi'])}"
     return configs
 
 
@@ -359,12 +395,12 @@ def _aggregate(cfg: dict, runs: list[dict], repeats: int) -> dict:
         memory=cfg["memory"] if cfg["memory"] != "scan" else "full",
         scan_memory=cfg["memory"] == "scan",
         batch=cfg["batch"],
-        roi="x".join(map(str, cfg["roi"])),
+        roi=_roi_str(cfg["roi"]),
         device=cfg["device"],
         warmup=cfg["warmup"],
         steps=cfg["steps"],
         repeats=repeats,
-        status="ok" if len(ok) == len(runs) else "; ".join(r.get("status", "ok") for r in runs),
+        status=cfg.get("skip") or ("ok" if len(ok) == len(runs) else "; ".join(r.get("status", "ok") for r in runs)),
     )
     if not ok:
         return row
@@ -416,7 +452,9 @@ def summarize(rows: list[dict], preset: str) -> dict:
     """Ratios, and the design targets (DESIGN.md sections 1 and 4) as ``{"<ratio> <op> <bound>": value}``."""
     by = {r["config"]: r for r in rows if r["status"] == "ok"}
     none, full = by.get(f"fine_{preset}:none"), by.get(f"fine_{preset}:full")
-    scan, swin = by.get(f"fine_{preset}:full+scan"), by.get("swinunetr")
+    scan = by.get(f"fine_{preset}:full+scan")
+    swin = next((r for r in by.values() if r["model"] == "swinunetr"), None)
+    dyn = next((r for r in by.values() if r["model"] == "dynunet"), None)
     keys = ("train_s", "train_peak_mb", "infer_s", "infer_peak_mb", "params", "gflops_fwd", "gflops_train_step")
     out: dict = {}
     targets: dict = {}
@@ -437,6 +475,8 @@ def summarize(rows: list[dict], preset: str) -> dict:
     if full and swin:
         out["swinunetr/full"] = {k: _ratio(swin[k], full[k]) for k in keys}
         targets["swinunetr/full train_s >= 1.5"] = out["swinunetr/full"]["train_s"]
+    if full and dyn:
+        out["dynunet/full"] = {k: _ratio(dyn[k], full[k]) for k in keys}
     if scan:
         targets["scan two-pass/one-pass infer_s <= 2"] = scan["two_pass_ratio"]
         if full:
@@ -456,8 +496,16 @@ def summarize(rows: list[dict], preset: str) -> dict:
     return out
 
 
+GOALS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t}
+
+
+def verdict(name: str, value) -> str:
+    """``met``, ``MISSED`` or ``n/a`` for a target named ``"<ratio> <op> <bound>"``."""
+    op, bound = name.split()[-2:]
+    return "n/a" if value is None else ("met" if GOALS[op](value, float(bound)) else "MISSED")
+
+
 def _print_summary(summary: dict, rows: list[dict]) -> None:
-    goals = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t}
     dev = next((r for r in rows if r["device_name"]), rows[0])
     print(f"\nSummary on {dev['device_name']} ({dev['device']}, {dev['threads']} threads), crop {dev['roi']}")
     print("  GFLOPs = FLOPs / 1e9 as torch's FlopCounterMode counts them (2 per multiply-add: GMACs = GFLOPs / 2);")
@@ -472,11 +520,67 @@ def _print_summary(summary: dict, rows: list[dict]) -> None:
         if isinstance(value, dict) and name != "targets":
             print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
     for name, value in summary["targets"].items():
-        op, bound = name.split()[-2:]
-        verdict = "n/a" if value is None else ("met" if goals[op](value, float(bound)) else "MISSED")
-        print(f"  target {name}: {value} -> {verdict}")
+        print(f"  target {name}: {value} -> {verdict(name, value)}")
     if "warning" in summary:
         print("  WARNING: " + summary["warning"])
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def sweep_markdown(rows: list[dict], summaries: dict[str, dict], preset: str, command: str) -> str:
+    """The run as markdown: the targets per crop (memory's cost against ``none``, the peers against ``full``), then
+    every configuration."""
+    dev = next((r for r in rows if r["device_name"]), rows[0])
+    lines = [
+        f"# bench_network: {dev['device_name']} ({dev['device']}, {dev['threads']} threads)",
+        "",
+        f"torch {dev['torch']}, MONAI {dev['monai']}; memory: {dev['mem_method']}; command: `{command}`",
+        "",
+        "| crop | none train s | full train s | full/none time (<= 1.05) | none peak MiB | full peak MiB "
+        "| full/none memory (<= 1.04) | SwinUNETR train s, peak MiB | DynUNet train s, peak MiB "
+        "| SwinUNETR/full time | DynUNet/full time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for roi, summary in summaries.items():
+        at = {r["model"] if r["model"] != "fine" else r["config"]: r for r in rows if r["roi"] == roi}
+        none, full = at.get(f"fine_{preset}:none", {}), at.get(f"fine_{preset}:full", {})
+        swin, dyn = at.get("swinunetr", {}), at.get("dynunet", {})
+        t = summary["targets"]
+        time_key, mem_key = "full/none train_s <= 1.05", "full/none train_peak_mb <= 1.04"
+        lines.append(
+            f"| {roi} | {_cell(none.get('train_s'))} | {_cell(full.get('train_s'))} "
+            f"| {_cell(t.get(time_key))} {verdict(time_key, t.get(time_key))} "
+            f"| {_cell(none.get('train_peak_mb'))} | {_cell(full.get('train_peak_mb'))} "
+            f"| {_cell(t.get(mem_key))} {verdict(mem_key, t.get(mem_key))} "
+            f"| {_cell(swin.get('train_s'))}, {_cell(swin.get('train_peak_mb'))} "
+            f"| {_cell(dyn.get('train_s'))}, {_cell(dyn.get('train_peak_mb'))} "
+            f"| {_cell(summary.get('swinunetr/full', {}).get('train_s'))} "
+            f"| {_cell(summary.get('dynunet/full', {}).get('train_s'))} |"
+        )
+    lines += [
+        "",
+        "| config | crop | batch | params M | fwd GFLOPs | train-step GFLOPs | train s (min-max) | train peak MiB "
+        "| infer s | infer peak MiB | runq wait | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['roi']} | {r['batch']} | {_cell(r['params_m'])} | {_cell(r['gflops_fwd'])} "
+            f"| {_cell(r['gflops_train_step'])} | {_cell(r['train_s'])} ({_cell(r['train_s_min'])}-"
+            f"{_cell(r['train_s_max'])}) | {_cell(r['train_peak_mb'])} | {_cell(r['infer_s'])} "
+            f"| {_cell(r['infer_peak_mb'])} | {_cell(r['train_runq_wait'])} | {r['status']} |"
+        )
+    warnings = [f"{roi}: {s['warning']}" for roi, s in summaries.items() if "warning" in s]
+    return "\n".join(lines + [""] + [f"WARNING {w}" for w in warnings]) + "\n"
+
+
+def _parse_roi(text: str) -> tuple[int, int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"a crop is XxYxZ with positive integers, e.g. 96x96x64, got {text!r}")
+    return tuple(int(p) for p in parts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -485,6 +589,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="FINE memory modes; 'scan' is memory='full' with scan_memory=True on 2 crops of one scan")
     parser.add_argument("--roi", nargs=3, type=int, default=(128, 128, 64), metavar=("X", "Y", "Z"),
                         help="crop size (SwinUNETR needs multiples of 32)")
+    parser.add_argument("--rois", nargs="+", type=_parse_roi, default=None, metavar="XxYxZ",
+                        help="several crops side by side in one run (replaces --roi)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="--rois " + " ".join(_roi_str(r) for r in SWEEP_ROIS) + " (issue 9's crop-size sweep)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke check of the script: tiny preset, 2 small crops, none/full, small peers, 1 step")
     parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every worker")
@@ -495,8 +605,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="only parameters, forward FLOPs and one inference forward (no training step)")
     parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 in matmuls and convolutions (default: neither)")
     parser.add_argument("--skip-swinunetr", action="store_true", help="leave out the SwinUNETR anchor")
+    parser.add_argument("--skip-dynunet", action="store_true", help="leave out DynUNet (nnU-Net's plan)")
+    parser.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR feature_size (default 48)")
+    parser.add_argument("--dynunet-filters", nargs=2, type=int, default=None, metavar=("BASE", "MAX"),
+                        help="DynUNet filters min(BASE * 2**stage, MAX) (default nnU-Net's 32, 320)")
     parser.add_argument("--csv", type=Path, default=None,
-                        help="default benchmarks/results/bench_network_<device>.csv (_tiny_ for --preset tiny)")
+                        help="default benchmarks/results/bench_network_<device>.csv (_tiny_ for --preset tiny, "
+                        "_sweep_ for several crops); the markdown goes beside it (.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one configuration as JSON
     args = parser.parse_args(argv)  # fmt: skip
 
@@ -510,23 +625,31 @@ def main(argv: list[str] | None = None) -> None:
         print("WORKER_RESULT " + json.dumps(res), flush=True)
         return
 
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    rois = args.rois or ([*SWEEP_ROIS] if args.sweep else [tuple(args.roi)])
     if args.steps < 0 or args.warmup < 0 or args.repeats < 1:
         parser.error("--steps and --warmup must be >= 0, --repeats >= 1")
-    if not args.skip_swinunetr and any(r % 32 for r in args.roi):
-        parser.error(f"SwinUNETR needs a crop divisible by 32, got --roi {args.roi}; change it or --skip-swinunetr")
+    if len(rois) == 1 and not args.skip_swinunetr and any(r % 32 for r in rois[0]):
+        parser.error(f"SwinUNETR needs a crop divisible by 32, got {rois[0]}; change it or --skip-swinunetr")
     device_tag = re.sub(r"[^a-z0-9]+", "", args.device.lower())
-    path = args.csv or RESULTS_DIR / f"bench_network_{'tiny_' if args.preset == 'tiny' else ''}{device_tag}.csv"
+    tags = ("tiny_" if args.preset == "tiny" else "") + ("sweep_" if len(rois) > 1 else "")
+    path = args.csv or RESULTS_DIR / f"bench_network_{tags}{device_tag}.csv"
 
-    configs = _configs(args)
-    runs: dict[str, list[dict]] = {c["config"]: [] for c in configs}
+    configs = _configs(args, rois)
+    runs: dict[str, list[dict]] = {c["key"]: [] for c in configs}
     for rep in range(args.repeats):
         for cfg in configs if rep % 2 == 0 else configs[::-1]:
-            print(f"# {cfg['config']} (repeat {rep + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
+            if cfg.get("skip"):
+                continue
+            print(f"# {cfg['key']} (repeat {rep + 1}/{args.repeats}) ...", file=sys.stderr, flush=True)
             res = _spawn(cfg)
-            runs[cfg["config"]].append(res)
-            print("BENCH_RUN " + json.dumps({"config": cfg["config"], "repeat": rep, **res}), flush=True)
+            runs[cfg["key"]].append(res)
+            run = {"config": cfg["config"], "roi": cfg["roi"], "repeat": rep, **res}
+            print("BENCH_RUN " + json.dumps(run), flush=True)
 
-    rows = [_aggregate(c, runs[c["config"]], args.repeats) for c in configs]
+    rows = [_aggregate(c, runs[c["key"]], args.repeats) for c in configs]
     for row in rows:
         print("BENCH " + json.dumps(row), flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -534,10 +657,17 @@ def main(argv: list[str] | None = None) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    summary = summarize(rows, args.preset)
-    print("SUMMARY " + json.dumps(summary), flush=True)
-    _print_summary(summary, rows)
-    print(f"\nwrote {path}", file=sys.stderr)
+    summaries = {}
+    for roi in map(_roi_str, rois):
+        at = [r for r in rows if r["roi"] == roi]
+        summaries[roi] = summarize(at, args.preset)
+        print("SUMMARY " + json.dumps({"roi": roi, **summaries[roi]}), flush=True)
+        _print_summary(summaries[roi], at)
+    command = " ".join(["python", "benchmarks/bench_network.py", *(sys.argv[1:] if argv is None else argv)])
+    markdown = sweep_markdown(rows, summaries, args.preset, command)
+    path.with_suffix(".md").write_text(markdown)
+    print("\n" + markdown)
+    print(f"\nwrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_network, peers
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # monai_fine without an install
 
-from bench_network import ROI_BOX, ROI_BOX_2, PeakMemory, cpu_name, set_tf32, timed_calls  # noqa: E402
-from peers import ds_loss_weights, ds_outputs, nnunet_dynunet, swinunetr  # noqa: E402
+from bench_network import ROI_BOX, PeakMemory, build_model, cpu_name, set_tf32, timed_calls  # noqa: E402
+from peers import nnunet_plan  # noqa: E402
 
 __all__ = ["main", "Report", "train_configs"]
 
@@ -140,7 +140,7 @@ class Report:
             f"- command: `{s['command']}`",
             f"- started {s['started_utc']} UTC; elapsed {s.get('elapsed_s', 0):.0f} s of a {s['budget_s']} s budget",
             f"- AMP: torch.autocast({s['amp_dtype']}); AMP off = fp32 with TF32 {'on' if s['tf32'] else 'off'} "
-            f"(matmuls and convolutions); cudnn.benchmark {s['cudnn_benchmark']}",
+            f"(matmuls and convolutions: {e.get('fp32_precision', 'n/a')}); cudnn.benchmark {s['cudnn_benchmark']}",
             "",
             f"## Training step (batch {s['batch']}, crop {s['roi']}, DiceCE + deep supervision, SGD)",
             "",
@@ -185,6 +185,10 @@ class Report:
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+
+def _dims(size) -> str:
+    return "x".join(map(str, size))
 
 
 def _fmt(v) -> str:
@@ -301,57 +305,38 @@ def environment(dev: Device) -> dict:
 
 # ------------------------------------------------------------------------------------------------------------- train
 def train_configs(tiny: bool) -> list[dict]:
-    """The training-step configurations: FINE's memory modes, then the peers."""
-    fine = [
-        {"config": f"fine_{'tiny' if tiny else 'bcv'}:{m}", "model": f"fine:{m}", "memory": m}
-        for m in ("none", "full", "full+scan")
-    ]
-    swin = {"config": f"SwinUNETR({12 if tiny else 48})", "model": "swinunetr", "feature_size": 12 if tiny else 48}
-    dyn = {"config": "DynUNet (nnU-Net 3d_fullres plan)", "model": "dynunet"}
+    """The training-step configurations: FINE's memory modes, then the peers; ``build`` is what
+    ``bench_network.build_model`` takes (the same models as the CPU benchmark)."""
+    preset = "tiny" if tiny else "bcv"
+    configs = []
+    for mode, memory in (("none", "none"), ("full", "full"), ("full+scan", "scan")):
+        build = {"model": "fine", "preset": preset, "memory": memory}
+        configs.append({"config": f"fine_{preset}:{mode}", "model": f"fine:{mode}", "build": build})
+    feature = 12 if tiny else 48
+    build = {"model": "swinunetr", "swin_feature_size": feature}
+    configs.append({"config": f"SwinUNETR({feature})", "model": "swinunetr", "build": build})
+    dyn = {"config": "DynUNet (nnU-Net 3d_fullres plan)", "model": "dynunet", "build": {"model": "dynunet"}}
     if tiny:
-        dyn.update(config="DynUNet (nnU-Net plan, filters 8-32)", base_features=8, max_features=32)
-    return fine + [swin, dyn]
-
-
-def build_model(cfg: dict, roi: list[int], batch: int, tiny: bool):
-    """``(net, loss_fn, forward kwargs, output transform, extra info)`` for one training configuration."""
-    import torch
-    from monai.losses import DeepSupervisionLoss, DiceCELoss
-
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-    if cfg["model"] == "swinunetr":
-        return swinunetr(feature_size=cfg["feature_size"]), dice_ce, {}, lambda o: o, {}
-    if cfg["model"] == "dynunet":
-        kw = {k: cfg[k] for k in ("base_features", "max_features") if k in cfg}
-        net, plan = nnunet_dynunet(roi, **kw)
-        loss = DeepSupervisionLoss(dice_ce, weights=ds_loss_weights(plan["deep_supr_num"]))
-        info = {"plan_kernels": plan["kernel_size"], "plan_strides": plan["strides"], "plan_filters": plan["filters"]}
-        return net, loss, {}, ds_outputs, info
-    from monai_fine.networks import fine_bcv, fine_tiny
-
-    scan = cfg["memory"] == "full+scan"
-    net = (fine_tiny if tiny else fine_bcv)(
-        1, 14, memory="full" if scan else cfg["memory"], scan_memory=scan, deep_supervision=True, roi_size=roi
-    )
-    if hasattr(net, "memory_visits"):  # steady state of training: every memory cell visited
-        net.memory_visits.fill_(1)
-    kwargs = {"roi_box": torch.tensor([(ROI_BOX, ROI_BOX_2)[i % 2] for i in range(batch)], dtype=torch.float32)}
-    if scan:
-        kwargs["scan_id"] = torch.zeros(batch, dtype=torch.long)  # all crops of one scan
-    return net, DeepSupervisionLoss(dice_ce), kwargs, lambda o: o, {}
+        dyn["config"], dyn["build"]["dynunet_filters"] = "DynUNet (nnU-Net plan, filters 8-32)", (8, 32)
+    return configs + [dyn]
 
 
 def run_train(cfg: dict, amp: bool, args, dev: Device, section_end: float, t0: float) -> dict:
     """One training configuration: warm-up, timed steps, peak memory."""
     import torch
 
-    row = {**cfg, "amp": amp, "amp_dtype": args.amp_dtype if amp else "float32", "batch": args.batch}
-    row["roi"] = "x".join(map(str, args.roi))
+    build = {**cfg["build"], "roi": list(args.roi), "batch": args.batch}
+    row = {k: v for k, v in cfg.items() if k != "build"}
+    row.update(amp=amp, amp_dtype=args.amp_dtype if amp else "float32", batch=args.batch, roi=_dims(args.roi))
+    if build["model"] == "dynunet":
+        base, cap = build.get("dynunet_filters") or (32, 320)
+        plan = nnunet_plan(args.roi, base_features=base, max_features=cap)
+        row.update(plan_kernels=plan["kernel_size"], plan_strides=plan["strides"], plan_filters=plan["filters"])
     torch.manual_seed(0)
     meter = dev.meter()  # CPU: RSS before the model exists
     row["before_mb"] = dev.allocated_mb()  # CUDA: what earlier configurations left (should be ~0)
-    net, loss_fn, kwargs, to_loss, info = build_model(cfg, list(args.roi), args.batch, args.tiny)
-    row.update(info)
+    net, loss_fn, kwargs, to_loss = build_model(build)
+    to_loss = to_loss or (lambda out: out)
     row["params_m"] = round(sum(p.numel() for p in net.parameters()) / 1e6, 3)
     net = net.to(dev.device).train()
     kwargs = {k: v.to(dev.device) for k, v in kwargs.items()}
@@ -406,8 +391,8 @@ def run_infer(scan_memory: bool, args, dev: Device, section_end: float, t0: floa
         "scan_memory": scan_memory,
         "amp": True,
         "amp_dtype": args.amp_dtype,
-        "scan": "x".join(map(str, args.scan)),
-        "roi": "x".join(map(str, args.roi)),
+        "scan": _dims(args.scan),
+        "roi": _dims(args.roi),
         "overlap": args.overlap,
         "sw_batch_size": args.sw_batch_size,
     }
@@ -462,6 +447,7 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
     """``train.json`` through MONAI's ``ConfigWorkflow`` on a phantom written to a temporary folder."""
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
+    from monai.handlers import from_engine
 
     from monai_fine.cli import bundle_dir
     from monai_fine.data import phantom
@@ -483,6 +469,8 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
             "num_workers": args.bundle_workers,
             "device": f"$torch.device('{dev.device}')",
             "seed": 0,
+            "progress": False,  # ignite's ProgressBar needs tqdm, TensorBoard tensorboard: the GPU machine has neither
+            "tensorboard": False,
         }
         if args.bundle_optimizer:
             override["optimizer_name"] = args.bundle_optimizer
@@ -514,10 +502,9 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
         losses: list[float] = []
         epoch_t = [time.perf_counter()]
 
-        def on_iteration(engine) -> None:
-            out = engine.state.output
-            outs = out if isinstance(out, list) else [out]
-            losses.extend(float(o["loss"].detach()) for o in outs)
+        def on_iteration(engine) -> None:  # the iteration's loss, decollated into every item or not
+            loss = from_engine(["loss"], first=True)(engine.state.output)
+            losses.append(float(loss.detach() if hasattr(loss, "detach") else loss))
 
         def on_epoch(engine) -> None:
             now = time.perf_counter()
@@ -555,8 +542,15 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
 
 # -------------------------------------------------------------------------------------------------------------- main
 def _error(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}"
+    """``Type: first line`` of the error and, when it wraps another (e.g. MONAI's config errors), of its root."""
+
+    def line(err: BaseException) -> str:
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+
+    root = e
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    return line(e) if root is e else f"{line(e)} <- {line(root)}"
 
 
 def _watchdog(report: Report, hard_s: float, t0: float) -> None:
@@ -586,7 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--amp_dtype", choices=("bfloat16", "float16"), default="bfloat16")
     p.add_argument("--tf32", action="store_true", help="TF32 in fp32 matmuls and convolutions (default: off)")
     p.add_argument("--cudnn_benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
-    p.add_argument("--scan", nargs=3, type=int, default=None, help="inference scan (default 512 512 200; tiny 96 32 32)")
+    p.add_argument("--scan", nargs=3, type=int, default=None, help="scan (default 512 512 200; tiny 96 32 32)")
     p.add_argument("--infer_roi", nargs=3, type=int, default=None, help="inference window (default: --roi)")
     p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument("--sw_batch_size", type=int, default=4)
@@ -637,28 +631,37 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     dev = Device(args.device)
-    if dev.cuda:
-        set_tf32(args.tf32)
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark
     env = environment(dev)
+    if dev.cuda:
+        try:
+            set_tf32(args.tf32)
+            env["fp32_precision"] = {
+                "matmul": torch.backends.cuda.matmul.fp32_precision,
+                "cudnn_conv": torch.backends.cudnn.conv.fp32_precision,
+            }
+        except Exception as e:  # an older or newer torch: keep its defaults, and say so below
+            env["fp32_precision"] = f"not set ({_error(e)})"
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
     settings = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]) if argv is None else f"main({argv})",
         "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "tiny": args.tiny,
         "budget_s": args.budget_s,
         "batch": args.batch,
-        "roi": "x".join(map(str, args.roi)),
+        "roi": _dims(args.roi),
         "warmup": args.warmup,
         "steps": args.steps,
         "amp_dtype": args.amp_dtype,
         "tf32": args.tf32,
         "cudnn_benchmark": args.cudnn_benchmark,
-        "scan": "x".join(map(str, args.scan)),
+        "scan": _dims(args.scan),
         "overlap": args.overlap,
         "sw_batch_size": args.sw_batch_size,
         "sections": args.sections,
     }
     report = Report(args.out, env, settings)
+    if isinstance(env.get("fp32_precision"), str):
+        report.note(f"TF32 setting {env['fp32_precision']}: fp32 rows use torch's defaults")
     print(f"[gpu_report] {env['device_name']} ({env['device']}), torch {env['torch']}, CUDA {env['cuda']}", flush=True)
     threading.Thread(target=_watchdog, args=(report, args.budget_s + args.grace_s, t0), daemon=True).start()
     report.write()
@@ -682,8 +685,9 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in train_configs(args.tiny):
             for amp in (False, True):
                 label = f"train {cfg['config']} amp={amp}"
-                base = {**cfg, "amp": amp, "amp_dtype": args.amp_dtype if amp else "float32", "batch": args.batch}
-                base["roi"] = "x".join(map(str, args.roi))
+                base = {k: v for k, v in cfg.items() if k != "build"}
+                base.update(amp=amp, amp_dtype=args.amp_dtype if amp else "float32", batch=args.batch)
+                base["roi"] = _dims(args.roi)
                 if time.perf_counter() - t0 > section_end("train"):
                     report.train.append({**base, "status": "skipped: time budget"})
                     report.note(f"{label} skipped (time budget)")

@@ -45,6 +45,7 @@ __all__ = [
     "swinunetr",
     "ds_outputs",
     "ds_loss_weights",
+    "permute_rearrange",
 ]
 
 BTCV_SPACING = (0.76, 0.76, 3.0)  # mm, x y z: the BTCV median spacing nnU-Net resamples to
@@ -163,8 +164,30 @@ def ds_outputs(out):
     return out
 
 
-def swinunetr(in_channels: int = 1, out_channels: int = 14, feature_size: int = 48):
-    """MONAI's ``SwinUNETR`` with its defaults (``feature_size=48``: the Model Zoo BTCV network)."""
-    from monai.networks.nets import SwinUNETR
+def permute_rearrange(x, pattern: str):
+    """``einops.rearrange`` for a pure permutation of named axes (``"b c d h w -> b d h w c"``): all that MONAI's
+    SwinUNETR asks of einops.
 
+    Raises:
+        ValueError: for a pattern that groups, splits or renames axes.
+    """
+    left, _, right = pattern.partition("->")
+    src, dst = left.split(), right.split()
+    if "(" in pattern or sorted(src) != sorted(dst) or len(set(src)) != len(src) or len(src) != x.ndim:
+        raise ValueError(f"permute_rearrange takes a permutation of the {x.ndim} axes, got {pattern!r}.")
+    return x.permute(*[src.index(a) for a in dst])
+
+
+def swinunetr(in_channels: int = 1, out_channels: int = 14, feature_size: int = 48):
+    """MONAI's ``SwinUNETR`` with its defaults (``feature_size=48``: the Model Zoo BTCV network).
+
+    SwinUNETR moves channels with ``einops.rearrange``, an optional MONAI dependency; where einops is not installed
+    (the GPU report's machine has only torch, MONAI, Ignite, nibabel, fire, numpy and scipy), MONAI's module gets
+    :func:`permute_rearrange` instead, which computes the same permutations.
+    """
+    from monai.networks.nets import SwinUNETR, swin_unetr
+    from monai.utils import optional_import
+
+    if not optional_import("einops")[1]:
+        swin_unetr.rearrange = permute_rearrange
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size)

@@ -64,9 +64,6 @@ def test_tiny_run_writes_every_file(tmp_path):
         assert math.isfinite(float(r["peak_mb"])) and float(r["peak_mb"]) >= 0
         assert r["amp_dtype"] == ("bfloat16" if r["amp"] == "True" else "float32")
         assert r["device"] == "cpu" and r["device_name"] == device_name and r["roi"] == "64x32x32"
-    # the scan row really trains 2 crops of one scan in two passes: it costs more than one pass of the same batch
-    by = {(r["model"], r["amp"]): r for r in train}
-    assert float(by[("fine:full+scan", "False")]["train_s"]) > float(by[("fine:full", "False")]["train_s"])
 
     infer = _rows(tmp_path / "gpu_report_infer.csv")
     assert [r["scan_memory"] for r in infer] == ["False", "True"]
@@ -74,7 +71,6 @@ def test_tiny_run_writes_every_file(tmp_path):
         assert r["status"] == "ok", r
         assert r["windows"] == "2"  # 96 voxels in windows of 64 at overlap 0.5: starts 0 and 32
         assert _positive(r["infer_s"]) and r["scan"] == "96x32x32" and r["device_name"] == device_name
-    assert float(infer[1]["infer_s"]) > float(infer[0]["infer_s"])  # two passes
 
     epochs = _rows(tmp_path / "gpu_report_bundle.csv")
     assert [r["epoch"] for r in epochs] == ["1", "2"]
@@ -110,7 +106,8 @@ def test_error_in_one_configuration_is_recorded_and_the_run_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "image, roi, overlap", [((40, 30, 20), (16, 16, 8), 0.5), ((512, 100, 70), (128, 64, 64), 0.25), ((8, 8, 8), (16, 16, 8), 0.5)]
+    "image, roi, overlap",
+    [((40, 30, 20), (16, 16, 8), 0.5), ((512, 100, 70), (128, 64, 64), 0.25), ((8, 8, 8), (16, 16, 8), 0.5)],
 )
 def test_num_windows_matches_monai_sliding_window(image, roi, overlap):
     from gpu_report import num_windows
@@ -146,3 +143,33 @@ def test_nnunet_plan_for_btcv():
     net.train()
     out = net(torch.zeros(1, 1, 64, 64, 32))
     assert out.shape == (1, 1 + plan["deep_supr_num"], 14, 64, 64, 32)
+
+
+def test_swinunetr_without_einops(monkeypatch):
+    """The GPU machine has no einops: SwinUNETR then runs on ``permute_rearrange``, with the same output."""
+    import einops
+    from monai.networks.nets import swin_unetr
+    from peers import permute_rearrange, swinunetr
+
+    x = torch.randn(2, 3, 4, 5, 6)
+    for pattern in ("b c d h w -> b d h w c", "b d h w c -> b c d h w", "n c h w -> n h w c"):
+        t = x if len(pattern.split("->")[0].split()) == 5 else x[:, :, 0]
+        assert torch.equal(permute_rearrange(t, pattern), einops.rearrange(t, pattern))
+    with pytest.raises(ValueError, match="permutation"):
+        permute_rearrange(x, "b c d h w -> b (c d) h w")
+
+    torch.manual_seed(0)
+    net = swinunetr(feature_size=12).eval()
+    image = torch.randn(1, 1, 64, 32, 32)
+    with torch.no_grad():
+        expected = net(image)
+
+    def missing(*args, **kwargs):
+        raise RuntimeError("einops is not installed")
+
+    monkeypatch.setattr(swin_unetr, "rearrange", missing)
+    monkeypatch.setitem(sys.modules, "einops", None)  # `import einops` now fails, as on the GPU machine
+    swinunetr(feature_size=12)  # notices and installs the shim in MONAI's module
+    assert swin_unetr.rearrange is permute_rearrange
+    with torch.no_grad():
+        assert torch.allclose(net(image), expected)

@@ -1,0 +1,62 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""``benchmarks/bench_network.py --quick``: the crop-size sweep with the peers, end to end at tiny sizes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+@pytest.mark.slow
+def test_quick_sweep(tmp_path):
+    out = tmp_path / "sweep.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = ROOT / "benchmarks" / "bench_network.py"
+    cmd = [sys.executable, str(script), "--quick", "--threads", "1", "--csv", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    configs = ["fine_tiny:none", "fine_tiny:full", "swinunetr(12)", "dynunet(filters 8-32)"]
+    assert [(r["roi"], r["config"]) for r in rows] == [(roi, c) for roi in ("32x32x16", "64x32x16") for c in configs]
+    device_name = rows[0]["device_name"]
+    assert device_name and all(r["device"] == "cpu" for r in rows)
+    for r in rows:
+        if r["config"].startswith("swinunetr"):  # the SwinUNETR path itself runs in test_gpu_report.py
+            assert r["status"] == f"skipped: SwinUNETR needs a crop divisible by 32, not {r['roi']}"
+            continue
+        assert r["status"] == "ok", r
+        assert r["device_name"] == device_name
+        for key in ("train_s", "train_peak_mb", "infer_s", "gflops_fwd", "gflops_train_step", "params"):
+            assert float(r[key]) > 0, (r["config"], key, r[key])
+
+    # the DynUNet rows are nnU-Net's plan at each crop, with the filters asked for
+    from peers import nnunet_dynunet
+
+    for r in rows:
+        if r["config"].startswith("dynunet"):
+            roi = tuple(int(v) for v in r["roi"].split("x"))
+            net, _ = nnunet_dynunet(roi, base_features=8, max_features=32)
+            assert int(r["params"]) == sum(p.numel() for p in net.parameters())
+
+    # one summary per crop; its full/none ratios are the CSV's numbers
+    lines = proc.stdout.splitlines()
+    summaries = [json.loads(line[len("SUMMARY ") :]) for line in lines if line.startswith("SUMMARY ")]
+    assert [s["roi"] for s in summaries] == ["32x32x16", "64x32x16"]
+    md = out.with_suffix(".md").read_text()
+    assert device_name in md
+    for summary in summaries:
+        at = {r["config"]: r for r in rows if r["roi"] == summary["roi"]}
+        ratio = round(float(at["fine_tiny:full"]["train_s"]) / float(at["fine_tiny:none"]["train_s"]), 3)
+        assert summary["targets"]["full/none train_s <= 1.05"] == ratio
+        assert f"| {ratio} {'met' if ratio <= 1.05 else 'MISSED'} |" in md
+        assert "dynunet/full" in summary
