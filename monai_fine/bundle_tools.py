@@ -80,7 +80,11 @@ def _plain(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _read_cached(path: str, mtime: float) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # not a torch checkpoint (or a truncated one): the weight loader reports it with its name
+        warnings.warn(f"cannot read the network record of {path} ({type(e).__name__}: {e}); using the config's network.")
+        return {}
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else {}
     record = state.get(CONFIG_BUFFER) if isinstance(state, Mapping) else None
     if record is None:
@@ -91,8 +95,9 @@ def _read_cached(path: str, mtime: float) -> dict[str, Any]:
 def read_network_config(checkpoint: str | os.PathLike | None) -> dict[str, Any]:
     """The network arguments recorded in ``checkpoint`` (a bare state dict or ``{"model": state_dict}``).
 
-    Returns ``{}`` when ``checkpoint`` is None, does not exist, or has no record (weights saved before the record
-    existed, or by a plain :func:`monai_fine.networks.create_fine` network).
+    Returns ``{}`` when ``checkpoint`` is None, does not exist, is not a readable torch checkpoint (with a warning; the
+    weight loader then names the file in its error), or has no record (weights saved before the record existed, or by
+    a plain :func:`monai_fine.networks.create_fine` network).
     """
     if checkpoint is None or not os.path.isfile(checkpoint):
         return {}

@@ -127,6 +127,19 @@ def batch_case_names(batch: Any, key: str = "image") -> list[str]:
     return names
 
 
+def _unwrap(obj: Any) -> Any:
+    """The module inside ``DataParallel``/``DistributedDataParallel`` (saved without the ``module.`` prefix, as
+    MONAI's ``CheckpointSaver`` does, so the weights load into a single-process network)."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    return obj.module if isinstance(obj, wrappers) else obj
+
+
+def _rank() -> int:
+    """This process's rank in an initialised ``torch.distributed`` group, else 0."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def _finite(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if torch.is_floating_point(t))
 
@@ -279,15 +292,15 @@ class ResumableCheckpointSaver:
             self.save(engine)
 
     def _completed(self, engine: Any) -> None:
-        if self.final_filename and not self._already_done:
-            state = {k: v.state_dict() for k, v in self.save_dict.items()}
+        if self.final_filename and not self._already_done and _rank() == 0:
+            state = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
             with atomic_write(self.save_dir / self.final_filename) as tmp:
                 torch.save(state, tmp)
 
     # ------------------------------------------------------------------------------------------------ save / load
     def state(self, engine: Any) -> dict[str, Any]:
         """Everything a checkpoint holds (see the module docstring)."""
-        ckpt: dict[str, Any] = {k: v.state_dict() for k, v in self.save_dict.items()}
+        ckpt: dict[str, Any] = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
         ckpt["trainer"] = engine.state_dict()
         scaler = getattr(engine, "scaler_", None)
         if scaler is not None:
@@ -303,8 +316,13 @@ class ResumableCheckpointSaver:
         return ckpt
 
     def save(self, engine: Any) -> Path:
-        """Write the checkpoint of the current epoch atomically, then drop the ones beyond ``n_saved``."""
+        """Write the checkpoint of the current epoch atomically, then drop the ones beyond ``n_saved``.
+
+        In a distributed run only rank 0 writes (every rank returns the path).
+        """
         path = self.save_dir / f"{self.file_prefix}_checkpoint_epoch={engine.state.epoch}.pt"
+        if _rank() != 0:
+            return path
         if self.loaded_path is None and not self._set_aside:
             self._set_aside_previous_run()
         ckpt = self.state(engine)
@@ -362,7 +380,7 @@ class ResumableCheckpointSaver:
                 anew = self._train_anew(ckpt)
                 for k, obj in self.save_dict.items():
                     if not anew or k == "model":
-                        obj.load_state_dict(ckpt[k])
+                        _unwrap(obj).load_state_dict(ckpt[k])
             except Exception as e:  # truncated/corrupt/foreign file: fall back to the previous checkpoint
                 aside = path.with_name(path.name + ".unreadable")
                 warnings.warn(
@@ -422,7 +440,7 @@ class BestModelSaver:
 
     def __call__(self, engine: Any) -> None:
         state = engine.state
-        if state.best_metric_epoch != state.epoch:
+        if state.best_metric_epoch != state.epoch or _rank() != 0:
             return
         metric = float(state.best_metric)
         if not math.isfinite(metric):
@@ -431,7 +449,7 @@ class BestModelSaver:
             warnings.warn(f"not saving {self.path}: the network has non-finite weights.", stacklevel=2)
             return
         with atomic_write(self.path) as tmp:
-            torch.save(self.network.state_dict(), tmp)
+            torch.save(_unwrap(self.network).state_dict(), tmp)
 
 
 class NonFiniteLossGuard:

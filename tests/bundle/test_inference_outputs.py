@@ -54,7 +54,8 @@ def ct(path: Path, shape=(40, 36, 24), seed=0) -> Path:
 def test_duplicate_output_names_are_refused_up_front(tmp_path):
     images = [ct(tmp_path / "a" / "case.nii.gz"), ct(tmp_path / "b" / "case.nii.gz"), ct(tmp_path / "c.nii.gz")]
     with pytest.raises(Exception) as err:  # before the (missing) checkpoint is even looked at
-        infer(tmp_path, images, tmp_path / "out", load_pretrain=True, checkpoint=str(tmp_path / "missing.pt"))
+        # the checks run first in ``run`` (``initialize`` stays data-free so that ``monai.bundle.load`` works)
+        infer(tmp_path, images, tmp_path / "out", load_pretrain=True, checkpoint=str(tmp_path / "missing.pt")).run()
     text = str(err.value) + str(err.value.__cause__)
     assert "case_seg" in text and str(images[0]) in text and str(images[1]) in text and "missing.pt" not in text
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -64,7 +65,7 @@ def test_unwritable_output_dir_fails_before_the_model_is_loaded(tmp_path):
     (tmp_path / "not_a_dir").write_text("x")
     out = tmp_path / "not_a_dir" / "seg"
     with pytest.raises(Exception) as err:
-        infer(tmp_path, [ct(tmp_path / "c.nii.gz")], out, load_pretrain=True, checkpoint=str(tmp_path / "missing.pt"))
+        infer(tmp_path, [ct(tmp_path / "c.nii.gz")], out, load_pretrain=True, checkpoint=str(tmp_path / "missing.pt")).run()
     text = str(err.value) + str(err.value.__cause__)
     assert "output_dir is not writable" in text and str(out) in text and "missing.pt" not in text
 

@@ -78,14 +78,15 @@ def test_torchrun_two_ranks_on_cpu_train_and_evaluate(tmp_path):
     assert len(re.findall(r"Epoch\[\d\] Metrics -- val_mean_dice", log)) == 2  # validation stats from rank 0 only
 
     rank0, rank1 = root / "models_rank0", root / "models_rank1"
-    assert {p.name for p in rank0.iterdir()} == {"model.pt", "model_final.pt", "last_checkpoint_epoch=2.pt"}
+    assert {p.name for p in rank0.iterdir()} == {
+        "model.pt", "model_final.pt", "last_checkpoint_epoch=1.pt", "last_checkpoint_epoch=2.pt"  # keep_checkpoints 2
+    }
     assert not rank1.exists()
     state = torch.load(rank0 / "model.pt", map_location="cpu", weights_only=False)
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped from DistributedDataParallel
-    from monai_fine.networks import create_fine
+    from monai_fine.bundle_tools import load_network
 
-    net = create_fine("tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4), deep_supervision=True)
-    net.load_state_dict(state)  # strict: loads into the single-process network
+    load_network(rank0 / "model.pt")  # strict: rebuilt from the recorded arguments, loads into a single-process net
     assert len(list((root / "eval" / "tensorboard").glob("events.out.tfevents.*"))) == 2  # rank 0's writers only
 
     # evaluation of rank 0's best model over both ranks: one CSV row per validation case
