@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.utils import PytorchPadMode, convert_to_dst_type, ensure_tuple_rep, look_up_option
+from monai.utils import PytorchPadMode, ensure_tuple_rep, look_up_option
 
 from monai_fine.transforms.location import trace_operations
 
@@ -144,17 +144,20 @@ class FINEInferer(SlidingWindowInferer):
         """
         if inputs.ndim != 5:
             raise ValueError(f"FINEInferer expects (B, C, X, Y, Z) volumes, got shape {tuple(inputs.shape)}.")
+        # MONAI's sliding window returns a MetaTensor input's output as float32 whatever the input's dtype (it converts
+        # to an empty float32 MetaTensor), a full-size copy: run it on the plain tensor and put the metadata back
+        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         if not self.pass_roi_box:
-            return super().__call__(inputs, network, *args, **kwargs)
+            return self._with_meta(super().__call__(plain, network, *args, **kwargs), inputs)
         start, size = input_frames(inputs)
         spatial = [int(s) for s in inputs.shape[2:]]
         before = [max(int(r) - s, 0) // 2 for r, s in zip(self.roi_size, spatial)]
         after = [max(int(r) - s, 0) - b for r, s, b in zip(self.roi_size, spatial, before)]
-        volume = inputs
+        volume = plain
         if any(before) or any(after):
             pad = [p for b, a in zip(reversed(before), reversed(after)) for p in (b, a)]  # F.pad: last axis first
             mode = look_up_option(self.padding_mode, PytorchPadMode)
-            volume = F.pad(torch.as_tensor(inputs), pad=pad, mode=mode, value=self.cval)
+            volume = F.pad(plain, pad=pad, mode=mode, value=self.cval)
             start = start - torch.tensor(before, dtype=torch.float64)
 
         memory = None
@@ -168,13 +171,17 @@ class FINEInferer(SlidingWindowInferer):
             super().__call__(volume, self._predictor(network, start, size, memory, True), *args, **kwargs)
             memory.set_mode("read")
         out = super().__call__(volume, self._predictor(network, start, size, memory, False), *args, **kwargs)
-        if volume is inputs:
+        if volume is not plain:
+            crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
+            out = out[(slice(None), slice(None), *crop)]
+        return self._with_meta(out, inputs)
+
+    @staticmethod
+    def _with_meta(out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """``out`` (same dtype, no copy) with the metadata of ``inputs`` when that is a MetaTensor."""
+        if not isinstance(inputs, MetaTensor):
             return out
-        crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
-        out = torch.as_tensor(out)[(slice(None), slice(None), *crop)]
-        if isinstance(inputs, MetaTensor):
-            out = convert_to_dst_type(out, MetaTensor([]).copy_meta_from(inputs, copy_attr=False), device=out.device)[0]
-        return out
+        return MetaTensor(out).copy_meta_from(inputs, copy_attr=False)
 
     @staticmethod
     def _predictor(network: Callable, start: torch.Tensor, size: torch.Tensor, memory: Any, write: bool) -> Callable:

@@ -211,12 +211,12 @@ class ResumableCheckpointSaver:
         self._already_done = False
         self._set_aside = False
 
-    def _train_anew(self, ckpt: Mapping[str, Any]) -> bool:
-        """Whether ``ckpt`` ends a finished run that :attr:`finished_run` says to train anew from."""
+    def _train_anew(self, epoch: int) -> bool:
+        """Whether the checkpoint of ``epoch`` ends a finished run that :attr:`finished_run` says to train anew from."""
         max_epochs = self.engine.state.max_epochs
         if self.finished_run != "train_anew" or max_epochs is None or "model" not in self.save_dict:
             return False
-        return int(ckpt["trainer"].get("epoch", 0)) >= int(max_epochs)
+        return int(epoch) >= int(max_epochs)
 
     # ----------------------------------------------------------------------------------------------- attach / events
     def attach(self, engine: Any = None) -> None:
@@ -377,7 +377,7 @@ class ResumableCheckpointSaver:
                 missing = [k for k in [*self.save_dict, "trainer"] if k not in ckpt]
                 if missing:
                     raise KeyError(f"missing entries {missing}")
-                anew = self._train_anew(ckpt)
+                anew = self._train_anew(epoch)
                 for k, obj in self.save_dict.items():
                     if not anew or k == "model":
                         _unwrap(obj).load_state_dict(ckpt[k])
