@@ -200,3 +200,26 @@ def test_untraceable_input_is_refused_naming_the_transform():
     img = Spacing(pixdim=(2.0, 2.0, 2.0))(CropForeground()(img))
     with pytest.raises(ValueError, match="batch item 0.*`SpatialResample`.*applied after `CropForeground`"):
         FINEInferer(ROI)(img[None], BoxRecorder())
+
+
+@pytest.mark.parametrize("pass_roi_box", [True, False], ids=["roi_box", "plain"])
+def test_output_keeps_the_input_dtype_and_metadata(pass_roi_box):
+    """MONAI's sliding window turns a MetaTensor's output into float32 (a full-size copy next to a float16 stitching
+    buffer); FINEInferer keeps the input's dtype, equal to the same stitching on the plain tensor."""
+    torch.manual_seed(0)
+    net = fine_tiny(1, 3, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4)).eval()
+    affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
+    x = MetaTensor(torch.rand(1, 1, 48, 40, 24), affine=affine).half()
+
+    def half_net(w, *args, **kwargs):
+        return net(w.float(), *args, **kwargs).half()
+
+    if not pass_roi_box:
+        half_net = (lambda f: lambda w: f(w))(half_net)
+    inferer = FINEInferer(roi_size=(32, 32, 16), overlap=0.25, pass_roi_box=pass_roi_box)
+    with torch.no_grad():
+        out = inferer(x, half_net)
+        ref = inferer(x.as_tensor(), half_net)
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float16, (type(out), out.dtype)
+    assert torch.equal(out.affine, x.affine)
+    assert torch.equal(out.as_tensor(), ref)
