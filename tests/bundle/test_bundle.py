@@ -12,41 +12,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
+from monai.bundle import ConfigParser, verify_net_in_out
+
+from bundle_common import CONFIGS, META, workflow
 
 from monai_fine.data import make_phantom_dataset
-
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-CONFIGS = BUNDLE / "configs"
-META = str(CONFIGS / "metadata.json")
-LOGGING = str(CONFIGS / "logging.conf")
-
-# a tiny network and small crops keep the whole chain at CPU-test scale
-SMALL = {
-    "preset": "tiny",
-    "roi_size": [32, 32, 16],
-    "network_def#feature_size": 12,
-    "network_def#num_heads": [1, 2, 2, 4],
-    "pixdim": [4.0, 4.0, 4.0],
-    "num_samples": 2,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "device": "$torch.device('cpu')",
-}
-
-
-def workflow(configs, workflow_type, run_id: str = "run", **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / c) for c in configs],
-        run_id=run_id,
-        meta_file=META,
-        logging_file=LOGGING,
-        workflow_type=workflow_type,
-        **{**SMALL, **override},
-    )
-    wf.initialize()
-    return wf
-
 
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory) -> Path:

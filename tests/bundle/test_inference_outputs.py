@@ -13,35 +13,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from bundle_common import BUNDLE, CONFIGS, workflow
 from monai.bundle import ConfigWorkflow
-
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-CONFIGS = BUNDLE / "configs"
-SMALL = {
-    "preset": "tiny",
-    "roi_size": [32, 32, 16],
-    "network_def#feature_size": 12,
-    "network_def#num_heads": [1, 2, 2, 4],
-    "pixdim": [4.0, 4.0, 4.0],
-    "num_workers": 0,
-    "device": "$torch.device('cpu')",
-    "load_pretrain": "false",  # random weights: these tests are about the files, not the segmentation
-}
+# random weights: these tests are about the files, not the segmentation
+INFER = {"load_pretrain": "false"}
 
 
 def infer(tmp_path: Path, images: list[Path], out_dir: Path, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(tmp_path),
-        datalist=[str(p) for p in images],
-        output_dir=str(out_dir),
-        **{**SMALL, **override},
-    )
-    wf.initialize()
-    return wf
+    return workflow(
+        ["inference.json"], "infer", bundle_root=str(tmp_path), datalist=[str(p) for p in images],
+        output_dir=str(out_dir), **{**INFER, **override},
+    )  # fmt: skip
 
 
 def ct(path: Path, shape=(40, 36, 24), seed=0) -> Path:

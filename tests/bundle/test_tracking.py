@@ -12,28 +12,13 @@ from pathlib import Path
 
 import pytest
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+
+from bundle_common import workflow
 
 from monai_fine.data import make_phantom_dataset
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is a test dependency: pip install mlflow-skinny sqlalchemy alembic")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-
-BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
-CONFIGS = BUNDLE / "configs"
-
-SMALL = {
-    "preset": "tiny",
-    "roi_size": [32, 32, 16],
-    "network_def#feature_size": 12,
-    "network_def#num_heads": [1, 2, 2, 4],
-    "pixdim": [4.0, 4.0, 4.0],
-    "num_samples": 2,
-    "num_workers": 0,
-    "cache_rate": 0.0,
-    "device": "$torch.device('cpu')",
-}
-
 
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory) -> Path:
@@ -42,16 +27,6 @@ def phantom_dir(tmp_path_factory) -> Path:
     return out
 
 
-def _workflow(configs, workflow_type, **override) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / c) for c in configs],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        **{**SMALL, **override},
-    )
-    wf.initialize()
-    return wf
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +34,7 @@ def tracked_run(phantom_dir, tmp_path_factory):
     """Two short epochs of train.json with ``tracking="mlflow"`` (what ``--tracking mlflow`` does), recording what
     the engines computed so that the tests can compare the logs with it."""
     root = tmp_path_factory.mktemp("tracked")
-    wf = _workflow(
+    wf = workflow(
         ["train.json"], "train", tracking="mlflow", bundle_root=str(root), dataset_dir=str(phantom_dir),
         max_epochs=2, epoch_length=2, val_interval=1, sw_progress=True,
     )
@@ -131,7 +106,7 @@ def test_tensorboard_events_hold_training_loss_and_validation_dice(tracked_run):
 def test_progress_bars_print_and_can_be_switched_off(phantom_dir, tmp_path, capfd):
     import ignite.handlers
 
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
+    wf = workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
                    max_epochs=1, epoch_length=2, val_interval=1, sw_progress=True, tensorboard=False)
     handlers = wf.parser.get_parsed_content("train#handlers")
     assert sum(isinstance(h, ignite.handlers.ProgressBar) for h in handlers) == 1
@@ -144,11 +119,11 @@ def test_progress_bars_print_and_can_be_switched_off(phantom_dir, tmp_path, capf
     assert err.count("100%|") >= 1 + n_windows, err[-2000:]
     assert not list(tmp_path.glob("eval/tensorboard/*"))  # `--tensorboard false` writes no event files
 
-    wf = _workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), progress=False)
+    wf = workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), progress=False)
     handlers = wf.parser.get_parsed_content("train#handlers")
     assert not any(isinstance(h, ignite.handlers.ProgressBar) for h in handlers)
     assert wf.parser.get_parsed_content("validate#inferer#progress") is False
-    infer = _workflow(["inference.json"], "infer", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
+    infer = workflow(["inference.json"], "infer", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
                       load_pretrain=False, sw_progress=False)
     assert infer.parser.get_parsed_content("inferer#progress") is False
 
@@ -156,7 +131,7 @@ def test_progress_bars_print_and_can_be_switched_off(phantom_dir, tmp_path, capf
 def test_mlflow_tracks_evaluation(tracked_run, phantom_dir):
     """``--tracking mlflow`` on train.json + evaluate.json: a second run with the evaluation metrics and config."""
     root = tracked_run["root"]
-    wf = _workflow(["train.json", "evaluate.json"], "eval", tracking="mlflow", bundle_root=str(root),
+    wf = workflow(["train.json", "evaluate.json"], "eval", tracking="mlflow", bundle_root=str(root),
                    dataset_dir=str(phantom_dir))
     wf.run()
     wf.finalize()
