@@ -169,3 +169,21 @@ def test_unknown_tunable_values_are_refused(phantom_dir, tmp_path):
     with pytest.raises(Exception) as err:
         workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), memory="intended")
     assert "memory must be one of" in str(err.value) + str(err.value.__cause__)
+
+
+def test_rerun_of_a_finished_training_trains_anew_from_its_weights(phantom_dir, tmp_path):
+    """What MONAI Label's repeated ``/train`` needs: resuming a finished run does not train 0 epochs; it trains a new
+    run of ``max_epochs`` from the finished run's weights and sets the old checkpoints aside."""
+    common = dict(bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), max_epochs=1, epoch_length=2, val_interval=1)
+    wf = workflow(["train.json"], "train", **common)
+    wf.run()
+    first = torch.load(tmp_path / "models" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
+    wf = workflow(["train.json"], "train", **common)
+    net = wf.parser.get_parsed_content("network")
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    assert all(torch.equal(start[k], first[k]) for k in first)  # the new run starts from the finished run's weights
+    wf.run()
+    second = torch.load(tmp_path / "models" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
+    assert any(not torch.equal(second[k], first[k]) for k in first if first[k].is_floating_point())  # it trained
+    assert (tmp_path / "models" / "previous_run_1" / "last_checkpoint_epoch=1.pt").is_file()
+    assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").is_file()
