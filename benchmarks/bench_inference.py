@@ -4,12 +4,13 @@
 Every run is a fresh subprocess that runs the bundle's own inference pipeline (``bundle/configs/inference.json``:
 LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged -> FINE sliding window -> argmax -> Invertd ->
 SaveImaged) on a real NIfTI CT-like scan written to a temporary folder, with a randomly initialised ``model.pt`` of the
-chosen preset (timing and memory do not depend on the weights). Reported per (scan size, one pass / two-pass
-``scan_memory``):
+chosen preset (timing and memory do not depend on the weights). Reported per (scan size, one pass / ``two``: with
+``scan_memory``, the scan view's write pass, then the windows reading it):
 
 - ``seconds``: wall time of ``evaluator.run()`` (load, preprocess, windows, post-process, save);
-- ``peak_rss_gib``: the subprocess's resident-set high-water mark (``ru_maxrss``), the whole process included;
-- ``windows``: network calls x batch, counted by a forward hook (two-pass runs count both passes);
+- ``peak_rss_gib``: the subprocess's resident-set high-water mark (``VmHWM``; not ``ru_maxrss``, which on Linux
+  inherits the parent's high-water mark), the whole process included;
+- ``windows``: network calls x batch, counted by a forward hook (with scan memory the scan view counts as one);
 - ``gflops``: forward FLOPs of one window (``torch.utils.flop_counter.FlopCounterMode``) x windows;
 - ``peak_fraction``: achieved GFLOP/s over the fp32 matmul peak measured in the same run (best of 2048^3 matmuls).
 
@@ -91,9 +92,7 @@ def overrides(preset: str, quick: bool) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     """One measured inference run in this (fresh) process; prints ``RESULT {json}``."""
-    import torch
     from monai.bundle import ConfigWorkflow
-    from torch.utils.flop_counter import FlopCounterMode
 
     work = Path(args.work)
     over = json.loads(args.overrides)
@@ -107,19 +106,41 @@ def child(args: argparse.Namespace) -> None:
     roi = tuple(wf.parser.get_parsed_content("roi_size"))
     windows = [0]
     network.register_forward_pre_hook(lambda m, a: windows.__setitem__(0, windows[0] + int(a[0].shape[0])))
-    network.eval()
-    with FlopCounterMode(display=False) as counter:  # (under no_grad the counter's module tracker asserts)
-        box = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
-        network(torch.zeros(1, 1, *roi), roi_box=box)
-    flops_window = counter.get_total_flops()
-    windows[0] = 0
     t0 = time.perf_counter()
     wf.run()
     seconds = time.perf_counter() - t0
     wf.finalize()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak, "windows": windows[0], "flops_window":
-                                  flops_window, "roi": "x".join(map(str, roi))}), flush=True)
+    peak = peak_rss_bytes()
+    print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak, "windows": windows[0],
+                                  "roi": "x".join(map(str, roi))}), flush=True)
+
+
+def peak_rss_bytes() -> int:
+    """This process's resident-set high-water mark: ``VmHWM`` of ``/proc/self/status`` (Linux), else ``ru_maxrss``.
+
+    ``ru_maxrss`` is not used on Linux: the kernel carries the parent's high-water mark across ``fork``/``exec`` into
+    the child's, so a child started by a parent that held 4 GiB reports at least that much.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def window_flops(model, roi) -> int:
+    """Forward FLOPs of one window, counted in the parent process (so the children's peak RSS is the pipeline's)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with FlopCounterMode(display=False) as counter:  # (under no_grad the counter's module tracker asserts)
+        box = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+        model(torch.zeros(1, 1, *roi), roi_box=box)
+    return counter.get_total_flops()
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -128,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated XxYxZ (default {DEFAULT_SIZES})")
     parser.add_argument("--spacing", type=float, nargs=3, default=[0.76, 0.76, 3.0], help="mm, also the pixdim")
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--passes", default="one,two", help="one (single pass), two (scan_memory), or both")
+    parser.add_argument("--passes", default="one,two", help="one (single pass), two (scan_memory: scan view + one pass), or both")
     parser.add_argument("--quick", action="store_true", help="smoke run: 40x36x24 at 4 mm, a 12-feature tiny network")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -159,6 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         roi = over.get("roi_size", [128, 128, 64] if args.preset == "bcv" else [64, 64, 32])
         model = create_fine(args.preset, 1, 14, roi_size=roi, deep_supervision=True, **kw)
         torch.save(model.state_dict(), work / "models" / "model.pt")
+        flops_window = window_flops(model, roi)
         del model
         for size in sizes:
             write_scan(work / "scan.nii.gz", size, tuple(args.spacing))
@@ -177,10 +199,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     row["status"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
                 else:
                     r = json.loads(result[-1][len("RESULT "):])
-                    gflops = r["flops_window"] * r["windows"] / 1e9
+                    gflops = flops_window * r["windows"] / 1e9
                     row.update({"roi": r["roi"], "seconds": round(r["seconds"], 2),
                                 "peak_rss_gib": round(r["peak_rss"] / 2**30, 3), "windows": r["windows"],
-                                "gflops_window": round(r["flops_window"] / 1e9, 3), "gflops": round(gflops, 1),
+                                "gflops_window": round(flops_window / 1e9, 3), "gflops": round(gflops, 1),
                                 "gflops_per_s": round(gflops / r["seconds"], 1),
                                 "peak_fraction": round(gflops / r["seconds"] / peak_gflops, 3), "status": "ok"})
                 rows.append(row)

@@ -184,8 +184,9 @@ def build_model(cfg: dict):
     net.memory_visits.fill_(1)
     boxes = [(ROI_BOX, ROI_BOX_2)[i % 2] for i in range(cfg["batch"])]
     kwargs = {"roi_box": torch.tensor(boxes, dtype=torch.float32)}
-    if scan:
-        kwargs["scan_id"] = torch.zeros(cfg["batch"], dtype=torch.long)  # both crops from one scan
+    if scan:  # both crops from one scan: its scan view (the whole scan at the crop size) writes the memory
+        kwargs["scan_id"] = torch.zeros(cfg["batch"], dtype=torch.long)
+        kwargs["scan_view"] = torch.randn(1, 1, *cfg["roi"])
     return net, DeepSupervisionLoss(loss), kwargs, None
 
 
@@ -281,7 +282,7 @@ def run_worker(cfg: dict) -> dict:
 
     # inference: eval mode, no grad, one forward (two passes for the scan-memory row)
     net.eval().requires_grad_(False)
-    one_pass_kwargs = {k: v for k, v in fwd_kwargs.items() if k != "scan_id"}
+    one_pass_kwargs = {k: v for k, v in fwd_kwargs.items() if k not in ("scan_id", "scan_view")}
     mem.start()
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:

@@ -14,7 +14,7 @@ on), under one time budget (``--budget_s``) that skips what no longer fits and s
    and MONAI ``DynUNet`` as nnU-Net's 3d_fullres plan for BTCV (``peers.py``). DiceCE loss (with deep supervision
    where the network has it), SGD step.
 2. **infer**: ``FINEInferer`` (roi 128x128x64, overlap 0.5, ``--sw_batch_size``) over a synthetic 512x512x200 scan
-   with ``fine_bcv`` ``memory="full"``, one pass and two-pass scan memory, AMP on, windows and stitching on the GPU.
+   with ``fine_bcv`` ``memory="full"``, one pass and with scan memory (scan view, then one pass), AMP on, windows and stitching on the GPU.
 3. **bundle**: ``bundle/configs/train.json`` through MONAI's ``ConfigWorkflow`` on a phantom generated on the fly,
    loss per epoch, first vs last epoch.
 
@@ -387,7 +387,7 @@ def run_infer(scan_memory: bool, args, dev: Device, section_end: float, t0: floa
 
     preset = "fine_tiny" if args.tiny else "fine_bcv"
     row = {
-        "config": f"{preset}:full" + (" + scan memory (two-pass)" if scan_memory else " (one pass)"),
+        "config": f"{preset}:full" + (" + scan memory (scan view, then one pass)" if scan_memory else " (one pass)"),
         "scan_memory": scan_memory,
         "amp": True,
         "amp_dtype": args.amp_dtype,
@@ -416,7 +416,7 @@ def run_infer(scan_memory: bool, args, dev: Device, section_end: float, t0: floa
     crops = torch.randn(args.sw_batch_size, 1, *args.roi, device=dev.device)
     with torch.no_grad(), dev.autocast(True, dtype):
         warm = timed_calls(lambda: net(crops, roi_box=box), 2, dev.sync, None)[0]
-    estimate = min(warm) * row["windows"] / args.sw_batch_size * (2 if scan_memory else 1)
+    estimate = min(warm) * (row["windows"] + (args.sw_batch_size if scan_memory else 0)) / args.sw_batch_size
     row["estimate_s"] = round(estimate, 2)
     left = section_end - (time.perf_counter() - t0)
     if estimate > left:

@@ -2,7 +2,7 @@
 """``python -m monai_fine <command>``: thin wrappers over the MONAI bundle workflows and the data tools.
 
 Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``, and the
-experiments ``context_ablation`` and ``memory_probe`` (:py:mod:`monai_fine.experiments`, argparse options), and
+experiments ``context_ablation``, ``context_benchmark`` and ``memory_probe`` (:py:mod:`monai_fine.experiments`, argparse options), and
 ``package_bundle`` (the Model Zoo zip). Bundle
 commands take any bundle id as an override (``--max_epochs 5``, ``--preset tiny``, ``--dataset_dir DIR``).
 """
@@ -21,8 +21,8 @@ from monai_fine.data import check, datalist, phantom
 from monai_fine.reports import case_name, format_organ_table, nanmean, organ_table, overlay_png
 
 __all__ = [
-    "bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "context_ablation", "memory_probe",
-    "package_bundle", "organ_table", "COMMANDS", "ARGPARSE_COMMANDS",
+    "bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "context_ablation", "context_benchmark",
+    "memory_probe", "package_bundle", "organ_table", "COMMANDS", "ARGPARSE_COMMANDS",
 ]  # fmt: skip
 
 
@@ -185,6 +185,15 @@ def context_ablation(*argv: str) -> None:
     main(list(argv))
 
 
+def context_benchmark(*argv: str) -> None:
+    """Context-only task (twins whose labels only content outside every window decides): none / full / full+scan
+    over seeds; argparse options, see ``python -m monai_fine context_benchmark --help`` and
+    :py:mod:`monai_fine.experiments.context_benchmark`."""
+    from monai_fine.experiments.context_benchmark import main
+
+    main(list(argv))
+
+
 def memory_probe(*argv: str) -> None:
     """Is the trained memory used? Evaluate a trained FINE with parts of its memory switched off; argparse options,
     see ``python -m monai_fine memory_probe --help`` and :py:mod:`monai_fine.experiments.memory_probe`."""
@@ -202,7 +211,7 @@ def package_bundle(out: str, weights: str | None = None, weights_url: str | None
 
 
 #: commands that parse their own (argparse) options: ``python -m monai_fine NAME ...`` hands them the raw arguments
-ARGPARSE_COMMANDS = ("context_ablation", "memory_probe")
+ARGPARSE_COMMANDS = ("context_ablation", "context_benchmark", "memory_probe")
 
 COMMANDS = {
     "phantom": phantom,
@@ -214,6 +223,7 @@ COMMANDS = {
     "verify": verify,
     "demo": demo,
     "context_ablation": context_ablation,
+    "context_benchmark": context_benchmark,
     "memory_probe": memory_probe,
     "package_bundle": package_bundle,
 }

@@ -4,8 +4,9 @@
 :class:`FINEInferer` is MONAI's :py:class:`~monai.inferers.SlidingWindowInferer` run ``with_coord=True``: the
 predictor gets the slices of every window and turns them into the window's ``roi_box``, in the frame defined in
 :py:mod:`monai_fine.transforms.location` (the frame ``CropLocationd`` gives training crops). With
-``scan_memory=True`` it runs two passes: the first writes every window's volume-token updates into a per-scan memory,
-the second segments every window while reading it, so a voxel's prediction can use image content anywhere in the scan.
+``scan_memory=True`` it first writes a per-scan memory from the scan view (the whole input at the window size, one
+network pass; :py:mod:`monai_fine.transforms.scan_view`), then segments every window while reading it, so a voxel's
+prediction can use image content anywhere in the scan, exactly as the network was trained.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from monai.inferers import SlidingWindowInferer
 from monai.utils import PytorchPadMode, ensure_tuple_rep, look_up_option
 
 from monai_fine.transforms.location import trace_operations
+from monai_fine.transforms.scan_view import scan_view, whole_box
 
 __all__ = ["FINEInferer", "input_frames", "window_roi_boxes"]
 
@@ -101,8 +103,9 @@ class FINEInferer(SlidingWindowInferer):
             ``False`` runs the network as MONAI's plain sliding window would (for networks without ``roi_box``,
             e.g. a baseline). A network that does not accept ``roi_box`` with the default ``True`` raises a
             ``TypeError`` naming this switch: the box is never dropped silently.
-        scan_memory: two passes (write the per-scan memory, then segment while reading it). Needs a network with
-            ``new_scan_memory`` (``monai_fine.networks.FINE(memory="full")``); costs about 2x one pass.
+        scan_memory: write the per-scan memory from the scan view of each input (one network pass at ``roi_size``),
+            then segment while reading it. Needs a network with ``new_scan_memory`` (``monai_fine.networks.FINE``
+            with ``memory="full"``); costs one window more than a single pass.
         kwargs: further :py:class:`~monai.inferers.SlidingWindowInferer` keywords.
 
     Raises:
@@ -136,7 +139,8 @@ class FINEInferer(SlidingWindowInferer):
         """
         Args:
             inputs: ``(B, C, X, Y, Z)`` preprocessed volumes (a MetaTensor keeps its history for the frame).
-            network: the model; gets ``(windows, *args, roi_box=..., [scan_id=..., scan_memory=...], **kwargs)``.
+            network: the model; gets ``(windows, *args, roi_box=..., [scan_id=..., scan_memory=...], **kwargs)``
+                (with ``scan_memory``, first once ``(views, roi_box=view boxes, scan_id=..., scan_memory=<writing>)``).
             args, kwargs: passed to the network.
 
         Returns:
@@ -150,6 +154,7 @@ class FINEInferer(SlidingWindowInferer):
         if not self.pass_roi_box:
             return self._with_meta(super().__call__(plain, network, *args, **kwargs), inputs)
         start, size = input_frames(inputs)
+        view_boxes = torch.stack([whole_box(start[b], size[b], inputs.shape[2:]) for b in range(inputs.shape[0])])
         spatial = [int(s) for s in inputs.shape[2:]]
         before = [max(int(r) - s, 0) // 2 for r, s in zip(self.roi_size, spatial)]
         after = [max(int(r) - s, 0) - b for r, s, b in zip(self.roi_size, spatial, before)]
@@ -167,10 +172,13 @@ class FINEInferer(SlidingWindowInferer):
                 raise ValueError(
                     f"scan_memory=True needs a network with new_scan_memory(); {type(_unwrap(network)).__name__} has none."
                 )
+            device = self.sw_device or inputs.device
+            views = scan_view(plain, self.roi_size).to(device)  # the unpadded input: its own box, as in training
             memory = new_memory(inputs.shape[0])
-            super().__call__(volume, self._predictor(network, start, size, memory, True), *args, **kwargs)
+            network(views, *args, roi_box=view_boxes.to(device), scan_id=torch.arange(len(views), device=device),
+                    scan_memory=memory, **kwargs)
             memory.set_mode("read")
-        out = super().__call__(volume, self._predictor(network, start, size, memory, False), *args, **kwargs)
+        out = super().__call__(volume, self._predictor(network, start, size, memory), *args, **kwargs)
         if volume is not plain:
             crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
             out = out[(slice(None), slice(None), *crop)]
@@ -184,8 +192,8 @@ class FINEInferer(SlidingWindowInferer):
         return MetaTensor(out).copy_meta_from(inputs, copy_attr=False)
 
     @staticmethod
-    def _predictor(network: Callable, start: torch.Tensor, size: torch.Tensor, memory: Any, write: bool) -> Callable:
-        """The ``with_coord`` predictor: ``roi_box`` (and the scan memory) for every window of one pass."""
+    def _predictor(network: Callable, start: torch.Tensor, size: torch.Tensor, memory: Any) -> Callable:
+        """The ``with_coord`` predictor: ``roi_box`` (and the scan memory to read) for every window."""
 
         def run(win: torch.Tensor, unravel_slice: Sequence[Sequence[slice]], *args: Any, **kwargs: Any):
             boxes, batch = window_roi_boxes(unravel_slice, start, size, device=win.device)
@@ -199,8 +207,6 @@ class FINEInferer(SlidingWindowInferer):
                         "FINEInferer(..., pass_roi_box=False) for networks without it."
                     ) from e
                 raise
-            if write:  # the write pass only fills the memory; stitch a cheap placeholder
-                return torch.zeros(win.shape[0], 1, *win.shape[2:], device=win.device, dtype=win.dtype)
             return out
 
         return run

@@ -36,7 +36,8 @@ class _CastWindows:
         self.module, self.compute_dtype, self.dtype = module, compute_dtype, dtype
 
     def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.module(x.to(self.compute_dtype), *args, **kwargs).to(self.dtype)
+        out = self.module(x.to(self.compute_dtype), *args, **kwargs)
+        return None if out is None else out.to(self.dtype)  # (a scan-memory write pass returns None)
 
 
 class CastStitchInferer(Inferer):

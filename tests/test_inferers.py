@@ -107,6 +107,27 @@ def test_content_outside_the_probe_windows_matters_only_with_scan_memory(scan_me
         assert torch.equal(a, b)
 
 
+def test_scan_memory_inference_is_the_training_forward_on_every_window():
+    """Same semantics in training and inference: each window's logits equal the training-form forward of that
+    window with the scan view of the whole input (the view ScanViewd would make of the same volume)."""
+    from monai_fine.transforms import scan_view
+
+    net = tiny_net(memory="full", scan_memory=True)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(10.0)
+    x = torch.randn(1, 1, 64, 32, 16)  # overlap 0: windows [0, 32) and [32, 64) along x
+    with torch.no_grad():
+        got = FINEInferer(ROI, overlap=0.0, mode="constant", scan_memory=True)(x, net)
+        view = scan_view(x, ROI)
+        for sx in (0, 32):
+            box = torch.tensor([[[sx / 64, 0.0, 0.0], [(sx + 32) / 64, 1.0, 1.0]]])
+            ref = net(x[:, :, sx : sx + 32], box, scan_view=view, scan_view_box=torch.tensor([[[0.0] * 3, [1.0] * 3]]))
+            torch.testing.assert_close(got[:, :, sx : sx + 32], ref, rtol=1e-4, atol=1e-5)
+            assert (ref - net(x[:, :, sx : sx + 32], box)).abs().max() > 1e-4  # and the memory matters
+
+
 def test_scan_memory_keeps_scans_of_a_batch_apart():
     net = tiny_net(memory="full", scan_memory=True)
     x = torch.randn(2, 1, 64, 32, 16)

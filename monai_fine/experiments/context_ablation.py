@@ -107,7 +107,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=1500, help="training iterations per run (same for every config)")
     p.add_argument("--epoch_length", type=int, default=None,
                    help="iterations per epoch (the LR schedule steps per epoch); default 25, 250 for bcv")
-    p.add_argument("--num_samples", type=int, default=2, help="crops per scan per iteration (>= 2 for full+scan)")
+    p.add_argument("--num_samples", type=int, default=2, help="crops per scan per iteration")
     p.add_argument("--seeds", type=lambda s: [int(v) for v in _csv_list(s)], default=[0, 1],
                    help="training seeds (the data stay the same)")
     p.add_argument("--optimizer", default=None, choices=("bundle", "adamw"),
@@ -151,8 +151,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.variants = [Path(args.dataset_dir).name or "data"]
     if args.iterations < 1 or args.num_samples < 1 or args.jobs < 1 or not args.seeds:
         p.error("--iterations, --num_samples and --jobs must be >= 1 and --seeds non-empty")
-    if "full+scan" in args.configs and args.num_samples < 2:
-        p.error("full+scan needs --num_samples >= 2 (the crops of one scan share the memory)")
     if args.roi is None:
         if args.dataset_dir is None:
             args.roi = [32, 32, 16]

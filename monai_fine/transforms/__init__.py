@@ -4,8 +4,16 @@
 from __future__ import annotations
 
 from monai_fine.transforms.array import CropLocation
-from monai_fine.transforms.dictionary import CropLocationD, CropLocationd, CropLocationDict
+from monai_fine.transforms.dictionary import (
+    CropLocationD,
+    CropLocationd,
+    CropLocationDict,
+    ScanViewD,
+    ScanViewd,
+    ScanViewDict,
+)
 from monai_fine.transforms.location import CropTrace, crop_box_from_meta, scan_id_from_meta, trace_crop
+from monai_fine.transforms.scan_view import scan_view, scan_view_and_box, whole_box
 
 __all__ = [
     "CropLocation",
@@ -13,6 +21,12 @@ __all__ = [
     "CropLocationD",
     "CropLocationDict",
     "CropTrace",
+    "ScanViewd",
+    "ScanViewD",
+    "ScanViewDict",
+    "scan_view",
+    "scan_view_and_box",
+    "whole_box",
     "crop_box_from_meta",
     "scan_id_from_meta",
     "trace_crop",

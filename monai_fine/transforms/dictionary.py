@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from monai.config import KeysCollection
@@ -11,8 +11,9 @@ from monai.transforms import MapTransform
 
 from monai_fine.transforms.array import CropLocation
 from monai_fine.transforms.location import scan_id_from_meta
+from monai_fine.transforms.scan_view import scan_view_and_box
 
-__all__ = ["CropLocationd", "CropLocationD", "CropLocationDict"]
+__all__ = ["CropLocationd", "CropLocationD", "CropLocationDict", "ScanViewd", "ScanViewD", "ScanViewDict"]
 
 
 class CropLocationd(MapTransform):
@@ -85,3 +86,53 @@ class CropLocationd(MapTransform):
 
 
 CropLocationD = CropLocationDict = CropLocationd
+
+
+class ScanViewd(MapTransform):
+    """
+    Write the scan view of a whole preprocessed volume, and its ``roi_box``, into the data dictionary (see
+    :py:mod:`monai_fine.transforms.scan_view`): what a FINE network with ``scan_memory`` writes its per-scan memory
+    from, in training as :py:class:`monai_fine.inferers.FINEInferer` does at inference.
+
+    Place it after the deterministic preprocessing (orientation, spacing, intensity scaling; it is cached with them)
+    and before the random crops: ``RandCropByPosNegLabeld`` and the other croppers copy keys they do not crop into
+    every crop's dictionary, so each crop carries its scan's view. :py:class:`monai_fine.engines.PrepareScanBatch`
+    then gives the network one view per scan.
+
+    Args:
+        keys: the image key(s); the view is made from the first one present.
+        spatial_size: the view's size, the network's crop size (``roi_size``).
+        view_key: key of the plain float32 ``(C, *spatial_size)`` view.
+        box_key: key of the float32 ``(2, S)`` box of the whole volume in its reference frame.
+        allow_missing_keys: don't raise exception if key is missing.
+
+    Raises:
+        KeyError: when ``view_key`` or ``box_key`` already exists in the data.
+        ValueError: when the volume cannot be traced to its reference (see
+            :py:func:`monai_fine.transforms.location.trace_crop`).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int],
+        view_key: str = "scan_view",
+        box_key: str = "scan_view_box",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = tuple(int(s) for s in spatial_size)
+        self.view_key, self.box_key = view_key, box_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            for key_to_add in (self.view_key, self.box_key):
+                if key_to_add in d:
+                    raise KeyError(f"Scan view data with key {key_to_add} already exists.")
+            d[self.view_key], d[self.box_key] = scan_view_and_box(d[key], self.spatial_size)
+            break
+        return d
+
+
+ScanViewD = ScanViewDict = ScanViewd

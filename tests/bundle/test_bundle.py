@@ -187,3 +187,43 @@ def test_rerun_of_a_finished_training_trains_anew_from_its_weights(phantom_dir, 
     assert any(not torch.equal(second[k], first[k]) for k in first if first[k].is_floating_point())  # it trained
     assert (tmp_path / "models" / "previous_run_1" / "last_checkpoint_epoch=1.pt").is_file()
     assert (tmp_path / "models" / "last_checkpoint_epoch=1.pt").is_file()
+
+
+@pytest.mark.slow
+def test_scan_memory_trains_from_the_scan_view_and_infers_with_it(phantom_dir, tmp_path):
+    """``--scan_memory true``: every training forward gets one scan view per scan (the whole preprocessed volume
+    at the crop size, box [0, 1]^3), the crops read it, and validation, evaluation and inference use the same scheme."""
+    from monai.transforms import Compose
+
+    from monai_fine.transforms import scan_view
+
+    common = dict(bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), scan_memory="true")
+    wf = workflow(["train.json"], "train", max_epochs=1, epoch_length=2, val_interval=1, **common)
+    net = wf.parser.get_parsed_content("network")
+    calls = []
+    net.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)) if m.training and "scan_view" in kw else None,
+                                  with_kwargs=True)
+    wf.run()
+    wf.finalize()
+    assert len(calls) == 2  # every training iteration
+    for kw in calls:
+        assert kw["scan_view"].shape == (1, 1, 32, 32, 16)  # batch_size 1, 2 crops of one scan: one view
+        assert kw["scan_id"].tolist() == [0, 0] and kw["roi_box"].shape == (2, 2, 3)
+        torch.testing.assert_close(kw["scan_view_box"], torch.tensor([[[0.0] * 3, [1.0] * 3]]))
+    # the view is the area-resized preprocessed volume of one of the training cases
+    det = Compose(wf.parser.get_parsed_content("train#deterministic_transforms"))
+    train = json.loads((phantom_dir / "dataset_0.json").read_text())["training"]
+    refs = [scan_view(det({k: str(phantom_dir / v) for k, v in c.items()})["image"], (32, 32, 16)) for c in train]
+    assert any(torch.allclose(calls[0]["scan_view"][0], r) for r in refs)
+    assert wf.parser.get_parsed_content("validate#inferer").scan_memory is True
+
+    wf = workflow(["train.json", "evaluate.json"], "eval", **common)
+    assert wf.parser.get_parsed_content("validate#inferer").scan_memory is True
+    wf.run()
+    wf.finalize()
+    out_dir = tmp_path / "seg"
+    wf = workflow(["inference.json"], "infer", output_dir=str(out_dir), **common)
+    assert wf.parser.get_parsed_content("inferer").scan_memory is True
+    wf.run()
+    wf.finalize()
+    assert len(list(out_dir.glob("*_seg.nii.gz"))) == len(list((phantom_dir / "imagesTs").glob("*.nii.gz")))

@@ -40,7 +40,8 @@ def _assert_one_graph(net: FINE, x: torch.Tensor, *args, **kwargs) -> None:
 )
 def test_forward_has_no_graph_break(mode, train, scan):
     net = small(memory=mode, scan_memory=scan).train(train)
-    kwargs = {"scan_id": torch.tensor([5, 5])} if scan else {}
+    # scan memory in training: one scan view writes the memory the two crops read
+    kwargs = {"scan_id": torch.tensor([0, 0]), "scan_view": torch.randn(1, 1, 16, 16, 8)} if scan else {}
     _assert_one_graph(net, torch.randn(2, 1, 16, 16, 8), LEFT_MIDDLE, **kwargs)
 
 

@@ -201,43 +201,60 @@ def test_trace_without_roi_box():
     torch.testing.assert_close(traced(x2), net(x2), rtol=1e-5, atol=1e-5)
 
 
-def test_scan_memory_shares_content_within_a_scan_only():
-    net = tiny(memory="full", scan_memory=True)
-    _visit(net, LEFT, RIGHT)
-    x = torch.randn(2, 1, 32, 32, 16)
-    b = boxes(LEFT, RIGHT)
-    changed = x.clone()
-    changed[1] += 3.0 * torch.randn_like(changed[1])  # change only the second crop's content
-    same_scan = torch.tensor([7, 7])
-    other_scans = torch.tensor([7, 8])
-    out_same = net(x, b, scan_id=same_scan)[0]
-    # at initialisation the memory tokens are small (std 0.02), so the effect is small but far above float noise;
-    # crops of different scans (or without scan ids) stay bit-identical
-    assert (net(changed, b, scan_id=same_scan)[0] - out_same).abs().max() > 1e-6
-    assert torch.equal(net(changed, b, scan_id=other_scans)[0], net(x, b, scan_id=other_scans)[0])
-    assert torch.equal(net(changed, b)[0], net(x, b)[0])
+def _scaled(net: FINE, factor: float = 10.0) -> FINE:
+    """Weights well above init scale (std 0.02 leaves the memory path's effect near float noise)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(factor)
+    return net
 
 
-def test_explicit_scan_memory_two_passes_match_in_batch_grouping():
-    net = tiny(memory="full", scan_memory=True)
+def test_scan_view_memory_shares_content_within_a_scan_only():
+    net = _scaled(tiny(memory="full", scan_memory=True))
     _visit(net, LEFT, RIGHT)
+    net.eval()
     x = torch.randn(2, 1, 32, 32, 16)
     b = boxes(LEFT, RIGHT)
-    grouped = net(x, b, scan_id=torch.tensor([0, 0]))
-    mem = net.new_scan_memory(1)
-    for i in range(2):  # write pass, one crop at a time (as a sliding window does)
-        net(x[i : i + 1], b[i : i + 1], scan_memory=mem)
+    views = torch.randn(2, 1, 32, 32, 16)  # scan 0 and scan 1, each its whole volume at the crop size
+    changed = views.clone()
+    changed[1] += 3.0 * torch.randn_like(changed[1])  # change only scan 1's content
+    one_scan, two_scans = torch.tensor([0, 0]), torch.tensor([0, 1])
+    out = net(x, b, scan_id=one_scan, scan_view=views)
+    assert (net(x, b, scan_id=two_scans, scan_view=changed)[1] - net(x, b, scan_id=two_scans, scan_view=views)[1]).abs().max() > 1e-4
+    assert torch.equal(net(x, b, scan_id=one_scan, scan_view=changed), out)  # nobody reads scan 1
+    assert (out - net(x, b)).abs().max() > 1e-4  # the memory changes the output
+    with pytest.raises(ValueError, match="scan_id is needed"):
+        net(torch.randn(3, 1, 32, 32, 16), boxes(LEFT, RIGHT, MIDDLE), scan_view=views)
+    with pytest.raises(ValueError, match="memory='full'"):
+        tiny(memory="released")(x, b, scan_view=views)
+
+
+def test_training_forward_equals_explicit_write_then_read():
+    """The one-call training form (scan_view) computes exactly what the inferer's explicit two steps compute."""
+    net = _scaled(tiny(memory="full", scan_memory=True))
+    _visit(net, LEFT, RIGHT)
+    net.eval()
+    x = torch.randn(3, 1, 32, 32, 16)
+    b = boxes(LEFT, RIGHT, MIDDLE)
+    views = torch.randn(2, 1, 32, 32, 16)
+    view_boxes = boxes((0.0, 0.0, 0.0, 1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.5, 1.0, 1.0))
+    ids = torch.tensor([1, 0, 1])
+    one_call = net(x, b, scan_id=ids, scan_view=views, scan_view_box=view_boxes)
+    mem = net.new_scan_memory(2)
+    assert net(views, view_boxes, torch.arange(2), mem) is None  # a write pass runs no heads
     mem.set_mode("read")
-    read = torch.cat([net(x[i : i + 1], b[i : i + 1], scan_memory=mem) for i in range(2)])
-    torch.testing.assert_close(read, grouped, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(net(x, b, scan_id=ids, scan_memory=mem), one_call, rtol=1e-5, atol=1e-6)
 
 
-def test_scan_memory_training_step_gives_gradients_through_both_passes():
+def test_scan_view_training_step_gives_gradients_through_the_write_pass():
     net = tiny(memory="full", scan_memory=True)
-    x = torch.randn(2, 1, 32, 32, 16, requires_grad=True)
-    out = net(x, boxes(LEFT, RIGHT), scan_id=torch.tensor([3, 3]))
-    out[0].square().mean().backward()  # crop 0's loss reaches crop 1's input through the memory
-    assert x.grad[1].abs().sum() > 0
+    x = torch.randn(2, 1, 32, 32, 16)
+    views = torch.randn(1, 1, 32, 32, 16, requires_grad=True)
+    out = net(x, boxes(LEFT, RIGHT), scan_id=torch.tensor([0, 0]), scan_view=views)
+    out[0].square().mean().backward()  # crop 0's loss reaches the scan view through the memory
+    assert views.grad.abs().sum() > 0
+    assert net.memory_visits.min() >= 1  # the view covers every cell
 
 
 def test_presets_and_parameter_counts():

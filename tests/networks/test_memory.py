@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_fine.networks.blocks.memory import ScanMemory, intersecting_cells
+from monai_fine.networks.blocks.memory import ScanMemory, cell_pool, cell_position_encoding, intersecting_cells
 
 
 def _reference(box: np.ndarray, grid) -> np.ndarray:
@@ -75,19 +75,53 @@ def test_none_means_all_cells_and_errors():
 
 
 def test_scan_memory_means_and_slots():
-    mem = ScanMemory(2, 3, [4])
-    delta = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
-    written = torch.tensor([[True, False, True], [True, True, False]])
-    mem.write(0, torch.tensor([1, 1]), delta, written)
+    mem = ScanMemory(2, (3, 1, 1), 1, [4])
+    sums = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
+    counts = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.0, 0.0]])[..., None]
+    mem.write(0, torch.tensor([1, 1]), sums, counts)
     read = mem.read(0, torch.tensor([1, 0]))
-    torch.testing.assert_close(read[0, 0], (delta[0, 0] + delta[1, 0]) / 2)
-    torch.testing.assert_close(read[0, 1], delta[1, 1])
-    torch.testing.assert_close(read[0, 2], delta[0, 2])
+    pos = cell_position_encoding((3, 1, 1), 1, 4)
+    assert torch.equal(mem.positions[0], pos) and pos.shape == (3, 4) and not torch.equal(pos[0], pos[1])
+    read = read - torch.stack([pos, torch.zeros_like(pos)])  # written cells carry their position code
+    torch.testing.assert_close(read[0, 0], (sums[0, 0] + sums[1, 0]) / 2.5)
+    torch.testing.assert_close(read[0, 1], sums[0, 1] + sums[1, 1])  # a zero count adds its (zero) sum
+    torch.testing.assert_close(read[0, 2], sums[0, 2] + sums[1, 2])
     assert read[1].abs().sum() == 0  # slot 0 untouched
-    assert (mem.counts[0][1, :, 0] > 0).tolist() == [True, True, True]  # every token of slot 1 was written
+    assert (mem.counts[0][1, :, 0] > 0).tolist() == [True, True, True]  # every cell of slot 1 was written
     assert mem.counts[0][0].sum() == 0
     with pytest.raises(ValueError, match=r"out of range \[0, 2\): \[2\]"):
         mem.check_index(torch.tensor([2]))
     mem.check_index(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="mode"):
         mem.set_mode("erase")
+
+
+def test_cell_pool_matches_a_brute_force_supersampling():
+    """Each cell gets the coverage-weighted sum of the tokens inside it; padding (outside [0, 1]) counts nowhere.
+    Reference: every token split into 14^3 equal parts, each assigned to the cell holding its centre (the boxes are
+    chosen so that cell borders fall on part borders, which makes the reference exact)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 4, 2, 3)
+    box = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], [[-0.25, 0.1, 0.0], [0.5, 0.8, 1.0]]])  # 0.5 splits a token
+    grid = (4, 2, 1)
+    sums, counts = cell_pool(x, box, grid, tokens_per_cell=2)
+    assert sums.shape == (2, 16, 3) and counts.shape == (2, 16, 1)
+    n = 14
+    for b in range(2):
+        fine = x[b]
+        for a in range(3):
+            fine = fine.repeat_interleave(n, dim=a)
+        axes = []
+        for a in range(3):
+            m = fine.shape[a]
+            centre = box[b, 0, a] + (torch.arange(m, dtype=torch.float64) + 0.5) / m * (box[b, 1, a] - box[b, 0, a])
+            axes.append(centre)
+        cx, cy, cz = torch.meshgrid(*axes, indexing="ij")
+        inside = (cx >= 0) & (cx < 1) & (cy >= 0) & (cy < 1) & (cz >= 0) & (cz < 1)
+        cell = ((cx * grid[0]).floor() * grid[1] + (cy * grid[1]).floor()) * grid[2] + (cz * grid[2]).floor()
+        ref_s = torch.zeros(8, 3, dtype=torch.float64).index_add_(0, cell[inside].long(), fine[inside].double()) / n**3
+        ref_c = torch.zeros(8, dtype=torch.float64).index_add_(0, cell[inside].long(), torch.ones(int(inside.sum()), dtype=torch.float64)) / n**3
+        torch.testing.assert_close(sums[b, ::2].double(), ref_s, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(sums[b, 1::2].double(), ref_s, rtol=1e-4, atol=1e-4)  # every token of a cell
+        torch.testing.assert_close(counts[b, ::2, 0].double(), ref_c, rtol=1e-4, atol=1e-4)
+    assert counts[1, ::2, 0].sum() < counts[0, ::2, 0].sum()  # a third of sample 1 lies in padding

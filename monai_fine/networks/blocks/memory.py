@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_roi_box", "intersecting_cells", "ScanMemory"]
+__all__ = ["check_roi_box", "intersecting_cells", "cell_pool", "cell_position_encoding", "ScanMemory"]
 
 _EPS = 1e-6  # overlaps shorter than this (in cell widths) do not count
 
@@ -96,30 +96,95 @@ def intersecting_cells(
     return mask.reshape(box.shape[0], gx * gy * gz)
 
 
-class ScanMemory:
-    """Per-scan volume-token memory: filled by a "write" pass over a scan's crops, read by a second pass.
+def _axis_weights(lo: torch.Tensor, hi: torch.Tensor, n: int, g: int) -> torch.Tensor:
+    """``(B, g, n)``: the fraction of token ``t`` (of ``n`` spanning ``[lo, hi)``) that lies in cell ``c`` (of ``g``
+    spanning ``[0, 1)``)."""
+    edges = torch.arange(n + 1, dtype=lo.dtype, device=lo.device) / n
+    t_lo = lo[:, None] + edges[None, :-1] * (hi - lo)[:, None]  # (B, n)
+    t_hi = lo[:, None] + edges[None, 1:] * (hi - lo)[:, None]
+    cells = torch.arange(g + 1, dtype=lo.dtype, device=lo.device) / g
+    c_lo, c_hi = cells[:-1], cells[1:]  # (g,)
+    overlap = (torch.minimum(t_hi[:, None, :], c_hi[None, :, None]) - torch.maximum(t_lo[:, None, :], c_lo[None, :, None]))
+    return overlap.clamp(min=0) / (t_hi - t_lo)[:, None, :]
 
-    In the write pass every crop adds, for every stage, the change its blocks made to the volume tokens of the cells
-    it intersects (and has seen) into its scan's slot. In the read pass the volume tokens of a stage start from the
-    learned tokens plus the mean of those changes, so every crop reads what the other crops of its scan wrote.
-    Created by :meth:`monai_fine.networks.FINE.new_scan_memory`; the network does the writing and reading.
+
+def cell_pool(
+    x: torch.Tensor, roi_box: torch.Tensor | None, grid: Sequence[int], tokens_per_cell: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the visual tokens that lie in each memory cell, and their number (coverage-weighted).
+
+    Token ``(i, j, k)`` of an ``(X, Y, Z)`` stage covers ``1 / X`` etc. of the input's ``roi_box``; a token split by a
+    cell border counts in both cells by its overlap, and parts outside ``[0, 1]`` (padding) in none. Runs on the
+    tokens' device without host synchronisation.
+
+    Args:
+        x: ``(B, X, Y, Z, C)`` visual tokens.
+        roi_box: ``(B, 2, 3)`` the input's box, or None (the whole volume).
+        grid: cells per axis ``(gx, gy, gz)``.
+        tokens_per_cell: volume tokens per cell; each of a cell's tokens gets the cell's values.
+
+    Returns:
+        ``sums (B, V, C)`` and ``counts (B, V, 1)``, ``V = cells x tokens_per_cell``, cells flattened x-major.
+    """
+    B, X, Y, Z, C = x.shape
+    if roi_box is None:
+        roi_box = torch.tensor([[0.0] * 3, [1.0] * 3], device=x.device).expand(B, 2, 3)
+    box = roi_box.to(device=x.device, dtype=torch.float32)
+    wx, wy, wz = (_axis_weights(box[:, 0, a], box[:, 1, a], n, int(g)) for a, (n, g) in enumerate(zip((X, Y, Z), grid)))
+    sums = torch.einsum("bix,bjy,bkz,bxyzc->bijkc", wx.to(x.dtype), wy.to(x.dtype), wz.to(x.dtype), x)
+    counts = wx.sum(-1)[:, :, None, None] * wy.sum(-1)[:, None, :, None] * wz.sum(-1)[:, None, None, :]
+    sums = sums.reshape(B, -1, C).repeat_interleave(tokens_per_cell, dim=1)
+    counts = counts.reshape(B, -1, 1).repeat_interleave(tokens_per_cell, dim=1)
+    return sums, counts.to(x.dtype)
+
+
+def cell_position_encoding(grid: Sequence[int], tokens_per_cell: int, dim: int) -> torch.Tensor:
+    """``(cells x tokens_per_cell, dim)`` sinusoidal encoding of each memory cell's centre (fractions of the volume),
+    unit mean square, the channels split between the three axes; every token of a cell gets its cell's code."""
+    centres = torch.cartesian_prod(*[(torch.arange(int(g), dtype=torch.float64) + 0.5) / int(g) for g in grid])
+    centres = centres.reshape(-1, 3)
+    per_axis = max(dim // 6, 1)  # sin and cos per axis
+    freqs = torch.pi * 2.0 ** torch.arange(per_axis, dtype=torch.float64)  # wavelengths 2, 1, 1/2, ... volumes
+    angles = centres[:, :, None] * freqs[None, None, :]  # (cells, 3, per_axis)
+    code = torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(len(centres), -1)
+    code = torch.nn.functional.pad(code, (0, max(dim - code.shape[1], 0)))[:, :dim] * 2**0.5
+    return code.repeat_interleave(int(tokens_per_cell), dim=0).float()
+
+
+class ScanMemory:
+    """Per-scan volume-token memory: filled by a "write" pass, read by the passes that segment the scan's crops.
+
+    In the write pass every input adds, for every stage, its visual tokens (the stage's output) into the cells they
+    lie in (:func:`cell_pool`), in its scan's slot. In the read pass the volume tokens of a stage start from the
+    learned tokens plus the mean visual token of their cell and, for written cells, a fixed sinusoidal code of the
+    cell's position (:func:`cell_position_encoding`, unit scale like the summaries, where the learned tokens start at
+    0.02): a summary of what the scan holds *there*, so a crop can read both what lies elsewhere and where. In training and in :py:class:`monai_fine.inferers.FINEInferer` the
+    writer is the scan view (the whole scan at the crop size, :py:mod:`monai_fine.transforms.scan_view`), whose box
+    covers every cell, so every crop reads what the whole scan wrote. Created by
+    :meth:`monai_fine.networks.FINE.new_scan_memory`; the network does the writing and reading.
 
     :meth:`write` and :meth:`read` do not check the slot indices (that would read them on the host in every stage);
     :meth:`check_index` does, and the network calls it in eager mode for indices on the CPU.
 
     Args:
         num_scans: slots (scans) held.
-        memory_size: volume tokens per stage (cells x tokens per cell).
+        grid: memory cells per axis ``(gx, gy, gz)``.
+        tokens_per_cell: volume tokens per cell (a stage holds ``cells x tokens_per_cell``).
         dims: channels of each stage.
         device, dtype: of the stored sums.
     """
 
-    def __init__(self, num_scans: int, memory_size: int, dims: Sequence[int], device=None, dtype=None) -> None:
+    def __init__(
+        self, num_scans: int, grid: Sequence[int], tokens_per_cell: int, dims: Sequence[int], device=None, dtype=None
+    ) -> None:
         self.num_scans = int(num_scans)
-        self.memory_size = int(memory_size)
+        self.grid = tuple(int(g) for g in grid)
+        self.tokens_per_cell = int(tokens_per_cell)
+        self.memory_size = self.grid[0] * self.grid[1] * self.grid[2] * self.tokens_per_cell
         self.reading = False
-        self.sums = [torch.zeros(num_scans, memory_size, d, device=device, dtype=dtype) for d in dims]
-        self.counts = [torch.zeros(num_scans, memory_size, 1, device=device, dtype=dtype) for _ in dims]
+        self.sums = [torch.zeros(num_scans, self.memory_size, d, device=device, dtype=dtype) for d in dims]
+        self.counts = [torch.zeros(num_scans, self.memory_size, 1, device=device, dtype=dtype) for _ in dims]
+        self.positions = [cell_position_encoding(self.grid, self.tokens_per_cell, d).to(device=device, dtype=dtype) for d in dims]
 
     @property
     def mode(self) -> str:
@@ -139,15 +204,17 @@ class ScanMemory:
         if scan_index.numel() and (int(scan_index.min()) < 0 or int(scan_index.max()) >= self.num_scans):
             raise ValueError(f"scan index out of range [0, {self.num_scans}): {scan_index.tolist()}.")
 
-    def write(self, stage: int, scan_index: torch.Tensor, delta: torch.Tensor, written: torch.Tensor) -> None:
-        """Add ``delta (B, V, C)`` where ``written (B, V)`` (bool or 0/1) into the slots ``scan_index (B,)``
+    def write(self, stage: int, scan_index: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Add ``sums (B, V, C)`` and ``counts (B, V, 1)`` (from :func:`cell_pool`) into the slots ``scan_index (B,)``
         (differentiable)."""
-        w = written.to(delta.dtype)
-        if w.ndim == 2:
-            w = w[..., None]
-        self.sums[stage] = self.sums[stage].index_add(0, scan_index, delta * w)
-        self.counts[stage] = self.counts[stage].index_add(0, scan_index, w)
+        dtype = self.sums[stage].dtype  # (autocast may give half-precision tokens)
+        self.sums[stage] = self.sums[stage].index_add(0, scan_index, sums.to(dtype))
+        self.counts[stage] = self.counts[stage].index_add(0, scan_index, counts.to(dtype))
 
     def read(self, stage: int, scan_index: torch.Tensor) -> torch.Tensor:
-        """``(B, V, C)`` mean change written per token (zero where nothing was written)."""
-        return (self.sums[stage] / self.counts[stage].clamp(min=1.0))[scan_index]
+        """``(B, V, C)`` mean visual token written per cell plus the cell's position code (zero where nothing was
+        written)."""
+        counts = self.counts[stage]
+        written = (counts > 0).to(counts.dtype)
+        mean = self.sums[stage] / torch.where(counts > 0, counts, torch.ones_like(counts))
+        return (mean + self.positions[stage] * written)[scan_index]

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from monai_fine.networks.blocks.attention import Attention, resolve_attn_mask
+from monai_fine.networks.blocks.memory import cell_pool
 from monai_fine.networks.blocks.mlp import Mlp
 from monai_fine.networks.blocks.window import (
     WindowGeometry,
@@ -62,6 +63,8 @@ class MemoryContext(NamedTuple):
             gradient).
         scan_memory: a :class:`~monai_fine.networks.blocks.memory.ScanMemory` or None.
         scan_index: ``(B,)`` long, each sample's slot in ``scan_memory``.
+        roi_box: ``(B, 2, 3)`` the inputs' boxes (None: the whole volume); a writing ``scan_memory`` pools the
+            visual tokens into the cells by it.
     """
 
     visible: torch.Tensor | None = None
@@ -70,6 +73,7 @@ class MemoryContext(NamedTuple):
     volume_gate: torch.Tensor | None = None
     scan_memory: object | None = None
     scan_index: torch.Tensor | None = None
+    roi_box: torch.Tensor | None = None
 
 
 class BlockContext(NamedTuple):
@@ -318,14 +322,14 @@ class FineStage(nn.Module):
         layout = window_layout((int(X), int(Y), int(Z)), self.window_size, self.num_window_tokens, x.device)
         geom = layout.geom
         rel_index = self.relative_position_index if geom.window == (self.window_size,) * 3 else layout.rel_index
-        win = vol = vol_start = global_keys = None
+        win = vol = global_keys = None
         if self.window_tokens is not None:
             win = self.window_tokens.expand(B, geom.num_windows, -1, -1)
         memory = ctx.scan_memory
         if self.volume_tokens is not None:
-            vol = vol_start = self.volume_tokens.expand(B, -1, -1)
+            vol = self.volume_tokens.expand(B, -1, -1)
             if memory is not None and memory.reading:
-                vol = vol_start = vol + memory.read(stage_index, ctx.scan_index)
+                vol = vol + memory.read(stage_index, ctx.scan_index)
             window_keys = torch.ones(B, geom.num_windows * self.num_window_tokens, dtype=torch.bool, device=x.device)
             global_keys = torch.cat([window_keys, ctx.visible], 1).view(B, 1, 1, -1)
         contexts = [BlockContext(geom, rel_index, mask, global_keys, ctx) for mask in layout.masks]
@@ -336,5 +340,6 @@ class FineStage(nn.Module):
             else:
                 x, win, vol = blk(x, win, vol, block_ctx)
         if vol is not None and memory is not None and not memory.reading:
-            memory.write(stage_index, ctx.scan_index, vol - vol_start, ctx.write)
+            sums, counts = cell_pool(x, ctx.roi_box, memory.grid, memory.tokens_per_cell)
+            memory.write(stage_index, ctx.scan_index, sums, counts)
         return x

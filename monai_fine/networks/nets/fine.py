@@ -75,8 +75,10 @@ class FINE(nn.Module):
             num_window_tokens: window tokens per window (``Nv`` in the paper).
             num_volume_tokens: volume tokens per cell (``Nw`` in the paper); a stage holds
                 ``memory_size = cells x num_volume_tokens`` volume tokens.
-            scan_memory: when a forward gets ``scan_id``, crops of one scan share a per-scan memory (two passes:
-                write, then read). Needs ``memory="full"``.
+            scan_memory: the net is trained and run with a per-scan memory: a pass over the whole scan at the crop size
+                (the scan view) writes the volume tokens every crop then reads (see :meth:`forward`,
+                :py:mod:`monai_fine.transforms.scan_view`). Recorded for the bundle and the inferer; needs
+                ``memory="full"``.
             share_memory_attention: G-MSA and V-MSA reuse each block's W-MSA projections (own LayerNorms); False
                 gives them their own projections (about +50 % parameters, as in the official code).
             deep_supervision: in training mode also return the two lower decoder stages' logits.
@@ -199,11 +201,13 @@ class FINE(nn.Module):
             stage.use_checkpoint = enable
 
     def new_scan_memory(self, num_scans: int = 1, device=None, dtype=None) -> ScanMemory:
-        """An empty per-scan memory (write mode) for two-pass inference; see :class:`ScanMemory`."""
+        """An empty per-scan memory (write mode), to fill with :meth:`write_scan_memory`; see :class:`ScanMemory`."""
         if not self.volume_attention:
             raise ValueError(f"scan memory needs memory='full', this net has memory={self.memory!r}.")
         ref = self.encoder_stages[0].volume_tokens
-        return ScanMemory(num_scans, self.memory_size, self.stage_dims, device or ref.device, dtype or ref.dtype)
+        return ScanMemory(
+            num_scans, self.memory_grid, self.num_volume_tokens, self.stage_dims, device or ref.device, dtype or ref.dtype
+        )
 
     @staticmethod
     def check_roi_box(roi_box: torch.Tensor) -> torch.Tensor:
@@ -269,22 +273,30 @@ class FINE(nn.Module):
         roi_box: torch.Tensor | None = None,
         scan_id: torch.Tensor | None = None,
         scan_memory: ScanMemory | None = None,
-    ) -> torch.Tensor | list[torch.Tensor]:
+        scan_view: torch.Tensor | None = None,
+        scan_view_box: torch.Tensor | None = None,
+    ) -> torch.Tensor | list[torch.Tensor] | None:
         """
         Args:
             x: ``(B, C_in, X, Y, Z)``.
             roi_box: ``(B, 2, 3)`` ``[start, stop)`` of each crop per spatial axis as fractions of the preprocessed
                 full volume (may leave [0, 1] over padding); None means the input is the whole volume. Its values are
                 checked (finite, ``stop > start``) in eager mode when it is on the CPU; see :meth:`check_roi_box`.
-            scan_id: ``(B,)`` ints; with ``scan_memory=True`` (constructor) crops with equal ids share a memory
-                (two passes over the batch). Ignored otherwise.
+            scan_id: ``(B,)`` ints, each sample's slot: its scan's index in ``scan_view`` or its slot in
+                ``scan_memory``. Default: slot 0 (one scan), or sample ``i`` -> view ``i`` when ``scan_view`` has B
+                items.
             scan_memory: an explicit :class:`ScanMemory` (from :meth:`new_scan_memory`): in its write mode the
-                forward adds each crop's memory updates to it, in read mode it reads them. Samples use slot
-                ``scan_id`` (default 0).
+                forward adds the volume-token updates of ``x`` to it and returns None (no heads run); in read mode
+                it segments ``x`` reading it.
+            scan_view: ``(S, C_in, *roi)`` the whole scan of each of S scans at the crop size
+                (:py:func:`monai_fine.transforms.scan_view`): the forward first writes a new scan memory from these
+                views (gradients flow through it), then segments ``x`` reading it. The training form of what
+                :py:class:`monai_fine.inferers.FINEInferer` does with ``scan_memory=True``; needs ``memory="full"``.
+            scan_view_box: ``(S, 2, 3)`` box of each view (its whole volume; None: ``[0, 1]^3``).
 
         Returns:
             ``(B, out_channels, X, Y, Z)`` logits; in training mode with deep supervision a list
-            ``[full, 1/2, 1/4 resolution]`` as MONAI's ``DeepSupervisionLoss`` takes.
+            ``[full, 1/2, 1/4 resolution]`` as MONAI's ``DeepSupervisionLoss`` takes; None in a write pass.
         """
         eager = _eager()
         if eager:
@@ -292,16 +304,19 @@ class FINE(nn.Module):
             if roi_box is not None and torch.as_tensor(roi_box).device.type == "cpu":
                 check_roi_box(roi_box)  # host values, no device synchronisation; see check_roi_box
         B = x.shape[0]
-        ref = self.encoder_stages[0].volume_tokens
-        ctx = self.memory_context(roi_box, B, x.device, x.dtype if ref is None else ref.dtype)
-        if scan_memory is None and self.scan_memory and scan_id is not None:
-            ids = torch.as_tensor(scan_id).to(x.device).reshape(-1)
-            # slot of a sample = batch index of the first sample with its scan id (B slots, no host sync)
-            scan_index = (ids[:, None] == ids[None, :]).int().argmax(1)
-            scan_memory = self.new_scan_memory(B)
-            self._forward(x, ctx._replace(scan_memory=scan_memory, scan_index=scan_index), heads=False)
-            scan_memory.set_mode("read")
-        elif scan_memory is not None:
+        if scan_view is not None:
+            if scan_memory is not None:
+                raise ValueError("give scan_view (a new memory written from it) or scan_memory, not both.")
+            if scan_id is None and scan_view.shape[0] not in (1, B):
+                raise ValueError(
+                    f"scan_id is needed to map {B} crops to {scan_view.shape[0]} scan views (one per scan)."
+                )
+            if scan_id is None and scan_view.shape[0] == B:
+                scan_id = torch.arange(B, device=x.device)
+            scan_memory = self.write_scan_memory(scan_view, scan_view_box)
+        if scan_memory is None:
+            scan_index = None
+        else:
             if not self.volume_attention:
                 raise ValueError(f"scan_memory needs memory='full', this net has memory={self.memory!r}.")
             if scan_id is None:
@@ -311,9 +326,34 @@ class FINE(nn.Module):
                 if eager and scan_index.device.type == "cpu":
                     scan_memory.check_index(scan_index)
                 scan_index = scan_index.to(x.device).long().reshape(-1)
-        else:
-            scan_index = None
-        return self._forward(x, ctx._replace(scan_memory=scan_memory, scan_index=scan_index))
+        ref = self.encoder_stages[0].volume_tokens
+        ctx = self.memory_context(roi_box, B, x.device, x.dtype if ref is None else ref.dtype)
+        writing = scan_memory is not None and not scan_memory.reading
+        if writing and roi_box is not None:
+            ctx = ctx._replace(roi_box=torch.as_tensor(roi_box).to(x.device))
+        return self._forward(x, ctx._replace(scan_memory=scan_memory, scan_index=scan_index), heads=not writing)
+
+    def write_scan_memory(
+        self, scan_view: torch.Tensor, scan_view_box: torch.Tensor | None = None, memory: ScanMemory | None = None
+    ) -> ScanMemory:
+        """Write a scan memory from whole-scan views (one network pass without heads) and return it in read mode.
+
+        Args:
+            scan_view: ``(S, C_in, *roi)`` one view per scan (:py:func:`monai_fine.transforms.scan_view`).
+            scan_view_box: ``(S, 2, 3)`` each view's box; None: the whole volume ``[0, 1]^3``.
+            memory: an empty :class:`ScanMemory` with S slots to write into (default: a new one).
+
+        Returns:
+            the memory, in read mode; view ``s`` wrote slot ``s``.
+        """
+        if not self.volume_attention:
+            raise ValueError(f"scan memory needs memory='full', this net has memory={self.memory!r}.")
+        S = scan_view.shape[0]
+        if scan_view_box is None:
+            scan_view_box = torch.tensor([[0.0] * 3, [1.0] * 3], device=scan_view.device).expand(S, 2, 3)
+        memory = self.new_scan_memory(S, device=scan_view.device) if memory is None else memory.set_mode("write")
+        self(scan_view, scan_view_box, torch.arange(S, device=scan_view.device), memory)
+        return memory.set_mode("read")
 
     def _forward(self, x: torch.Tensor, ctx: MemoryContext, heads: bool = True):
         x = self.patch_embed(x)  # (B, X', Y', Z', C)

@@ -1,0 +1,280 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Context-only benchmark: can a model decide labels that only content outside every crop and window determines?
+
+The data (:py:mod:`monai_fine.data.context_task`, generated into ``OUT/data``): two locally identical twins at the
+ends of a long volume, and a marker in the middle whose side (low or high y) decides which twin is ``twin_a``. No
+training crop or sliding window holding a twin reaches the marker, so ``none`` and ``full`` (a learned memory shared
+by all patients) can only guess; ``full+scan`` writes a per-scan memory from the whole scan and can read the marker's
+side in every window.
+
+Every (config, seed) trains through the bundle's ``train.json`` at the same budget and is evaluated on the held-out
+cases with :py:class:`monai_fine.inferers.FINEInferer` (with its scan memory for ``full+scan``, and once more without
+it: the memory probe). ``OUT/results.csv`` has one row per config and seed: the *swap rate* (twin voxels predicted as
+the other twin, over the twin voxels given either twin's label, all held-out cases pooled; chance is about 0.5), Dice per label, the probe's swap
+rate, training minutes and seconds per iteration. ``OUT/summary.md`` gives mean ± std over seeds::
+
+    python -m monai_fine context_benchmark --out runs/context_benchmark               # 3 configs x 3 seeds, CPU
+    python -m monai_fine context_benchmark --out DIR --dataset_dir DATA                # own data, same label layout
+
+``--dataset_dir`` takes any data set with ``dataset_0.json`` (``training``/``validation``) and labels 0 background,
+1 and 2 the twins, 3 the marker (or more classes with ``--num_classes``; the swap rate is always between labels 1
+and 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_fine.experiments.context_ablation import _fmt, _mean_std, machine_info
+
+__all__ = ["CONFIGS", "parse_args", "evaluate_run", "main"]
+
+CONFIGS: dict[str, tuple[str, bool]] = {"none": ("none", False), "full": ("full", False), "full+scan": ("full", True)}
+FIELDS = (
+    "config", "seed", "memory", "scan_memory", "swap_rate", "swap_rate_scan_off", "twin_found", "dice_twin_a", "dice_twin_b",
+    "dice_marker", "twin_voxels", "cases", "iterations", "train_minutes", "seconds_per_iteration", "eval_minutes",
+)  # fmt: skip
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m monai_fine context_benchmark", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="runs/context_benchmark", help="output folder")
+    p.add_argument("--dataset_dir", default=None, help="own data (dataset_0.json; labels 1, 2 twins); default: generated")
+    p.add_argument("--configs", type=_csv_list, default=list(CONFIGS), help="of " + ",".join(CONFIGS))
+    p.add_argument("--seeds", type=lambda s: [int(v) for v in _csv_list(s)], default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=800, help="training iterations per run")
+    p.add_argument("--epoch_length", type=int, default=50)
+    p.add_argument("--num_samples", type=int, default=2, help="crops per scan per iteration")
+    p.add_argument("--learning_rate", type=float, default=2e-3, help="AdamW, the bundle's poly schedule")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--roi", type=int, nargs=3, default=[32, 32, 16])
+    p.add_argument("--num_classes", type=int, default=4)
+    p.add_argument("--num_train", type=int, default=12, help="generated data: training cases")
+    p.add_argument("--num_val", type=int, default=8, help="generated data: held-out cases")
+    p.add_argument("--shape", type=int, nargs=3, default=[160, 32, 16], help="generated data: volume size")
+    p.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 3.0], help="mm, also the training pixdim")
+    p.add_argument("--data_seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="parallel runs of 1 torch thread each")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of a run")
+    p.add_argument("--override", action="append", default=[], metavar="ID=JSON", help="extra bundle override")
+    p.add_argument("--_runs", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    bad = [c for c in args.configs if c not in CONFIGS]
+    if bad or not args.configs or not args.seeds or args.iterations < 1 or args.jobs < 1:
+        p.error(f"--configs a subset of {list(CONFIGS)} (got {args.configs}), --seeds non-empty, --iterations and "
+                "--jobs >= 1")
+    args.epoch_length = max(1, min(args.epoch_length, args.iterations))
+    args.max_epochs = max(1, round(args.iterations / args.epoch_length))
+    args.overrides = {}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--override needs ID=JSON, got {item!r}")
+        try:
+            args.overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args.overrides[key] = value
+    return args
+
+
+def _data(args: argparse.Namespace) -> Path:
+    if args.dataset_dir is not None:
+        return Path(args.dataset_dir).resolve()
+    from monai_fine.data.context_task import make_context_dataset
+
+    out = Path(args.out).resolve() / "data"
+    if not (out / "dataset_0.json").is_file():
+        make_context_dataset(out, args.num_train, args.num_val, args.data_seed, args.shape, args.spacing)
+    return out
+
+
+def _run_dir(args: argparse.Namespace, config: str, seed: int) -> Path:
+    return Path(args.out).resolve() / "runs" / config.replace("+", "_") / f"seed{seed}"
+
+
+def overrides(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, Any]:
+    memory, scan = CONFIGS[config]
+    o = {
+        "bundle_root": str(_run_dir(args, config, seed)), "dataset_dir": str(data), "preset": args.preset,
+        "memory": memory, "scan_memory": scan, "roi_size": list(args.roi), "pixdim": list(args.spacing),
+        "num_classes": args.num_classes, "hu_window": [-100, 350], "seed": seed, "num_workers": 0,
+        "device": "$torch.device('cpu')", "num_samples": args.num_samples, "optimizer_name": "adamw",
+        "learning_rate": args.learning_rate, "resume": False, "cache_rate": 1.0, "progress": False,
+        "tensorboard": False,
+    }  # fmt: skip
+    o.update(args.overrides)
+    return o
+
+
+def confusion(pred, truth, num_classes: int):
+    """``(num_classes, num_classes)`` voxel counts, rows = truth, columns = prediction."""
+    import torch
+
+    idx = truth.long().clamp(0, num_classes - 1) * num_classes + pred.long().clamp(0, num_classes - 1)
+    return torch.bincount(idx.reshape(-1), minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, float]:
+    """Segment the held-out cases with the run's final model; swap rate and Dice (with and without scan memory)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from monai_fine.cli import bundle_dir
+    from monai_fine.inferers import FINEInferer
+
+    root = _run_dir(args, config, seed)
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir() / "configs" / "train.json"))
+    parser.update(overrides(args, config, seed, data))
+    parser.update({"network_checkpoint": str(root / "models" / "model_final.pt")})
+    net = parser.get_parsed_content("network_def")
+    state = torch.load(root / "models" / "model_final.pt", map_location="cpu", weights_only=False)
+    net.load_state_dict(state.get("model", state))
+    net.eval()
+    preprocess = parser.get_parsed_content("validate#preprocessing")
+    items = json.loads((data / "dataset_0.json").read_text())["validation"]
+    n = args.num_classes
+    conditions = {"as_trained": CONFIGS[config][1]}
+    if CONFIGS[config][1]:
+        conditions["scan_off"] = False
+    out: dict[str, float] = {}
+    for name, scan in conditions.items():
+        inferer = FINEInferer(args.roi, sw_batch_size=4, overlap=0.5, scan_memory=scan)
+        total = torch.zeros(n, n, dtype=torch.long)
+        with torch.no_grad():
+            for item in items:
+                case = preprocess({k: str(data / item[k]) for k in ("image", "label")})
+                pred = inferer(case["image"][None], net).argmax(1)[0]
+                total += confusion(pred, case["label"][0], n)
+        twins = int(total[1].sum() + total[2].sum())
+        decided = int(total[1, 1] + total[1, 2] + total[2, 1] + total[2, 2])  # twin voxels given one of the twin labels
+        swap = float(total[1, 2] + total[2, 1]) / decided if decided else float("nan")
+        if name == "as_trained":
+            out["swap_rate"], out["twin_voxels"], out["cases"] = swap, twins, len(items)
+            out["twin_found"] = decided / twins if twins else float("nan")
+            for k, label in ((1, "twin_a"), (2, "twin_b"), (3, "marker")):
+                if k < n:
+                    tp, fp, fn = total[k, k], total[:, k].sum() - total[k, k], total[k].sum() - total[k, k]
+                    out[f"dice_{label}"] = float(2 * tp) / max(float(2 * tp + fp + fn), 1.0)
+        else:
+            out["swap_rate_scan_off"] = swap
+    return out
+
+
+def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, Any]:
+    from monai_fine.cli import run_bundle
+
+    root = _run_dir(args, config, seed)
+    result_file = root / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    iterations = args.max_epochs * args.epoch_length
+    run_bundle(["train.json"], "train", max_epochs=args.max_epochs, epoch_length=args.epoch_length,
+               val_interval=args.max_epochs + 1, **{"validate#dataset#cache_rate": 0.0},
+               **overrides(args, config, seed, data))
+    train_minutes = (time.time() - t0) / 60
+    t1 = time.time()
+    row: dict[str, Any] = {"config": config, "seed": seed, "memory": CONFIGS[config][0], "scan_memory": CONFIGS[config][1],
+                           "iterations": iterations, "train_minutes": round(train_minutes, 2),
+                           "seconds_per_iteration": round(train_minutes * 60 / iterations, 3), "swap_rate_scan_off": ""}
+    row.update(evaluate_run(args, config, seed, data))
+    row["eval_minutes"] = round((time.time() - t1) / 60, 2)
+    result_file.write_text(json.dumps(row, indent=1) + "\n")
+    print(f"[context] {config} seed {seed}: swap {row['swap_rate']:.3f} (scan off: {row['swap_rate_scan_off']}), "
+          f"train {train_minutes:.1f} min", flush=True)
+    return row
+
+
+def summary(args: argparse.Namespace, rows: list[dict[str, Any]], command: str, minutes: float) -> str:
+    info = machine_info("cpu")
+    lines = ["# Context-only benchmark", "", "```bash", command, "```", "",
+             f"- machine: {info['cpu']}, {info['cpu_cores']} cores, {args.jobs} parallel run(s); torch {info['torch']}, "
+             f"monai {info['monai']}; total {minutes:.1f} min",
+             f"- per run: {args.max_epochs * args.epoch_length} iterations of {args.num_samples} crops "
+             f"{'x'.join(map(str, args.roi))}, preset `{args.preset}`, AdamW lr {args.learning_rate:g}, seeds "
+             f"{','.join(map(str, args.seeds))}",
+             "- swap rate: twin voxels predicted as the other twin / twin voxels predicted as either twin (held-out "
+             "cases pooled; chance ~0.5); twin found: twin voxels predicted as either twin / twin voxels",
+             "", "| config | swap rate % | swap, scan memory off % | twin found % | Dice twin_a | Dice twin_b | Dice marker | s/iter |",
+             "|---|---|---|---|---|---|---|---|"]
+    for config in args.configs:
+        rs = [r for r in rows if r["config"] == config]
+        if not rs:
+            continue
+
+        def ms(key: str) -> tuple[float, float, int]:
+            return _mean_std([float(r[key]) for r in rs if r.get(key) not in ("", None)])
+
+        lines.append(f"| {config} | {_fmt(ms('swap_rate'), pct=True)} | {_fmt(ms('swap_rate_scan_off'), pct=True)} | "
+                     f"{_fmt(ms('twin_found'), pct=True)} | "
+                     f"{_fmt(ms('dice_twin_a'))} | {_fmt(ms('dice_twin_b'))} | {_fmt(ms('dice_marker'))} | "
+                     f"{_fmt(ms('seconds_per_iteration'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    data = _data(args)
+    tasks = [(c, s) for s in args.seeds for c in args.configs]
+    if args._runs is not None:  # a worker of --jobs
+        for item in _csv_list(args._runs):
+            config, seed = item.rsplit(":", 1)
+            run_one(args, config, int(seed), data)
+        return []
+    if args.jobs > 1:
+        procs = []
+        for j in range(args.jobs):
+            mine = ",".join(f"{c}:{s}" for c, s in tasks[j :: args.jobs])
+            log = open(Path(args.out).resolve() / f"worker_{j}.log", "w")
+            cmd = [sys.executable, "-m", "monai_fine", "context_benchmark", *argv, "--jobs", "1", "--threads", "1",
+                   "--_runs", mine]
+            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                           env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+        for proc, log in procs:
+            proc.wait()
+            log.close()
+    rows = []
+    for config, seed in tasks:
+        try:
+            rows.append(run_one(args, config, seed, data))
+        except Exception as e:  # one failing run must not lose the others
+            print(f"[context] {config} seed {seed} FAILED: {type(e).__name__}: {e}", flush=True)
+    out = Path(args.out).resolve()
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(FIELDS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    command = "python -m monai_fine context_benchmark " + shlex.join(argv)
+    (out / "summary.md").write_text(summary(args, rows, command, (time.time() - t0) / 60))
+    print((out / "summary.md").read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""``python -m monai_fine context_benchmark`` end to end at a seconds-long budget, and the batch helper it relies on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from monai_fine.engines import PrepareScanBatch, one_view_per_scan
+
+
+def test_one_view_per_scan_keeps_first_views_and_maps_crops():
+    views = torch.arange(5.0).view(5, 1, 1, 1, 1).expand(5, 1, 2, 2, 2)
+    boxes = torch.arange(5.0).view(5, 1, 1).expand(5, 2, 3)
+    kept, kept_boxes, index = one_view_per_scan(views, boxes, torch.tensor([70, 70, 9, 70, 9]))
+    assert kept[:, 0, 0, 0, 0].tolist() == [0.0, 2.0] and kept_boxes[:, 0, 0].tolist() == [0.0, 2.0]
+    assert index.tolist() == [0, 0, 1, 0, 1]
+    same, _, own = one_view_per_scan(views, None, None)
+    assert torch.equal(same, views) and own.tolist() == [0, 1, 2, 3, 4]
+    batch = {"image": torch.zeros(2, 1, 4, 4, 4), "label": torch.zeros(2, 1, 4, 4, 4), "roi_box": torch.zeros(2, 2, 3),
+             "scan_id": torch.tensor([3, 3]), "scan_view": views[:2], "scan_view_box": boxes[:2]}
+    _, _, args, kwargs = PrepareScanBatch()(batch, torch.device("cpu"))
+    assert args == () and set(kwargs) == {"roi_box", "scan_view", "scan_view_box", "scan_id"}
+    assert kwargs["scan_view"].shape == (1, 1, 2, 2, 2) and kwargs["scan_id"].tolist() == [0, 0]
+    without = {k: v for k, v in batch.items() if not k.startswith("scan")}
+    assert set(PrepareScanBatch()(without, torch.device("cpu"))[3]) == {"roi_box"}
+
+
+@pytest.mark.slow
+def test_context_benchmark_command_writes_one_row_per_config_and_seed(tmp_path):
+    out = tmp_path / "ctx"
+    cmd = [sys.executable, "-m", "monai_fine", "context_benchmark", "--out", str(out), "--configs", "none,full+scan",
+           "--seeds", "0,1", "--iterations", "2", "--epoch_length", "2", "--num_train", "2", "--num_val", "2",
+           "--override", "network_def#feature_size=12", "--override", "network_def#num_heads=[1,2,2,4]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["config"], r["seed"]) for r in rows) == [("full+scan", "0"), ("full+scan", "1"), ("none", "0"), ("none", "1")]
+    for r in rows:
+        assert 0.0 <= float(r["twin_found"]) <= 1.0 and int(r["twin_voxels"]) > 0 and int(r["iterations"]) == 2
+        swap = float(r["swap_rate"])
+        assert swap != swap or 0.0 <= swap <= 1.0  # nan when no twin voxel got a twin label
+        assert (r["swap_rate_scan_off"] != "") == (r["config"] == "full+scan")  # the memory probe
+    assert "| full+scan |" in (out / "summary.md").read_text()
+    assert json.loads((out / "data" / "dataset_0.json").read_text())["labels"]["1"] == "twin_a"
