@@ -44,7 +44,7 @@ BUNDLE_NAME = "fine_btcv_segmentation"
 CONFIG_BUFFER = "network_config"
 """Name of the buffer that records the network arguments (JSON as ``uint8``) in the weights."""
 
-RUNTIME_ARGS = ("use_checkpoint", "use_flash_attention", "scan_memory", "roi_size", "drop_path_rate")
+RUNTIME_ARGS = ("use_checkpoint", "use_flash_attention", "roi_size", "drop_path_rate")
 """Arguments that do not change the parameters: taken from the caller, not from the recorded config."""
 
 

@@ -3,14 +3,17 @@
 
 Each volume (default 160 x 32 x 16 voxels of 3 mm, x the long axis) holds two locally identical *twins*, bright
 ellipsoids near the two x ends, and a *marker*, a brighter block in the middle of the x axis that lies either in the
-lower or in the upper half of the y axis (the case's ``side``). The labels:
+lower or in the upper half of the y axis (the case's ``side``). The labels, by ``rule``:
 
-- ``1`` (``twin_a``): the left twin (small x) when the marker is low (side 0), the right twin when it is high (side 1);
-- ``2`` (``twin_b``): the other twin;
-- ``3`` (``marker``).
+- ``"side"`` (default): both twins are ``1`` (``twin_a``) when the marker is low (side 0), ``2`` (``twin_b``) when it
+  is high (side 1);
+- ``"xor"``: the left twin (small x) is ``twin_a`` and the right one ``twin_b`` when the marker is low, the other way
+  round when it is high (the label is ``side XOR end``, like the kidneys of situs inversus: harder to learn, since
+  neither bit alone correlates with the label);
+- ``3`` (``marker``) in both.
 
-The twins' label is ``side XOR (left or right)``: position alone says nothing (both labellings are equally likely at
-each end), and the marker lies at least ``context_gap`` voxels (along x) from every twin voxel. With the default
+Position alone says nothing (both labels are equally likely at each end), and the marker lies at least
+``context_gap`` voxels (along x) from every twin voxel. With the default
 layout no 32-voxel-wide crop or sliding window that holds a twin voxel reaches the marker, so the crops containing a
 twin are *identical* under both labellings (every random draw is shared; only the marker's y position differs):
 a model that sees one crop at a time, through any learned prior, cannot beat chance on the twins. Only a model that
@@ -26,16 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LABELS", "make_context_case", "make_context_dataset", "context_gap"]
+__all__ = ["LABELS", "RULES", "make_context_case", "make_context_dataset", "context_gap"]
 
 LABELS = {0: "background", 1: "twin_a", 2: "twin_b", 3: "marker"}
 _HU = {"body": 40.0, "twin": 130.0, "marker": 230.0, "noise": 20.0}
+
+
+RULES = ("side", "xor")
 
 
 def make_context_case(
     seed: int,
     side: int,
     shape: Sequence[int] = (160, 32, 16),
+    rule: str = "side",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One case: ``image`` (int16 HU) and ``label`` (uint8), arrays of ``shape``.
 
@@ -44,14 +51,17 @@ def make_context_case(
 
     Args:
         seed: the case's random seed.
-        side: 0 (marker in the lower y half: the left twin is ``twin_a``) or 1 (upper half: the right twin is).
+        side: 0 (marker in the lower y half) or 1 (upper half).
         shape: ``(X, Y, Z)``, X >= 96 and Y >= 16.
+        rule: ``"side"`` or ``"xor"`` (module docstring).
 
     Raises:
-        ValueError: for another ``side`` or a too small ``shape``.
+        ValueError: for another ``side`` or ``rule``, or a too small ``shape``.
     """
     if side not in (0, 1):
         raise ValueError(f"side must be 0 or 1, got {side!r}.")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
     X, Y, Z = (int(s) for s in shape)
     if X < 96 or Y < 16 or Z < 4:
         raise ValueError(f"shape must be at least (96, 16, 4), got {tuple(shape)}.")
@@ -72,8 +82,9 @@ def make_context_case(
         image[mask] = _HU["twin"] + texture[mask]
     image[marker] = _HU["marker"] + texture[marker]
     left, right = twins
-    label[left] = 1 if side == 0 else 2
-    label[right] = 2 if side == 0 else 1
+    a, b = (1, 2) if side == 0 else (2, 1)
+    label[left] = a
+    label[right] = b if rule == "xor" else a
     label[marker] = 3
     return np.round(image).astype(np.int16), label
 
@@ -93,6 +104,7 @@ def make_context_dataset(
     seed: int = 0,
     shape: Sequence[int] = (160, 32, 16),
     spacing: Sequence[float] = (3.0, 3.0, 3.0),
+    rule: str = "side",
 ) -> Path:
     """Write NIfTI cases (``imagesTr``/``labelsTr``) and ``dataset_0.json`` (``training``, ``validation``), half of
     each split with the marker low, half high. Returns the datalist path."""
@@ -107,13 +119,14 @@ def make_context_dataset(
     for i in range(num_train + num_val):
         split = "training" if i < num_train else "validation"
         side = i % 2
-        image, label = make_context_case(seed * 100_003 + i, side, shape)
+        image, label = make_context_case(seed * 100_003 + i, side, shape, rule)
         name = f"ctx_{i:04d}.nii.gz"
         nib.save(nib.Nifti1Image(image, affine), str(out / "imagesTr" / name))
         nib.save(nib.Nifti1Image(label, affine), str(out / "labelsTr" / name))
         splits[split].append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
         sides[name] = side
-    datalist = {"name": "context-only twins", "labels": {str(k): v for k, v in LABELS.items()}, **splits, "sides": sides}
+    datalist = {"name": "context-only twins", "rule": rule, "labels": {str(k): v for k, v in LABELS.items()}, **splits,
+                "sides": sides}
     path = out / "dataset_0.json"
     path.write_text(json.dumps(datalist, indent=2) + "\n")
     return path

@@ -2,14 +2,16 @@
 """Context-only benchmark: can a model decide labels that only content outside every crop and window determines?
 
 The data (:py:mod:`monai_fine.data.context_task`, generated into ``OUT/data``): two locally identical twins at the
-ends of a long volume, and a marker in the middle whose side (low or high y) decides which twin is ``twin_a``. No
+ends of a long volume, and a marker in the middle whose side (low or high y) decides the twins' label (``--rule
+side``: both twins ``twin_a`` or both ``twin_b``; ``--rule xor``: which twin is ``twin_a``). No
 training crop or sliding window holding a twin reaches the marker, so ``none`` and ``full`` (a learned memory shared
 by all patients) can only guess; ``full+scan`` writes a per-scan memory from the whole scan and can read the marker's
 side in every window.
 
 Every (config, seed) trains through the bundle's ``train.json`` at the same budget and is evaluated on the held-out
 cases with :py:class:`monai_fine.inferers.FINEInferer` (with its scan memory for ``full+scan``, and once more without
-it: the memory probe). ``OUT/results.csv`` has one row per config and seed: the *swap rate* (twin voxels predicted as
+it, and with its memory written from the same case with the marker on the other side: the memory probes).
+``OUT/results.csv`` has one row per config and seed: the *swap rate* (twin voxels predicted as
 the other twin, over the twin voxels given either twin's label, all held-out cases pooled; chance is about 0.5), Dice per label, the probe's swap
 rate, training minutes and seconds per iteration. ``OUT/summary.md`` gives mean ± std over seeds::
 
@@ -41,7 +43,8 @@ __all__ = ["CONFIGS", "parse_args", "evaluate_run", "main"]
 
 CONFIGS: dict[str, tuple[str, bool]] = {"none": ("none", False), "full": ("full", False), "full+scan": ("full", True)}
 FIELDS = (
-    "config", "seed", "memory", "scan_memory", "swap_rate", "swap_rate_scan_off", "twin_found", "dice_twin_a", "dice_twin_b",
+    "config", "seed", "memory", "scan_memory", "swap_rate", "swap_rate_scan_off", "memory_swap_flips", "twin_found",
+    "dice_twin_a", "dice_twin_b",
     "dice_marker", "twin_voxels", "cases", "iterations", "train_minutes", "seconds_per_iteration", "eval_minutes",
 )  # fmt: skip
 
@@ -71,6 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", type=int, nargs=3, default=[160, 32, 16], help="generated data: volume size")
     p.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 3.0], help="mm, also the training pixdim")
     p.add_argument("--data_seed", type=int, default=0)
+    p.add_argument("--rule", default="side", choices=("side", "xor"),
+                   help="generated data: twins' label = the marker's side (both twins), or side XOR end (harder)")
     p.add_argument("--jobs", type=int, default=1, help="parallel runs of 1 torch thread each")
     p.add_argument("--threads", type=int, default=None, help="torch threads of a run")
     p.add_argument("--override", action="append", default=[], metavar="ID=JSON", help="extra bundle override")
@@ -101,7 +106,7 @@ def _data(args: argparse.Namespace) -> Path:
 
     out = Path(args.out).resolve() / "data"
     if not (out / "dataset_0.json").is_file():
-        make_context_dataset(out, args.num_train, args.num_val, args.data_seed, args.shape, args.spacing)
+        make_context_dataset(out, args.num_train, args.num_val, args.data_seed, args.shape, args.spacing, args.rule)
     return out
 
 
@@ -175,7 +180,55 @@ def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -
                     out[f"dice_{label}"] = float(2 * tp) / max(float(2 * tp + fp + fn), 1.0)
         else:
             out["swap_rate_scan_off"] = swap
+    if CONFIGS[config][1] and args.dataset_dir is None:
+        out["memory_swap_flips"] = memory_swap_flips(args, net, preprocess)
     return out
+
+
+class _ViewFrom:
+    """Calls ``net``, but its scan-memory write pass sees ``view`` instead of the input's own scan view."""
+
+    def __init__(self, net, view):
+        self.net, self.view, self.new_scan_memory = net, view, net.new_scan_memory
+
+    def __call__(self, x, *args, scan_memory=None, **kwargs):
+        if scan_memory is not None and not scan_memory.reading:
+            x = self.view
+        return self.net(x, *args, scan_memory=scan_memory, **kwargs)
+
+
+def memory_swap_flips(args: argparse.Namespace, net, preprocess, pairs: int = 4) -> float:
+    """Causal probe of the scan memory: segment a generated case whose marker is on one side while the memory is
+    written from its twin case with the marker on the other side (identical crops, see
+    :py:mod:`monai_fine.data.context_task`). Returns the fraction of twin voxels, labelled as a twin both times,
+    whose twin label flips; 1.0 means the twins' labels follow the memory alone, 0.0 that the memory is ignored."""
+    import tempfile
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from monai_fine.data.context_task import make_context_case
+    from monai_fine.inferers import FINEInferer
+    from monai_fine.transforms import scan_view
+
+    inferer = FINEInferer(args.roi, sw_batch_size=4, overlap=0.5, scan_memory=True)
+    flips = total = 0
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for k in range(pairs):
+            cases = []
+            for side in (0, 1):
+                image, label = make_context_case(900_000 + k, side, args.shape, args.rule)
+                for name, arr in (("image", image), ("label", label)):
+                    nib.save(nib.Nifti1Image(arr, np.diag([*args.spacing, 1.0])), f"{tmp}/{name}{side}.nii.gz")
+                cases.append(preprocess({"image": f"{tmp}/image{side}.nii.gz", "label": f"{tmp}/label{side}.nii.gz"}))
+            img0, twins = cases[0]["image"][None], torch.isin(cases[0]["label"][0], torch.tensor([1, 2]))
+            own = inferer(img0, net).argmax(1)[0]
+            other = inferer(img0, _ViewFrom(net, scan_view(cases[1]["image"][None], args.roi))).argmax(1)[0]
+            both = twins & torch.isin(own, torch.tensor([1, 2])) & torch.isin(other, torch.tensor([1, 2]))
+            flips += int((own[both] != other[both]).sum())
+            total += int(both.sum())
+    return flips / total if total else float("nan")
 
 
 def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, Any]:
@@ -195,7 +248,8 @@ def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dic
     t1 = time.time()
     row: dict[str, Any] = {"config": config, "seed": seed, "memory": CONFIGS[config][0], "scan_memory": CONFIGS[config][1],
                            "iterations": iterations, "train_minutes": round(train_minutes, 2),
-                           "seconds_per_iteration": round(train_minutes * 60 / iterations, 3), "swap_rate_scan_off": ""}
+                           "seconds_per_iteration": round(train_minutes * 60 / iterations, 3), "swap_rate_scan_off": "",
+                           "memory_swap_flips": ""}
     row.update(evaluate_run(args, config, seed, data))
     row["eval_minutes"] = round((time.time() - t1) / 60, 2)
     result_file.write_text(json.dumps(row, indent=1) + "\n")
@@ -214,8 +268,9 @@ def summary(args: argparse.Namespace, rows: list[dict[str, Any]], command: str, 
              f"{','.join(map(str, args.seeds))}",
              "- swap rate: twin voxels predicted as the other twin / twin voxels predicted as either twin (held-out "
              "cases pooled; chance ~0.5); twin found: twin voxels predicted as either twin / twin voxels",
-             "", "| config | swap rate % | swap, scan memory off % | twin found % | Dice twin_a | Dice twin_b | Dice marker | s/iter |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| config | swap rate % | swap, scan memory off % | flips with the other side's memory % | twin found % | "
+             "Dice twin_a | Dice twin_b | Dice marker | s/iter |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for config in args.configs:
         rs = [r for r in rows if r["config"] == config]
         if not rs:
@@ -225,7 +280,7 @@ def summary(args: argparse.Namespace, rows: list[dict[str, Any]], command: str, 
             return _mean_std([float(r[key]) for r in rs if r.get(key) not in ("", None)])
 
         lines.append(f"| {config} | {_fmt(ms('swap_rate'), pct=True)} | {_fmt(ms('swap_rate_scan_off'), pct=True)} | "
-                     f"{_fmt(ms('twin_found'), pct=True)} | "
+                     f"{_fmt(ms('memory_swap_flips'), pct=True)} | {_fmt(ms('twin_found'), pct=True)} | "
                      f"{_fmt(ms('dice_twin_a'))} | {_fmt(ms('dice_twin_b'))} | {_fmt(ms('dice_marker'))} | "
                      f"{_fmt(ms('seconds_per_iteration'))} |")
     return "\n".join(lines) + "\n"

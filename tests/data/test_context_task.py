@@ -14,10 +14,11 @@ from monai_fine.data.context_task import context_gap, make_context_case, make_co
 ROI_X = 32  # the benchmark's crop and window width along x (y and z crops cover the whole 32 x 16)
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_every_crop_holding_a_twin_is_identical_under_both_labellings(seed):
-    img0, lab0 = make_context_case(seed, 0)
-    img1, lab1 = make_context_case(seed, 1)
+@pytest.mark.parametrize("rule", ["side", "xor"])
+@pytest.mark.parametrize("seed", range(8))
+def test_every_crop_holding_a_twin_is_identical_under_both_labellings(seed, rule):
+    img0, lab0 = make_context_case(seed, 0, rule=rule)
+    img1, lab1 = make_context_case(seed, 1, rule=rule)
     twins = np.isin(lab0, (1, 2))
     assert np.array_equal(twins, np.isin(lab1, (1, 2)))  # the same twins...
     assert np.array_equal(lab0[twins], 3 - lab1[twins])  # ...with the labels swapped
@@ -50,3 +51,9 @@ def test_position_alone_is_uninformative_and_dataset_layout(tmp_path):
     assert sorted(left) == [1, 1, 2, 2]  # each label sits on the left in half the training cases
     with pytest.raises(ValueError, match="side must be 0 or 1"):
         make_context_case(0, 2)
+    with pytest.raises(ValueError, match="rule must be one of"):
+        make_context_case(0, 1, rule="and")
+    _, side_rule = make_context_case(0, 1, rule="side")
+    _, xor_rule = make_context_case(0, 1, rule="xor")
+    assert set(np.unique(side_rule[:40])) == {0, 2} and set(np.unique(side_rule[120:])) == {0, 2}  # both twins
+    assert set(np.unique(xor_rule[:40])) == {0, 2} and set(np.unique(xor_rule[120:])) == {0, 1}

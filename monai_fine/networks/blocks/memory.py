@@ -218,3 +218,7 @@ class ScanMemory:
         written = (counts > 0).to(counts.dtype)
         mean = self.sums[stage] / torch.where(counts > 0, counts, torch.ones_like(counts))
         return (mean + self.positions[stage] * written)[scan_index]
+
+    def written(self, stage: int, scan_index: torch.Tensor) -> torch.Tensor:
+        """``(B, V, 1)`` 1.0 where something was written, else 0.0."""
+        return (self.counts[stage] > 0).to(self.counts[stage].dtype)[scan_index]

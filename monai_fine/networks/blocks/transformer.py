@@ -259,6 +259,10 @@ class FineStage(nn.Module):
         memory_size: volume tokens of the stage, cells x tokens per cell (used by ``"released"``, ``"full"``).
         drop_path: stochastic depth rate per block.
         use_checkpoint: gradient checkpointing of every block in training.
+        scan_memory: add the memory encoder (LayerNorm, Linear, GELU, Linear) that turns what a scan memory holds for
+            a cell (its mean visual token and position code) into that cell's volume-token offset, and whose mean
+            over the cells is added to every visual token as the scan's context vector; without it the offset is
+            what the memory holds and there is no context vector.
         block_kwargs: passed to :class:`FineBlock`.
     """
 
@@ -273,6 +277,7 @@ class FineStage(nn.Module):
         memory_size: int,
         drop_path: list[float],
         use_checkpoint: bool = False,
+        scan_memory: bool = False,
         **block_kwargs,
     ) -> None:
         super().__init__()
@@ -290,6 +295,10 @@ class FineStage(nn.Module):
         for p in (self.window_tokens, self.volume_tokens):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
+        self.memory_encoder = (
+            nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            if scan_memory and self.has_volume_tokens else None
+        )  # fmt: skip
         self.blocks = nn.ModuleList(
             FineBlock(
                 dim,
@@ -329,7 +338,13 @@ class FineStage(nn.Module):
         if self.volume_tokens is not None:
             vol = self.volume_tokens.expand(B, -1, -1)
             if memory is not None and memory.reading:
-                vol = vol + memory.read(stage_index, ctx.scan_index)
+                held = memory.read(stage_index, ctx.scan_index)
+                if self.memory_encoder is not None:
+                    written = memory.written(stage_index, ctx.scan_index)
+                    held = self.memory_encoder(held) * written
+                    # the scan's context vector (mean encoded cell) reaches every visual token directly
+                    x = x + (held.sum(1) / written.sum(1).clamp(min=1.0))[:, None, None, None, :]
+                vol = vol + held
             window_keys = torch.ones(B, geom.num_windows * self.num_window_tokens, dtype=torch.bool, device=x.device)
             global_keys = torch.cat([window_keys, ctx.visible], 1).view(B, 1, 1, -1)
         contexts = [BlockContext(geom, rel_index, mask, global_keys, ctx) for mask in layout.masks]

@@ -76,9 +76,9 @@ class FINE(nn.Module):
             num_volume_tokens: volume tokens per cell (``Nw`` in the paper); a stage holds
                 ``memory_size = cells x num_volume_tokens`` volume tokens.
             scan_memory: the net is trained and run with a per-scan memory: a pass over the whole scan at the crop size
-                (the scan view) writes the volume tokens every crop then reads (see :meth:`forward`,
-                :py:mod:`monai_fine.transforms.scan_view`). Recorded for the bundle and the inferer; needs
-                ``memory="full"``.
+                (the scan view) writes what every crop then reads (see :meth:`forward`,
+                :py:mod:`monai_fine.transforms.scan_view`, ``docs/design.md`` section 5); adds a memory encoder per
+                stage (``FineStage.memory_encoder``). Needs ``memory="full"``.
             share_memory_attention: G-MSA and V-MSA reuse each block's W-MSA projections (own LayerNorms); False
                 gives them their own projections (about +50 % parameters, as in the official code).
             deep_supervision: in training mode also return the two lower decoder stages' logits.
@@ -147,6 +147,7 @@ class FINE(nn.Module):
             drop=drop_rate,
             attn_drop=attn_drop_rate,
             use_flash_attention=use_flash_attention,
+            scan_memory=scan_memory,
         )
         self.patch_embed = PatchEmbed3d(in_channels, feature_size, self.patch_size)
         enc_dpr = _linspace(drop_path_rate, sum(depths))
@@ -176,6 +177,11 @@ class FINE(nn.Module):
             for lvl in range(1, min(3, self.num_stages - 1))
         ) if deep_supervision else None
         self.apply(self._init_weights)
+        for stage in (*self.encoder_stages, *self.decoder_stages):  # PyTorch's default init: unit-scale offsets
+            if stage.memory_encoder is not None:  # (std 0.02 would bury the scan's content under the learned tokens)
+                for m in stage.memory_encoder:
+                    if isinstance(m, nn.Linear):
+                        m.reset_parameters()
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
