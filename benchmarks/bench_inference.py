@@ -3,7 +3,8 @@
 
 Every run is a fresh subprocess that runs the bundle's own inference pipeline (``bundle/configs/inference.json``:
 LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged -> FINE sliding window -> argmax -> Invertd ->
-SaveImaged) on a real NIfTI CT-like scan written to a temporary folder, with a randomly initialised ``model.pt`` of the
+SaveImaged) on a real NIfTI CT-like scan written to a temporary folder, with a randomly initialised ``model.pt`` (``model_scan.pt`` with
+scan memory) of the
 chosen preset (timing and memory do not depend on the weights). Reported per (scan size, one pass / ``two``: with
 ``scan_memory``, the scan view's write pass, then the windows reading it):
 
@@ -99,7 +100,8 @@ def child(args: argparse.Namespace) -> None:
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), workflow_type="infer",
         bundle_root=str(work), datalist=[str(work / "scan.nii.gz")], output_dir=str(work / "out"),
-        scan_memory=args.scan_memory, overlap=args.overlap, pixdim=list(args.spacing), **over,
+        scan_memory=args.scan_memory, overlap=args.overlap, pixdim=list(args.spacing),
+        checkpoint=str(work / "models" / ("model_scan.pt" if args.scan_memory else "model.pt")), **over,
     )
     wf.initialize()
     network = wf.parser.get_parsed_content("network")
@@ -180,6 +182,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         roi = over.get("roi_size", [128, 128, 64] if args.preset == "bcv" else [64, 64, 32])
         model = create_fine(args.preset, 1, 14, roi_size=roi, deep_supervision=True, **kw)
         torch.save(model.state_dict(), work / "models" / "model.pt")
+        if "two" in passes:  # a scan-memory net has its memory encoder: its own random weights
+            scan_model = create_fine(args.preset, 1, 14, roi_size=roi, deep_supervision=True, scan_memory=True, **kw)
+            torch.save(scan_model.state_dict(), work / "models" / "model_scan.pt")
+            del scan_model
         flops_window = window_flops(model, roi)
         del model
         for size in sizes:

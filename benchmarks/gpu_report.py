@@ -400,7 +400,8 @@ def run_infer(scan_memory: bool, args, dev: Device, section_end: float, t0: floa
     meter = dev.meter()
     if "net" not in shared:  # one network for both rows; built on the device once
         torch.manual_seed(0)
-        net = (fine_tiny if args.tiny else fine_bcv)(1, 14, memory="full", roi_size=list(args.roi))
+        # scan_memory=True: the memory encoder exists (a one-pass run simply does not use it)
+        net = (fine_tiny if args.tiny else fine_bcv)(1, 14, memory="full", scan_memory=True, roi_size=list(args.roi))
         if hasattr(net, "memory_visits"):
             net.memory_visits.fill_(1)
         shared["net"] = net.to(dev.device).eval().requires_grad_(False)

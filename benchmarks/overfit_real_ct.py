@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     present = [r for r in rows if r["dice"] == r["dice"]]
     mean = sum(r["dice"] for r in present) / len(present)
     lines = [
-        f"# Overfitting one real CT (example_ct, train = evaluation scan)",
+        "# Overfitting one real CT (example_ct, train = evaluation scan)",
         "",
         f"Command: `python benchmarks/overfit_real_ct.py {' '.join(argv)}`",
         f"Machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "

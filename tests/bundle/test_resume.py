@@ -191,7 +191,6 @@ def test_non_finite_loss_stops_before_the_weights_change(data_dir, tmp_path):
     root = tmp_path / "run"
     wf = _train_in_process(root, data, check_data="false", max_epochs=1, epoch_length=None)
     network = wf.parser.get_parsed_content("network")
-    before = {k: v.clone() for k, v in network.state_dict().items()}
     with pytest.raises(Exception) as err:
         wf.run()
     text = _error_text(err)

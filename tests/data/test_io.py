@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np

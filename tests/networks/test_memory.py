@@ -58,7 +58,7 @@ def test_random_boxes_match_brute_force(grid):
 
 def test_voxel_aligned_boxes_on_cell_borders():
     # a 96-voxel axis, 4 cells of 24 voxels: the crop [24, 48) is exactly cell 1, despite float rounding
-    size, grid = np.array([96, 101, 30]), (4, 3, 1)
+    grid = (4, 3, 1)
     box = torch.tensor([[24 / 96, 0, 0], [48 / 96, 101 / 101, 30 / 30]], dtype=torch.float32)[None]
     cells = intersecting_cells(box, grid).reshape(grid)
     assert cells[1].all() and cells.sum() == 3
