@@ -166,16 +166,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.epoch_length = 250 if args.preset == "bcv" else 25
     args.epoch_length = max(1, min(args.epoch_length, args.iterations))
     args.max_epochs = max(1, round(args.iterations / args.epoch_length))
-    args.overrides = {}
-    for item in args.override:
+    args.overrides = parse_overrides(p, args.override)
+    return args
+
+
+def parse_overrides(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, Any]:
+    """``["ID=JSON", ...]`` (repeated ``--override``) -> bundle overrides; a value that is not JSON stays a string
+    (e.g. an expression ``"$..."``). A missing ``=`` is a usage error of ``parser``."""
+    overrides: dict[str, Any] = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            p.error(f"--override needs ID=JSON, got {item!r}")
+            parser.error(f"--override needs ID=JSON, got {item!r}")
         try:
-            args.overrides[key] = json.loads(value)
+            overrides[key] = json.loads(value)
         except json.JSONDecodeError:
-            args.overrides[key] = value  # a plain string, e.g. an expression "$..."
-    return args
+            overrides[key] = value
+    return overrides
 
 
 # ------------------------------------------------------------------------------------------------------------ data

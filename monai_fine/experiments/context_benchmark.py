@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_fine.experiments.context_ablation import _fmt, _mean_std, machine_info
+from monai_fine.experiments.context_ablation import _fmt, _mean_std, machine_info, parse_overrides
 
 __all__ = ["CONFIGS", "parse_args", "evaluate_run", "main"]
 
@@ -87,15 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                 "--jobs >= 1")
     args.epoch_length = max(1, min(args.epoch_length, args.iterations))
     args.max_epochs = max(1, round(args.iterations / args.epoch_length))
-    args.overrides = {}
-    for item in args.override:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--override needs ID=JSON, got {item!r}")
-        try:
-            args.overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args.overrides[key] = value
+    args.overrides = parse_overrides(p, args.override)
     return args
 
 
