@@ -11,6 +11,7 @@ prediction can use image content anywhere in the scan, exactly as the network wa
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -171,6 +172,11 @@ class FINEInferer(SlidingWindowInferer):
             if new_memory is None:
                 raise ValueError(
                     f"scan_memory=True needs a network with new_scan_memory(); {type(_unwrap(network)).__name__} has none."
+                )
+            if getattr(_unwrap(network), "scan_memory", True) is False:
+                warnings.warn(
+                    "FINEInferer(scan_memory=True) with a network built without scan_memory: it has no memory encoder "
+                    "and was not trained to read a scan memory, so its output is not what it was trained for."
                 )
             device = self.sw_device or inputs.device
             views = scan_view(plain, self.roi_size).to(device)  # the unpadded input: its own box, as in training

@@ -244,3 +244,10 @@ def test_output_keeps_the_input_dtype_and_metadata(pass_roi_box):
     assert isinstance(out, MetaTensor) and out.dtype == torch.float16, (type(out), out.dtype)
     assert torch.equal(out.affine, x.affine)
     assert torch.equal(out.as_tensor(), ref)
+
+
+def test_scan_memory_on_a_network_built_without_it_warns():
+    net = tiny_net(memory="full")  # scan_memory=False: no memory encoder, never trained to read a scan memory
+    with pytest.warns(UserWarning, match="built without scan_memory"), torch.no_grad():
+        out = FINEInferer(ROI, scan_memory=True)(torch.randn(1, 1, 32, 32, 16), net)
+    assert out.shape == (1, 3, 32, 32, 16)
