@@ -13,6 +13,7 @@ are called where boxes and scan ids are produced or received, not in the compile
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -138,6 +139,14 @@ def cell_pool(
     return sums, counts.to(x.dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _position_code(grid: tuple[int, int, int], tokens_per_cell: int, dim: int) -> torch.Tensor:
+    """Cached CPU code (never modified in place): a scan memory is made in every training forward. Built outside
+    inference mode, so a first call under ``torch.inference_mode`` does not cache an inference tensor."""
+    with torch.inference_mode(False):
+        return cell_position_encoding(grid, tokens_per_cell, dim)
+
+
 def cell_position_encoding(grid: Sequence[int], tokens_per_cell: int, dim: int) -> torch.Tensor:
     """``(cells x tokens_per_cell, dim)`` sinusoidal encoding of each memory cell's centre (fractions of the volume),
     unit mean square, the channels split between the three axes; every token of a cell gets its cell's code."""
@@ -184,7 +193,7 @@ class ScanMemory:
         self.reading = False
         self.sums = [torch.zeros(num_scans, self.memory_size, d, device=device, dtype=dtype) for d in dims]
         self.counts = [torch.zeros(num_scans, self.memory_size, 1, device=device, dtype=dtype) for _ in dims]
-        self.positions = [cell_position_encoding(self.grid, self.tokens_per_cell, d).to(device=device, dtype=dtype) for d in dims]
+        self.positions = [_position_code(self.grid, self.tokens_per_cell, int(d)).to(device=device, dtype=dtype) for d in dims]
 
     @property
     def mode(self) -> str:
