@@ -71,3 +71,39 @@ def test_window_layout_is_cached_per_size_and_device():
     regular, shifted = a.masks
     assert regular.shape == shifted.shape == (a.geom.num_windows, 1, 2 + 64, 2 + 64)
     assert regular.dtype == torch.bool and a.rel_index.shape == (64, 64)
+
+
+
+@pytest.mark.parametrize("mode", ["none", "window", "released", "full"])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_and_mlp_equal_their_definition_token_set_by_token_set(mode, shifted):
+    """The block normalises the window tokens together with the (padded) windows and runs one MLP over visual and
+    window tokens; that must equal the definition: norm each token set, pad, attend per window, an MLP per set."""
+    from monai_fine.networks.blocks import resolve_attn_mask
+    from monai_fine.networks.blocks.window import window_partition, window_reverse
+
+    torch.manual_seed(0)
+    blk = FineBlock(8, 2, 4, shifted=shifted, memory=mode).eval()
+    x = torch.randn(2, 6, 8, 4, 8)  # padded to 8 x 8 x 4 along the first axis: padded keys are masked
+    T = 0 if mode == "none" else 1
+    layout = window_layout((6, 8, 4), 4, T, torch.device("cpu"))
+    win = torch.randn(2, layout.geom.num_windows, 1, 8) if T else None
+    ctx = BlockContext(layout.geom, layout.rel_index, layout.masks[int(shifted)])
+    with torch.no_grad():
+        got_x, got_win = blk._feed_forward(*blk.window_attention(x, win, ctx))
+        # the definition, one token set at a time
+        seq = window_partition(blk.norm1(x), layout.geom, shifted)
+        if T:
+            seq = torch.cat([blk.norm1(win) if mode != "released" else win, seq], 2)
+        B, nW, L, C = seq.shape
+        mask = resolve_attn_mask(blk._window_bias(layout.rel_index, T), ctx.window_mask)
+        mask = mask.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(B * nW, *mask.shape[1:])
+        att = blk.attn(seq.reshape(B * nW, L, C), mask).reshape(B, nW, L, C)
+        ref_x = x + window_reverse(att[:, :, T:], layout.geom, shifted)
+        ref_x = ref_x + blk.mlp(blk.norm2(ref_x))
+    torch.testing.assert_close(got_x, ref_x, rtol=1e-5, atol=1e-5)
+    if T:
+        ref_win = win + att[:, :, :T]
+        torch.testing.assert_close(got_win, ref_win + blk.mlp(blk.norm2(ref_win)), rtol=1e-5, atol=1e-5)
+    else:
+        assert got_win is None

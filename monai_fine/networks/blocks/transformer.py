@@ -190,20 +190,26 @@ class FineBlock(nn.Module):
             ctx: the stage's :class:`BlockContext`.
         """
         B, _, _, _, C = x.shape
-        xw = window_partition(self.norm1(x), ctx.geom, self.shifted)  # (B, nW, N, C)
+        # partitioned before the norm, so that the window tokens share it (LayerNorm acts per token; a padded
+        # position's value differs, but padded keys are masked and padded queries dropped)
+        xw = window_partition(x, ctx.geom, self.shifted)  # (B, nW, N, C)
         T = 0
-        if win is not None:
+        if win is None:
+            xw = self.norm1(xw)
+        else:
             T = win.shape[2]
-            xw = torch.cat([self.norm1(win) if self.norm_window_tokens else win, xw], dim=2)
+            xw = self.norm1(torch.cat([win, xw], dim=2)) if self.norm_window_tokens else torch.cat([win, self.norm1(xw)], dim=2)
         nW, L = xw.shape[1], xw.shape[2]
         attn_mask = resolve_attn_mask(self._window_bias(ctx.rel_index, T), ctx.window_mask)  # (1|nW, H, L, L)
         if attn_mask.shape[0] > 1:
             attn_mask = attn_mask.unsqueeze(0).expand(B, -1, -1, -1, -1).reshape(B * nW, *attn_mask.shape[1:])
         out = self.attn(xw.reshape(B * nW, L, C), attn_mask).reshape(B, nW, L, C)
-        x = x + self.drop_path(window_reverse(out[:, :, T:], ctx.geom, self.shifted))
-        if win is not None:
-            win = win + out[:, :, :T]
-        return x, win
+        if win is None:
+            return x + self.drop_path(window_reverse(out, ctx.geom, self.shifted)), None
+        # split, not two slices: its backward is one concatenation (each slice's backward fills a zero tensor of
+        # the whole output)
+        win_out, x_out = out.split([T, L - T], dim=2)
+        return x + self.drop_path(window_reverse(x_out, ctx.geom, self.shifted)), win + win_out
 
     def forward(
         self, x: torch.Tensor, win: torch.Tensor | None, vol: torch.Tensor | None, ctx: BlockContext
@@ -225,14 +231,24 @@ class FineBlock(nn.Module):
         if self.global_attention:  # G-MSA: window tokens + intersecting volume tokens
             win, vol = self._global_attention(win, vol, ctx)
         x, win = self.window_attention(x, win, ctx)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        if win is not None:
-            win = win + self.mlp(self.norm2(win))
+        x, win = self._feed_forward(x, win)
         if self.released_global_attention:  # no norm, no residual: the output replaces the window tokens
             B, nW, T, C = win.shape
             seq = win.reshape(B, nW * T, C) if vol is None else torch.cat([win.reshape(B, nW * T, C), vol], dim=1)
             win = (self.attn_global or self.attn)(seq, ctx.global_keys)[:, : nW * T].reshape(B, nW, T, C)
         return x, win, vol
+
+    def _feed_forward(self, x: torch.Tensor, win: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pre-norm residual MLP of the visual and the window tokens, in one call: the weights are read, and their
+        gradient made, once, not once per token set (at the deep stages, where the weights are large and the tokens few,
+        a second use of the weights costs more than its FLOPs)."""
+        if win is None:
+            return x + self.drop_path(self.mlp(self.norm2(x))), None
+        B, nW, T, C = win.shape
+        n = x.shape[1] * x.shape[2] * x.shape[3]
+        out = self.mlp(self.norm2(torch.cat([x.reshape(B, n, C), win.reshape(B, nW * T, C)], dim=1)))
+        x_out, win_out = out.split([n, nW * T], dim=1)
+        return x + self.drop_path(x_out.reshape(x.shape)), win + win_out.reshape(win.shape)
 
     def _global_attention(self, win, vol, ctx: BlockContext):
         B, nW, T, C = win.shape
@@ -240,10 +256,10 @@ class FineBlock(nn.Module):
         if vol is not None:
             seq = torch.cat([seq, vol], dim=1)
         out = (self.attn_global or self.attn)(self.norm_global(seq), ctx.global_keys)
-        win = win + out[:, : nW * T].reshape(B, nW, T, C)
-        if vol is not None:
-            vol = vol + out[:, nW * T :] * ctx.memory.write
-        return win, vol
+        if vol is None:
+            return win + out.reshape(B, nW, T, C), None
+        win_out, vol_out = out.split([nW * T, vol.shape[1]], dim=1)
+        return win + win_out.reshape(B, nW, T, C), vol + vol_out * ctx.memory.write
 
 
 class FineStage(nn.Module):
