@@ -320,6 +320,42 @@ def run_worker(cfg: dict) -> dict:
     return res
 
 
+def run_paired(cfg: dict) -> dict:
+    """Training-step times of several FINE memory modes at one crop, measured in one process with their steps
+    interleaved (mode order reversed every round, ABBA), so that a drift of the machine's speed hits every mode alike;
+    on a shared host the run-to-run spread of separate processes (tens of %) hides a few-% difference."""
+    import torch
+
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    device = torch.device(cfg["device"])
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    x = torch.randn(1, 1, *cfg["roi"], device=device)
+    label = torch.randint(0, 14, (1, 1, *cfg["roi"]), device=device).float()
+    steps = {}
+    for mode in cfg["modes"]:
+        net, loss_fn, kwargs, _ = build_model({**cfg, "model": "fine", "memory": mode, "batch": 1})
+        net = net.to(device).train()
+        kwargs = {k: v.to(device) for k, v in kwargs.items()}
+        opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+
+        def step(net=net, loss_fn=loss_fn, kwargs=kwargs, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x, **kwargs), label).backward()
+            opt.step()
+
+        steps[mode] = step
+    for mode in cfg["modes"]:
+        for _ in range(max(1, cfg["warmup"])):
+            steps[mode]()
+    times: dict[str, list[float]] = {m: [] for m in cfg["modes"]}
+    for i in range(cfg["pairs"]):
+        for mode in cfg["modes"] if i % 2 == 0 else cfg["modes"][::-1]:
+            times[mode] += timed_calls(steps[mode], 1, sync, None)[0]
+    return {"paired_times": times, "threads": torch.get_num_threads()}
+
+
 # ----------------------------------------------------------------------------------------------------------- driver
 def cpu_name() -> str:
     try:
@@ -449,8 +485,9 @@ def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def summarize(rows: list[dict], preset: str) -> dict:
-    """Ratios, and the design targets (DESIGN.md sections 1 and 4) as ``{"<ratio> <op> <bound>": value}``."""
+def summarize(rows: list[dict], preset: str, paired: dict[str, float] | None = None) -> dict:
+    """Ratios, and the design targets (DESIGN.md sections 1 and 4) as ``{"<ratio> <op> <bound>": value}``; with
+    ``paired`` (median seconds per mode from :func:`run_paired`) the time target reads the paired steps."""
     by = {r["config"]: r for r in rows if r["status"] == "ok"}
     none, full = by.get(f"fine_{preset}:none"), by.get(f"fine_{preset}:full")
     scan = by.get(f"fine_{preset}:full+scan")
@@ -470,6 +507,9 @@ def summarize(rows: list[dict], preset: str) -> dict:
                     "layernorms": r["params_memory_norms"],
                     "own_attention": r["params_memory_attn"],
                 }
+    if paired and "full" in paired and "none" in paired:
+        out["paired train_s"] = {m: round(t, 4) for m, t in paired.items()}
+        targets["full/none paired train_s <= 1.05"] = _ratio(paired["full"], paired["none"])
     if full and none:
         targets["full/none train_s <= 1.05"] = _ratio(full["train_s"], none["train_s"])
         targets["full/none train_peak_mb <= 1.04"] = _ratio(full["train_peak_mb"], none["train_peak_mb"])
@@ -539,10 +579,11 @@ def sweep_markdown(rows: list[dict], summaries: dict[str, dict], preset: str, co
         "",
         f"torch {dev['torch']}, MONAI {dev['monai']}; memory: {dev['mem_method']}; command: `{command}`",
         "",
-        "| crop | none train s | full train s | full/none time (<= 1.05) | none peak MiB | full peak MiB "
+        "| crop | none train s | full train s | full/none time (<= 1.05) | paired none, full s | paired full/none "
+        "time (<= 1.05) | none peak MiB | full peak MiB "
         "| full/none memory (<= 1.04) | SwinUNETR train s, peak MiB | DynUNet train s, peak MiB "
         "| SwinUNETR/full time | DynUNet/full time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for roi, summary in summaries.items():
         at = {r["model"] if r["model"] != "fine" else r["config"]: r for r in rows if r["roi"] == roi}
@@ -550,9 +591,12 @@ def sweep_markdown(rows: list[dict], summaries: dict[str, dict], preset: str, co
         swin, dyn = at.get("swinunetr", {}), at.get("dynunet", {})
         t = summary["targets"]
         time_key, mem_key = "full/none train_s <= 1.05", "full/none train_peak_mb <= 1.04"
+        pair_key, pair = "full/none paired train_s <= 1.05", summary.get("paired train_s", {})
         lines.append(
             f"| {roi} | {_cell(none.get('train_s'))} | {_cell(full.get('train_s'))} "
             f"| {_cell(t.get(time_key))} {verdict(time_key, t.get(time_key))} "
+            f"| {_cell(pair.get('none'))}, {_cell(pair.get('full'))} "
+            f"| {_cell(t.get(pair_key))} {verdict(pair_key, t.get(pair_key))} "
             f"| {_cell(none.get('train_peak_mb'))} | {_cell(full.get('train_peak_mb'))} "
             f"| {_cell(t.get(mem_key))} {verdict(mem_key, t.get(mem_key))} "
             f"| {_cell(swin.get('train_s'))}, {_cell(swin.get('train_peak_mb'))} "
@@ -602,6 +646,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps (>= 1; the first counts FLOPs)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps; the median is reported")
     parser.add_argument("--repeats", type=int, default=1, help="passes over all configurations, alternating order")
+    parser.add_argument("--paired", type=int, default=0, metavar="N",
+                        help="also time N interleaved training steps of every FINE mode in one process per crop "
+                        "(the time ratios of the targets then come from these paired steps)")
     parser.add_argument("--flops-only", action="store_true",
                         help="only parameters, forward FLOPs and one inference forward (no training step)")
     parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 in matmuls and convolutions (default: neither)")
@@ -620,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.path.insert(0, str(REPO_ROOT))  # monai_fine without an install
         cfg = json.loads(args.worker)
         try:
-            res = {**run_worker(cfg), "status": "ok"}
+            res = {**(run_paired(cfg) if cfg.get("paired") else run_worker(cfg)), "status": "ok"}
         except Exception as e:  # report (out-of-memory included) and let the driver go on
             res = {"status": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
         print("WORKER_RESULT " + json.dumps(res), flush=True)
@@ -651,6 +698,17 @@ def main(argv: list[str] | None = None) -> None:
             print("BENCH_RUN " + json.dumps(run), flush=True)
 
     rows = [_aggregate(c, runs[c["key"]], args.repeats) for c in configs]
+    paired: dict[str, dict] = {}
+    fine_modes = [m for m in args.modes if m != "scan"]
+    if args.paired and len(fine_modes) > 1:
+        for roi in rois:
+            cfg = {**configs[0], "paired": True, "pairs": args.paired, "modes": fine_modes, "roi": list(roi),
+                   "preset": args.preset}  # fmt: skip
+            print(f"# paired {'/'.join(fine_modes)}@{_roi_str(roi)} ({args.paired} rounds) ...", file=sys.stderr, flush=True)
+            res = _spawn(cfg)
+            print("BENCH_PAIRED " + json.dumps({"roi": list(roi), **res}), flush=True)
+            if res.get("status") == "ok":
+                paired[_roi_str(roi)] = {m: statistics.median(t) for m, t in res["paired_times"].items()}
     for row in rows:
         print("BENCH " + json.dumps(row), flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -661,7 +719,7 @@ def main(argv: list[str] | None = None) -> None:
     summaries = {}
     for roi in map(_roi_str, rois):
         at = [r for r in rows if r["roi"] == roi]
-        summaries[roi] = summarize(at, args.preset)
+        summaries[roi] = summarize(at, args.preset, paired.get(roi))
         print("SUMMARY " + json.dumps({"roi": roi, **summaries[roi]}), flush=True)
         _print_summary(summaries[roi], at)
     command = " ".join(["python", "benchmarks/bench_network.py", *(sys.argv[1:] if argv is None else argv)])

@@ -21,7 +21,7 @@ def test_quick_sweep(tmp_path):
     out = tmp_path / "sweep.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     script = ROOT / "benchmarks" / "bench_network.py"
-    cmd = [sys.executable, str(script), "--quick", "--threads", "1", "--csv", str(out)]
+    cmd = [sys.executable, str(script), "--quick", "--threads", "1", "--paired", "3", "--csv", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out, newline="") as f:
@@ -60,3 +60,14 @@ def test_quick_sweep(tmp_path):
         assert summary["targets"]["full/none train_s <= 1.05"] == ratio
         assert f"| {ratio} {'met' if ratio <= 1.05 else 'MISSED'} |" in md
         assert "dynunet/full" in summary
+
+    # the paired (interleaved, one process) steps: 3 per mode and crop, their medians give the paired ratio
+    import statistics
+
+    paired = [json.loads(line[len("BENCH_PAIRED ") :]) for line in lines if line.startswith("BENCH_PAIRED ")]
+    assert [tuple(p["roi"]) for p in paired] == [(32, 32, 16), (64, 32, 16)]
+    for p, summary in zip(paired, summaries):
+        assert p["status"] == "ok" and sorted(p["paired_times"]) == ["full", "none"]
+        assert all(len(t) == 3 and min(t) > 0 for t in p["paired_times"].values())
+        med = {m: statistics.median(t) for m, t in p["paired_times"].items()}
+        assert summary["targets"]["full/none paired train_s <= 1.05"] == round(med["full"] / med["none"], 3)

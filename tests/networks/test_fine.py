@@ -274,3 +274,24 @@ def test_presets_and_parameter_counts():
     extra = sum(2 * 2 * (4 * c * c + 4 * c) for c in dims)
     assert n_sep - n_full == extra
     assert 100e6 < n_none < 160e6
+
+
+def test_metatensor_input_runs_as_a_plain_tensor_with_gradients():
+    """MONAI hands crops over as MetaTensors; the network computes on a plain view of them (no per-operation
+    ``__torch_function__``): the same logits, a plain tensor out, and the gradient still reaches the input."""
+    from monai.data import MetaTensor
+
+    net = tiny(memory="full", scan_memory=True)
+    _visit(net, LEFT)
+    net.train()
+    x = torch.randn(1, 1, 32, 32, 16)
+    meta = MetaTensor(x.clone(), affine=torch.eye(4) * 2).requires_grad_(True)
+    view = MetaTensor(torch.randn(1, 1, 32, 32, 16))
+    torch.manual_seed(0)
+    out_meta = net(meta, MetaTensor(boxes(LEFT)), scan_view=view)
+    torch.manual_seed(0)
+    out_plain = net(x, boxes(LEFT), scan_view=view.as_tensor())
+    assert type(out_meta) is torch.Tensor
+    torch.testing.assert_close(out_meta, out_plain, rtol=0, atol=0)
+    out_meta.sum().backward()
+    assert meta.grad is not None and meta.grad.abs().sum() > 0

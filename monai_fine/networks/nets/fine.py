@@ -22,6 +22,11 @@ def _eager() -> bool:
     return not (torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling())
 
 
+def _plain(t):
+    """A ``torch.Tensor`` subclass (MONAI's MetaTensor) as a plain tensor view, still in the autograd graph."""
+    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
+
+
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # torch < 2.3: never
 
 __all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "PRESETS", "create_fine"]
@@ -306,6 +311,10 @@ class FINE(nn.Module):
         """
         eager = _eager()
         if eager:
+            # a MONAI MetaTensor (what MONAI's transforms and inferers hand over) would route each of the forward's
+            # thousands of operations through its Python ``__torch_function__`` (32 % of the demo's training time,
+            # py-spy); the logits carry no metadata (the inferers give the stitched output the input's)
+            x, roi_box, scan_view, scan_view_box = (_plain(t) for t in (x, roi_box, scan_view, scan_view_box))
             self._check_input(x)
             if roi_box is not None and torch.as_tensor(roi_box).device.type == "cpu":
                 check_roi_box(roi_box)  # host values, no device synchronisation; see check_roi_box
