@@ -190,15 +190,13 @@ class FineBlock(nn.Module):
             ctx: the stage's :class:`BlockContext`.
         """
         B, _, _, _, C = x.shape
-        # partitioned before the norm, so that the window tokens share it (LayerNorm acts per token; a padded
-        # position's value differs, but padded keys are masked and padded queries dropped)
-        xw = window_partition(x, ctx.geom, self.shifted)  # (B, nW, N, C)
+        # normed before the partition: the norm's input is x itself, kept anyway for the residual (a norm of the
+        # partitioned windows would keep one more x-sized tensor for its backward)
+        xw = window_partition(self.norm1(x), ctx.geom, self.shifted)  # (B, nW, N, C)
         T = 0
-        if win is None:
-            xw = self.norm1(xw)
-        else:
+        if win is not None:
             T = win.shape[2]
-            xw = self.norm1(torch.cat([win, xw], dim=2)) if self.norm_window_tokens else torch.cat([win, self.norm1(xw)], dim=2)
+            xw = torch.cat([self.norm1(win) if self.norm_window_tokens else win, xw], dim=2)
         nW, L = xw.shape[1], xw.shape[2]
         attn_mask = resolve_attn_mask(self._window_bias(ctx.rel_index, T), ctx.window_mask)  # (1|nW, H, L, L)
         if attn_mask.shape[0] > 1:
