@@ -230,6 +230,21 @@ def set_tf32(enable: bool) -> None:
         torch.backends.cudnn.allow_tf32 = enable
 
 
+def train_step(net, loss_fn, fwd_kwargs: dict, x, label, to_loss=None):
+    """One training step as every timed row runs it: forward, loss, backward, SGD (nnU-Net's settings)."""
+    import torch
+
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    to_loss = to_loss or (lambda out: out)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(to_loss(net(x, **fwd_kwargs)), label).backward()
+        opt.step()
+
+    return step
+
+
 def run_worker(cfg: dict) -> dict:
     """Measure one configuration in this process (called in a fresh subprocess by :func:`main`)."""
     import torch
@@ -251,7 +266,6 @@ def run_worker(cfg: dict) -> dict:
     mem = PeakMemory(device)  # baseline before the model exists
 
     net, loss_fn, fwd_kwargs, to_loss = build_model(cfg)
-    to_loss = to_loss or (lambda out: out)
     net = net.to(device)
     fwd_kwargs = {k: v.to(device) for k, v in fwd_kwargs.items()}
     B = cfg["batch"]
@@ -302,12 +316,7 @@ def run_worker(cfg: dict) -> dict:
 
     # training step: forward, DiceCE (deep supervision for FINE), backward, SGD step
     net.train().requires_grad_(True)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(to_loss(net(x, **fwd_kwargs)), label).backward()
-        opt.step()
+    step = train_step(net, loss_fn, fwd_kwargs, x, label, to_loss)
 
     mem.start()
     with FlopCounterMode(display=False) as counter:
@@ -336,16 +345,8 @@ def run_paired(cfg: dict) -> dict:
     steps = {}
     for mode in cfg["modes"]:
         net, loss_fn, kwargs, _ = build_model({**cfg, "model": "fine", "memory": mode, "batch": 1})
-        net = net.to(device).train()
         kwargs = {k: v.to(device) for k, v in kwargs.items()}
-        opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-
-        def step(net=net, loss_fn=loss_fn, kwargs=kwargs, opt=opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            loss_fn(net(x, **kwargs), label).backward()
-            opt.step()
-
-        steps[mode] = step
+        steps[mode] = train_step(net.to(device).train(), loss_fn, kwargs, x, label)
     for mode in cfg["modes"]:
         for _ in range(max(1, cfg["warmup"])):
             steps[mode]()
@@ -648,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="passes over all configurations, alternating order")
     parser.add_argument("--paired", type=int, default=0, metavar="N",
                         help="also time N interleaved training steps of every FINE mode in one process per crop "
-                        "(the time ratios of the targets then come from these paired steps)")
+                        "(the targets then list the paired time ratio beside the separate-process one)")
     parser.add_argument("--flops-only", action="store_true",
                         help="only parameters, forward FLOPs and one inference forward (no training step)")
     parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 in matmuls and convolutions (default: neither)")

@@ -73,12 +73,11 @@ def test_window_layout_is_cached_per_size_and_device():
     assert regular.dtype == torch.bool and a.rel_index.shape == (64, 64)
 
 
-
 @pytest.mark.parametrize("mode", ["none", "window", "released", "full"])
 @pytest.mark.parametrize("shifted", [False, True])
 def test_window_attention_and_mlp_equal_their_definition_token_set_by_token_set(mode, shifted):
-    """The block normalises the window tokens together with the (padded) windows and runs one MLP over visual and
-    window tokens; that must equal the definition: norm each token set, pad, attend per window, an MLP per set."""
+    """The block runs one LayerNorm and one MLP over the visual and window tokens together and divides attention
+    outputs with ``split``; that must equal the definition: attend per (padded) window, an MLP per token set."""
     from monai_fine.networks.blocks import resolve_attn_mask
     from monai_fine.networks.blocks.window import window_partition, window_reverse
 
