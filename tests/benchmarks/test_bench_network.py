@@ -61,7 +61,7 @@ def test_quick_sweep(tmp_path):
         assert f"| {ratio} {'met' if ratio <= 1.05 else 'MISSED'} |" in md
         assert "dynunet/full" in summary
 
-    # the paired (interleaved, one process) steps: 3 per mode and crop, their medians give the paired ratio
+    # the paired (interleaved, one process) steps: 3 per mode and crop; the paired ratio is the median per-round ratio
     import statistics
 
     paired = [json.loads(line[len("BENCH_PAIRED ") :]) for line in lines if line.startswith("BENCH_PAIRED ")]
@@ -69,5 +69,50 @@ def test_quick_sweep(tmp_path):
     for p, summary in zip(paired, summaries):
         assert p["status"] == "ok" and sorted(p["paired_times"]) == ["full", "none"]
         assert all(len(t) == 3 and min(t) > 0 for t in p["paired_times"].values())
-        med = {m: statistics.median(t) for m, t in p["paired_times"].items()}
-        assert summary["targets"]["full/none paired train_s <= 1.05"] == round(med["full"] / med["none"], 3)
+        t = p["paired_times"]
+        per_round = sorted(f / n for f, n in zip(t["full"], t["none"]))
+        assert summary["targets"]["full/none paired train_s <= 1.05"] == round(per_round[1], 3)
+        # 3 rounds are too few for a 95 % interval: it is [min, max] and says its coverage (1 - 2/8)
+        pr = summary["paired full/none"]
+        assert (pr["low"], pr["high"], pr["coverage"], pr["rounds"]) == (round(per_round[0], 3), round(per_round[2], 3), 0.75, 3)
+        assert pr["verdict"] == ("met" if pr["high"] <= 1.05 else "MISSED" if pr["low"] > 1.05 else "undecided")
+        assert {m: statistics.median(v) for m, v in t.items()} == pytest.approx(summary["paired train_s"], abs=1e-4)
+
+
+def _coverage_by_enumeration(n: int, k: int) -> float:
+    """P(x_(k) <= median < x_(n-k+1)) by counting, over all 2**n equally likely patterns of which samples fall below
+    the population median, those with at least k below and at least k above."""
+    import itertools
+
+    hits = sum(k <= sum(signs) <= n - k for signs in itertools.product((0, 1), repeat=n))
+    return hits / 2**n
+
+
+@pytest.mark.parametrize(
+    "n, k",  # the 95 % order-statistic interval of the median, as printed in nonparametric tables
+    [(6, 1), (10, 2), (20, 6), (30, 10)],
+)
+def test_median_interval_picks_the_tabulated_order_statistics(n, k):
+    from bench_network import median_interval
+
+    values = [float(v) for v in range(100, 100 - n, -1)]  # unsorted input: descending
+    med, low, high, coverage = median_interval(values)
+    xs = sorted(values)
+    assert (low, high) == (xs[k - 1], xs[n - k])
+    if n <= 20:
+        assert coverage == pytest.approx(_coverage_by_enumeration(n, k))
+        assert _coverage_by_enumeration(n, k + 1) < 0.95  # one step narrower would fall below 95 %
+    else:  # 2**30 patterns are too many to count: the tables' 95.72 %
+        assert coverage == pytest.approx(0.9572, abs=1e-4)
+    assert coverage >= 0.95
+    assert med == pytest.approx((xs[(n - 1) // 2] + xs[n // 2]) / 2)
+
+
+def test_paired_verdict_reads_the_interval():
+    from bench_network import interval_verdict, paired_ratio
+
+    none = [10.0] * 10
+    close = paired_ratio({"none": none, "full": [10.0 * r for r in (1.0, 1.02, 1.03, 1.04, 1.04, 1.05, 1.06, 1.08, 1.1, 1.2)]})
+    assert (close["ratio"], close["low"], close["high"]) == (1.045, 1.02, 1.1)  # tabulated k=2 for n=10
+    assert interval_verdict(close["low"], close["high"], 1.05) == "undecided"
+    assert interval_verdict(1.0, 1.05, 1.05) == "met" and interval_verdict(1.051, 1.2, 1.05) == "MISSED"
