@@ -75,18 +75,20 @@ def test_window_layout_is_cached_per_size_and_device():
 
 @pytest.mark.parametrize("mode", ["none", "window", "released", "full"])
 @pytest.mark.parametrize("shifted", [False, True])
-def test_window_attention_and_mlp_equal_their_definition_token_set_by_token_set(mode, shifted):
-    """The block runs one LayerNorm and one MLP over the visual and window tokens together and divides attention
-    outputs with ``split``; that must equal the definition: attend per (padded) window, an MLP per token set."""
+@pytest.mark.parametrize("dim", [8, 32])  # 192 visual tokens: >= 8 * dim (two MLP calls), < 8 * dim (one call)
+def test_window_attention_and_mlp_equal_their_definition_token_set_by_token_set(mode, shifted, dim):
+    """The block writes window and visual tokens into the attention sequence in one copy, divides attention outputs
+    with ``split``, and at deep stages runs one LayerNorm and one MLP over the visual and window tokens together;
+    that must equal the definition: attend per (padded) window, an MLP per token set."""
     from monai_fine.networks.blocks import resolve_attn_mask
     from monai_fine.networks.blocks.window import window_partition, window_reverse
 
     torch.manual_seed(0)
-    blk = FineBlock(8, 2, 4, shifted=shifted, memory=mode).eval()
-    x = torch.randn(2, 6, 8, 4, 8)  # padded to 8 x 8 x 4 along the first axis: padded keys are masked
+    blk = FineBlock(dim, 2, 4, shifted=shifted, memory=mode).eval()
+    x = torch.randn(2, 6, 8, 4, dim)  # padded to 8 x 8 x 4 along the first axis: padded keys are masked
     T = 0 if mode == "none" else 1
     layout = window_layout((6, 8, 4), 4, T, torch.device("cpu"))
-    win = torch.randn(2, layout.geom.num_windows, 1, 8) if T else None
+    win = torch.randn(2, layout.geom.num_windows, 1, dim) if T else None
     ctx = BlockContext(layout.geom, layout.rel_index, layout.masks[int(shifted)])
     with torch.no_grad():
         got_x, got_win = blk._feed_forward(*blk.window_attention(x, win, ctx))

@@ -51,6 +51,24 @@ def test_partition_reverse_roundtrip(res, shifted):
     torch.testing.assert_close(window_reverse(w, geom, shifted), x, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("res", [(8, 8, 8), (6, 8, 4), (3, 12, 5)])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_partition_with_lead_tokens_is_the_concatenation_with_its_gradients(res, shifted):
+    """``lead`` written in front of every window in one copy: the values and both inputs' gradients of
+    ``torch.cat([lead, windows], 2)``."""
+    geom = window_geometry(res, 4)
+    x = torch.randn(2, *res, 3, requires_grad=True)
+    lead = torch.randn(2, geom.num_windows, 2, 3, requires_grad=True)
+    got = window_partition(x, geom, shifted, lead)
+    ref = torch.cat([lead, window_partition(x, geom, shifted)], 2)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    weight = torch.randn_like(ref)
+    grads_got = torch.autograd.grad((got * weight).sum(), (x, lead))
+    grads_ref = torch.autograd.grad((ref * weight).sum(), (x, lead))
+    for g, r in zip(grads_got, grads_ref):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("res", [(8, 8, 8), (6, 8, 4), (10, 12, 3)])
 def test_shifted_mask_matches_brute_force(res):
     """Tokens of a shifted window may attend to each other iff they are neighbours in the unrolled volume."""

@@ -192,11 +192,9 @@ class FineBlock(nn.Module):
         B, _, _, _, C = x.shape
         # normed before the partition: the norm's input is x itself, kept anyway for the residual (a norm of the
         # partitioned windows would keep one more x-sized tensor for its backward)
-        xw = window_partition(self.norm1(x), ctx.geom, self.shifted)  # (B, nW, N, C)
-        T = 0
-        if win is not None:
-            T = win.shape[2]
-            xw = torch.cat([self.norm1(win) if self.norm_window_tokens else win, xw], dim=2)
+        T = 0 if win is None else win.shape[2]
+        lead = None if win is None else (self.norm1(win) if self.norm_window_tokens else win)
+        xw = window_partition(self.norm1(x), ctx.geom, self.shifted, lead)  # (B, nW, T + N, C)
         nW, L = xw.shape[1], xw.shape[2]
         attn_mask = resolve_attn_mask(self._window_bias(ctx.rel_index, T), ctx.window_mask)  # (1|nW, H, L, L)
         if attn_mask.shape[0] > 1:
@@ -237,13 +235,16 @@ class FineBlock(nn.Module):
         return x, win, vol
 
     def _feed_forward(self, x: torch.Tensor, win: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pre-norm residual MLP of the visual and the window tokens, in one call: the weights are read, and their
-        gradient made, once, not once per token set (at the deep stages, where the weights are large and the tokens few,
-        a second use of the weights costs more than its FLOPs)."""
+        """Pre-norm residual MLP of the visual and the window tokens. Where the stage has fewer than ``8 C`` visual
+        tokens (fewer values than the MLP has weights: the deep stages) both sets go through one call, so the weights
+        are read, and their gradient made, once (there a second use of the weights costs more than its FLOPs); at the
+        shallow stages two calls, which spare the copy of ``x`` that joining the sets would make."""
         if win is None:
             return x + self.drop_path(self.mlp(self.norm2(x))), None
         B, nW, T, C = win.shape
         n = x.shape[1] * x.shape[2] * x.shape[3]
+        if int(n) >= 8 * int(C):  # many tokens, small weights (shallow stages): a copy of x would cost more
+            return x + self.drop_path(self.mlp(self.norm2(x))), win + self.mlp(self.norm2(win))
         out = self.mlp(self.norm2(torch.cat([x.reshape(B, n, C), win.reshape(B, nW * T, C)], dim=1)))
         x_out, win_out = out.split([n, nW * T], dim=1)
         return x + self.drop_path(x_out.reshape(x.shape)), win + win_out.reshape(win.shape)

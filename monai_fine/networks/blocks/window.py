@@ -68,8 +68,13 @@ def relative_position_index(window: tuple[int, int, int], window_size: int) -> t
     return rel[0] * side * side + rel[1] * side + rel[2]
 
 
-def window_partition(x: torch.Tensor, geom: WindowGeometry, shifted: bool) -> torch.Tensor:
-    """``(B, X, Y, Z, C)`` -> ``(B, nW, N, C)`` windows (padded at the far end, rolled by ``-shift`` if shifted)."""
+def window_partition(
+    x: torch.Tensor, geom: WindowGeometry, shifted: bool, lead: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(B, X, Y, Z, C)`` -> ``(B, nW, N, C)`` windows (padded at the far end, rolled by ``-shift`` if shifted).
+
+    With ``lead`` ``(B, nW, T, C)`` (the window tokens): ``(B, nW, T + N, C)``, each window's ``lead`` tokens in front
+    of its visual tokens, written in one copy (``torch.cat`` of the partitioned windows would copy them twice)."""
     B, _, _, _, C = x.shape
     if any(geom.pad):
         x = F.pad(x, (0, 0, 0, geom.pad[2], 0, geom.pad[1], 0, geom.pad[0]))
@@ -77,7 +82,15 @@ def window_partition(x: torch.Tensor, geom: WindowGeometry, shifted: bool) -> to
         x = torch.roll(x, shifts=tuple(-s for s in geom.shift), dims=(1, 2, 3))
     (gx, gy, gz), (wx, wy, wz) = geom.grid, geom.window
     x = x.reshape(B, gx, wx, gy, wy, gz, wz, C).permute(0, 1, 3, 5, 2, 4, 6, 7)
-    return x.reshape(B, gx * gy * gz, wx * wy * wz, C)
+    if lead is None:
+        return x.reshape(B, gx * gy * gz, wx * wy * wz, C)
+    if torch.onnx.is_in_onnx_export():  # the TorchScript-based exporter gets the writes into slices wrong
+        return torch.cat([lead, x.reshape(B, gx * gy * gz, wx * wy * wz, C)], dim=2)
+    T = lead.shape[2]
+    out = x.new_empty(B, gx * gy * gz, T + wx * wy * wz, C)
+    out[:, :, :T] = lead
+    out[:, :, T:].view(B, gx, gy, gz, wx, wy, wz, C).copy_(x)
+    return out
 
 
 def window_reverse(windows: torch.Tensor, geom: WindowGeometry, shifted: bool) -> torch.Tensor:
