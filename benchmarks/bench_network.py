@@ -487,6 +487,9 @@ def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+PAIRED_KEY = "full/none paired train_s <= 1.05"  # judged by its interval (:func:`interval_verdict`)
+
+
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
     """Median of ``values`` and a distribution-free confidence interval for the population median: the order
     statistics ``[x_(k), x_(n-k+1)]`` (1-based) with the largest ``k`` whose coverage ``1 - 2 P(Bin(n, 1/2) <= k-1)``
@@ -551,8 +554,8 @@ def summarize(rows: list[dict], preset: str, paired: dict[str, list[float]] | No
     if paired and "full" in paired and "none" in paired:
         out["paired train_s"] = {m: round(statistics.median(t), 4) for m, t in paired.items()}
         pr = paired_ratio(paired)
-        out["paired full/none"] = {**pr, "verdict": interval_verdict(pr["low"], pr["high"], 1.05)}
-        targets["full/none paired train_s <= 1.05"] = pr["ratio"]
+        out["paired full/none"] = {**pr, "verdict": interval_verdict(pr["low"], pr["high"], float(PAIRED_KEY.split()[-1]))}
+        targets[PAIRED_KEY] = pr["ratio"]
     if full and none:
         targets["full/none train_s <= 1.05"] = _ratio(full["train_s"], none["train_s"])
         targets["full/none train_peak_mb <= 1.04"] = _ratio(full["train_peak_mb"], none["train_peak_mb"])
@@ -587,9 +590,6 @@ def verdict(name: str, value) -> str:
     """``met``, ``MISSED`` or ``n/a`` for a target named ``"<ratio> <op> <bound>"``."""
     op, bound = name.split()[-2:]
     return "n/a" if value is None else ("met" if GOALS[op](value, float(bound)) else "MISSED")
-
-
-PAIRED_KEY = "full/none paired train_s <= 1.05"
 
 
 def _target_verdict(summary: dict, name: str, value) -> str:
