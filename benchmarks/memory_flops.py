@@ -1,0 +1,193 @@
+# Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
+"""Where the memory's FLOPs go: what a ``full`` training step adds to a ``none`` step, stage by stage, at each crop,
+counted by torch's ``FlopCounterMode`` and from the closed form of the block (an independent check of each other).
+
+The closed form, per block of a stage with ``C`` channels, ``nW`` windows of ``N`` positions (padding included),
+``T`` window tokens per window, ``V`` volume tokens and MLP hidden size ``H``, in multiply-adds of one forward:
+
+- V-MSA over the ``V`` volume tokens: ``4 V C^2 + 2 V^2 C`` (qkv and output projections, ``QK^T`` and ``AV``);
+- G-MSA over ``S = nW T + V`` tokens: ``4 S C^2 + 2 S^2 C``;
+- W-MSA, the window tokens' share: ``4 nW T C^2 + 2 nW ((N + T)^2 - N^2) C``;
+- MLP of the window tokens: ``2 nW T C H``.
+
+A training step counts 3 times the forward (input and weight gradients), FLOPs = 2 x multiply-adds; the one
+exception is the window tokens' MLP in a stage's last block where it runs as its own call (stages with at least
+``8 C`` visual tokens): its output is never read (a stage returns only the visual tokens), so autograd runs no
+backward for it. None of the terms depends on the crop but ``nW``; at a small crop the V-MSA and G-MSA of the deep
+stages (``C`` up to 1536 with ``fine_bcv``) are a fixed cost beside a handful of visual tokens.
+
+    python benchmarks/memory_flops.py                                    # fine_bcv, the sweep's three crops
+    python benchmarks/memory_flops.py --preset tiny --rois 64x64x32 128x128x64
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_network import SWEEP_ROIS, _parse_roi, _register_cpu_sdpa_flops, _roi_str, build_model
+
+
+def stage_inputs(net, x, fwd_kwargs: dict) -> dict[str, tuple[int, ...]]:
+    """``{stage name: (B, X, Y, Z, C)}``: the visual tokens each FINE stage receives in one forward of ``net``."""
+    import torch
+
+    from monai_fine.networks.blocks.transformer import FineStage
+
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module, args, output) -> None:  # returns None: the output stays as it is
+            shapes[name] = tuple(int(s) for s in args[0].shape)
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in net.named_modules() if isinstance(m, FineStage)]
+    try:
+        with torch.no_grad():
+            net(x, **fwd_kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def closed_form_extra(
+    shape: tuple[int, ...],
+    depth: int,
+    window_size: int,
+    window_tokens: int,
+    volume_tokens: int,
+    mlp_hidden: int,
+    fused_memory_attention: bool = True,
+) -> int:
+    """Training-step FLOPs that ``full`` adds to ``none`` in one stage (the module docstring's closed form).
+
+    Args:
+        shape: ``(B, X, Y, Z, C)`` the stage's visual tokens.
+        depth: blocks of the stage.
+        window_size: nominal window edge (clipped to the stage size, the stage padded to whole windows).
+        window_tokens: ``T``.
+        volume_tokens: ``V`` (the stage's memory size).
+        mlp_hidden: MLP hidden channels.
+        fused_memory_attention: V-MSA and G-MSA (boolean masks) run the fused kernel, whose backward recomputes the
+            attention scores; W-MSA (a float bias with a gradient) runs the plain path in both modes.
+    """
+    from monai_fine.networks.blocks.window import window_geometry
+
+    B, X, Y, Z, C = shape
+    geom = window_geometry((X, Y, Z), window_size)
+    nW, N, T, V, H = geom.num_windows, geom.window_volume, window_tokens, volume_tokens, mlp_hidden
+    S = nW * T + V
+
+    def attention(L: int) -> int:  # one self-attention over L tokens
+        return 4 * L * C * C + 2 * L * L * C
+
+    block = attention(V) + attention(S) + 4 * nW * T * C * C + 2 * nW * ((N + T) ** 2 - N**2) * C
+    mlp = 2 * nW * T * C * H
+    macs = depth * (block + mlp)
+    separate_mlp = X * Y * Z >= 8 * C  # FineBlock._feed_forward: its own call, whose last-block output is dead
+    train_macs = 3 * macs - (2 * mlp if separate_mlp else 0)
+    if fused_memory_attention:  # the fused kernel's backward recomputes QK^T (FlopCounterMode counts it)
+        train_macs += depth * (V * V * C + S * S * C)
+    return 2 * B * train_macs
+
+
+def fine_model(preset: str, mode: str, roi: tuple[int, int, int]):
+    """``bench_network.build_model`` for one FINE crop of batch 1: network, loss, forward keyword arguments."""
+    net, loss_fn, kwargs, _ = build_model({"model": "fine", "preset": preset, "memory": mode, "batch": 1, "roi": roi})
+    return net, loss_fn, kwargs
+
+
+def stage_flops(preset: str, roi: tuple[int, int, int]) -> list[dict]:
+    """Per FINE stage at ``roi`` (batch 1, the benchmark's inputs): training-step FLOPs of ``none`` and ``full``
+    counted by ``FlopCounterMode``, and the closed-form extra; the last row is the whole step."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_sdpa_flops()
+    counted: dict[str, dict[str, int]] = {}
+    for mode in ("none", "full"):
+        torch.manual_seed(0)
+        net, loss_fn, kwargs = fine_model(preset, mode, roi)
+        x = torch.randn(1, 1, *roi)
+        label = torch.randint(0, 14, (1, 1, *roi)).float()
+        if mode == "full":
+            shapes = stage_inputs(net.eval(), x, kwargs)
+            geometry = net
+        net.train()
+        with FlopCounterMode(display=False, depth=3) as counter:
+            loss_fn(net(x, **kwargs), label).backward()
+        counted[mode] = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    rows = []
+    for name, shape in shapes.items():
+        stage = geometry.get_submodule(name)
+        blk = stage.blocks[0]
+        extra = closed_form_extra(
+            shape, len(stage.blocks), stage.window_size, stage.num_window_tokens, stage.memory_size,
+            blk.mlp.fc1.out_features, blk.attn.fused_attn,
+        )  # fmt: skip
+        key = f"{type(geometry).__name__}.{name}"
+        none, full = counted["none"].get(key, 0), counted["full"].get(key, 0)
+        rows.append({"stage": name, "tokens": "x".join(map(str, shape[1:4])), "channels": shape[4],
+                         "windows": window_count(shape, stage.window_size), "memory_tokens": stage.memory_size,
+                         "none": none, "full": full, "counted_extra": full - none, "closed_form_extra": extra})  # fmt: skip
+    none, full = counted["none"]["Global"], counted["full"]["Global"]
+    total_closed_form = sum(r["closed_form_extra"] for r in rows)
+    rows.append({"stage": "step", "tokens": "", "channels": None, "windows": None, "memory_tokens": None, "none": none, "full": full,
+                     "counted_extra": full - none, "closed_form_extra": total_closed_form})  # fmt: skip
+    return rows
+
+
+def window_count(shape: tuple[int, ...], window_size: int) -> int:
+    from monai_fine.networks.blocks.window import window_geometry
+
+    return window_geometry(tuple(shape[1:4]), window_size).num_windows
+
+
+def table(header: list[str], cells: list[list[str]]) -> list[str]:
+    """Markdown table lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |" for c in cells]
+
+
+def markdown(preset: str, roi: tuple[int, int, int], rows: list[dict]) -> str:
+    step = rows[-1]["none"]
+    header = ["stage", "tokens", "C", "windows", "volume tokens", "none GFLOPs", "full GFLOPs", "extra counted",
+              "extra closed form", "extra / stage's none", "extra / none step"]  # fmt: skip
+    cells = [
+        [
+            r["stage"],
+            r["tokens"],
+            str(r["channels"] or ""),
+            str(r["windows"] or ""),
+            str(r["memory_tokens"] or ""),
+            f"{r['none'] / 1e9:.2f}",
+            f"{r['full'] / 1e9:.2f}",
+            f"{r['counted_extra'] / 1e9:.3f}",
+            f"{r['closed_form_extra'] / 1e9:.3f}",
+            f"{r['counted_extra'] / r['none'] if r['none'] else math.nan:.3f}",
+            f"{r['counted_extra'] / step:.4f}",
+        ]
+        for r in rows
+    ]
+    title = f"fine_{preset} at {_roi_str(roi)}, batch 1: training-step GFLOPs (FlopCounterMode) and what `full` adds"
+    return "\n".join([title, ""] + table(header, cells))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
+    parser.add_argument("--rois", nargs="+", type=_parse_roi, default=list(SWEEP_ROIS), metavar="XxYxZ")
+    args = parser.parse_args(argv)
+    for roi in args.rois:
+        rows = stage_flops(args.preset, tuple(roi))
+        print(markdown(args.preset, tuple(roi), rows), end="\n\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
