@@ -10,10 +10,11 @@ The closed form, per block of a stage with ``C`` channels, ``nW`` windows of ``N
 - W-MSA, the window tokens' share: ``4 nW T C^2 + 2 nW ((N + T)^2 - N^2) C``;
 - MLP of the window tokens: ``2 nW T C H``.
 
-A training step counts 3 times the forward (input and weight gradients), FLOPs = 2 x multiply-adds; the one
-exception is the window tokens' MLP in a stage's last block where it runs as its own call (stages with at least
-``8 C`` visual tokens): its output is never read (a stage returns only the visual tokens), so autograd runs no
-backward for it. None of the terms depends on the crop but ``nW``; at a small crop the V-MSA and G-MSA of the deep
+A training step counts 3 times the forward (input and weight gradients), FLOPs = 2 x multiply-adds, with two
+exceptions: the window tokens' MLP in a stage's last block, where it runs as its own call (stages with at least
+``8 C`` visual tokens), counts once, since its output is never read (a stage returns only the visual tokens) and
+autograd runs no backward for it; and the fused attention kernel of V-MSA and G-MSA recomputes ``QK^T`` in its
+backward, one more ``V^2 C`` and ``S^2 C`` per block. None of the terms depends on the crop but ``nW``; at a small crop the V-MSA and G-MSA of the deep
 stages (``C`` up to 1536 with ``fine_bcv``) are a fixed cost beside a handful of visual tokens.
 
     python benchmarks/memory_flops.py                                    # fine_bcv, the sweep's three crops
