@@ -144,7 +144,8 @@ def run_stage(
                       share_memory_attention=not own_projections)  # fmt: skip
         net.memory_visits.fill_(1)  # every cell seen, as in bench_network.build_model
         _switch_off(net, arm, x, {"roi_box": box})
-        shape = stage_inputs(net.eval(), x, {"roi_box": box})[f"encoder_stages.{stage_index}"]
+        if shape is None:  # the same in every arm: one forward finds it
+            shape = stage_inputs(net.eval(), x, {"roi_box": box})[f"encoder_stages.{stage_index}"]
         stage = net.encoder_stages[stage_index].train()
         ctx = net.memory_context(box, 1, x.device)
         tokens = torch.randn(shape)

@@ -14,8 +14,9 @@ A training step counts 3 times the forward (input and weight gradients), FLOPs =
 exceptions: the window tokens' MLP in a stage's last block, where it runs as its own call (stages with at least
 ``8 C`` visual tokens), counts once, since its output is never read (a stage returns only the visual tokens) and
 autograd runs no backward for it; and the fused attention kernel of V-MSA and G-MSA recomputes ``QK^T`` in its
-backward, one more ``V^2 C`` and ``S^2 C`` per block. None of the terms depends on the crop but ``nW``; at a small crop the V-MSA and G-MSA of the deep
-stages (``C`` up to 1536 with ``fine_bcv``) are a fixed cost beside a handful of visual tokens.
+backward, one more ``V^2 C`` and ``S^2 C`` per block. None of the terms depends on the crop but ``nW``; at a small
+crop the V-MSA and G-MSA of the deep stages (``C`` up to 1536 with ``fine_bcv``) are a fixed cost beside a handful of
+visual tokens.
 
     python benchmarks/memory_flops.py                                    # fine_bcv, the sweep's three crops
     python benchmarks/memory_flops.py --preset tiny --rois 64x64x32 128x128x64
@@ -111,6 +112,8 @@ def stage_flops(preset: str, roi: tuple[int, int, int]) -> list[dict]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from monai_fine.networks.blocks.window import window_geometry
+
     _register_cpu_sdpa_flops()
     counted: dict[str, dict[str, int]] = {}
     for mode in ("none", "full"):
@@ -120,35 +123,32 @@ def stage_flops(preset: str, roi: tuple[int, int, int]) -> list[dict]:
         label = torch.randint(0, 14, (1, 1, *roi)).float()
         if mode == "full":
             shapes = stage_inputs(net.eval(), x, kwargs)
-            geometry = net
         net.train()
         with FlopCounterMode(display=False, depth=3) as counter:
             loss_fn(net(x, **kwargs), label).backward()
         counted[mode] = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     rows = []
-    for name, shape in shapes.items():
-        stage = geometry.get_submodule(name)
+    for name, shape in shapes.items():  # net is the "full" network
+        stage = net.get_submodule(name)
         blk = stage.blocks[0]
         extra = closed_form_extra(
             shape, len(stage.blocks), stage.window_size, stage.num_window_tokens, stage.memory_size,
             blk.mlp.fc1.out_features, blk.attn.fused_attn,
         )  # fmt: skip
-        key = f"{type(geometry).__name__}.{name}"
+        key = f"{type(net).__name__}.{name}"
         none, full = counted["none"].get(key, 0), counted["full"].get(key, 0)
-        rows.append({"stage": name, "tokens": "x".join(map(str, shape[1:4])), "channels": shape[4],
-                         "windows": window_count(shape, stage.window_size), "memory_tokens": stage.memory_size,
-                         "none": none, "full": full, "counted_extra": full - none, "closed_form_extra": extra})  # fmt: skip
+        windows = window_geometry(tuple(shape[1:4]), stage.window_size).num_windows
+        rows.append(
+            {"stage": name, "tokens": "x".join(map(str, shape[1:4])), "channels": shape[4], "windows": windows,
+             "memory_tokens": stage.memory_size, "none": none, "full": full, "counted_extra": full - none,
+             "closed_form_extra": extra}
+        )  # fmt: skip
     none, full = counted["none"]["Global"], counted["full"]["Global"]
-    total_closed_form = sum(r["closed_form_extra"] for r in rows)
-    rows.append({"stage": "step", "tokens": "", "channels": None, "windows": None, "memory_tokens": None, "none": none, "full": full,
-                     "counted_extra": full - none, "closed_form_extra": total_closed_form})  # fmt: skip
+    rows.append(
+        {"stage": "step", "tokens": "", "channels": None, "windows": None, "memory_tokens": None, "none": none,
+         "full": full, "counted_extra": full - none, "closed_form_extra": sum(r["closed_form_extra"] for r in rows)}
+    )  # fmt: skip
     return rows
-
-
-def window_count(shape: tuple[int, ...], window_size: int) -> int:
-    from monai_fine.networks.blocks.window import window_geometry
-
-    return window_geometry(tuple(shape[1:4]), window_size).num_windows
 
 
 def table(header: list[str], cells: list[list[str]]) -> list[str]:
