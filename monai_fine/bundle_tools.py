@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from monai.transforms import Spacingd
 
+from monai_fine.data.io import UnsafeCheckpointError, torch_load
+
 __all__ = [
     "BUNDLE_NAME",
     "CONFIG_BUFFER",
@@ -81,7 +83,9 @@ def _plain(value: Any) -> Any:
 @functools.lru_cache(maxsize=8)
 def _read_cached(path: str, mtime: float) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch_load(path, mmap=True)
+    except UnsafeCheckpointError:  # refused, not unreadable: the user must decide about this file
+        raise
     except Exception as e:  # not a torch checkpoint (or a truncated one): the weight loader reports it with its name
         warnings.warn(f"cannot read the network record of {path} ({type(e).__name__}: {e}); using the config's network.")
         return {}
@@ -163,7 +167,7 @@ def load_network(checkpoint: str | os.PathLike, device: str | torch.device = "cp
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     net = create_network(checkpoint, **kwargs)
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = torch_load(checkpoint)
     net.load_state_dict(ckpt.get("model", ckpt))
     return net.to(device).eval()
 

@@ -13,7 +13,16 @@ from monai_fine.data.checks import (
     check_option,
     load_datalist,
 )
-from monai_fine.data.io import AtomicNibabelWriter, atomic_write, check_output_names, check_writable_dir
+from monai_fine.data.io import (
+    AtomicNibabelWriter,
+    UnsafeCheckpointError,
+    WriteFailedError,
+    atomic_write,
+    check_output_names,
+    check_writable_dir,
+    torch_load,
+    torch_save,
+)
 from monai_fine.data.datalist import (
     BTCV_TEST_IDS,
     BTCV_TRAIN_IDS,
@@ -26,7 +35,11 @@ from monai_fine.data.phantom import BTCV_LABELS, make_phantom_case, make_phantom
 
 __all__ = [
     "AtomicNibabelWriter",
+    "UnsafeCheckpointError",
+    "WriteFailedError",
     "atomic_write",
+    "torch_load",
+    "torch_save",
     "check_nonempty",
     "check_output_names",
     "check_writable_dir",

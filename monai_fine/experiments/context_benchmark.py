@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_fine.data.io import torch_load
 from monai_fine.experiments.context_ablation import _fmt, _mean_std, machine_info, parse_overrides
 
 __all__ = ["CONFIGS", "parse_args", "evaluate_run", "main"]
@@ -142,7 +143,7 @@ def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -
     parser.update(overrides(args, config, seed, data))
     parser.update({"network_checkpoint": str(root / "models" / "model_final.pt")})
     net = parser.get_parsed_content("network_def")
-    state = torch.load(root / "models" / "model_final.pt", map_location="cpu", weights_only=False)
+    state = torch_load(root / "models" / "model_final.pt")
     net.load_state_dict(state.get("model", state))
     net.eval()
     preprocess = parser.get_parsed_content("validate#preprocessing")

@@ -27,6 +27,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_fine.cli import bundle_dir
+from monai_fine.data.io import torch_load
 from monai_fine.inferers import FINEInferer
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS
 from monai_fine.metrics import compute_organ_dice
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.update({"preset": args.preset, "memory": args.memory, "scan_memory": args.scan_memory, "roi_size": args.roi,
                    "pixdim": args.pixdim, "dataset_dir": args.data, "device": "$torch.device('cpu')"})
     net = parser.get_parsed_content("network_def")
-    ckpt = torch.load(Path(args.run) / "models" / "model_final.pt", map_location="cpu", weights_only=False)
+    ckpt = torch_load(Path(args.run) / "models" / "model_final.pt")
     net.load_state_dict(ckpt.get("model", ckpt))
     net.eval()
     preprocess = parser.get_parsed_content("validate#preprocessing")

@@ -1,5 +1,6 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Ignite handlers of monai_fine: per-organ Dice and HD95 (mm) metrics; atomic, exactly resumable checkpoints."""
+"""Ignite handlers of monai_fine: per-organ Dice and HD95 (mm) metrics; atomic, exactly resumable checkpoints;
+preemption-safe stops."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from monai_fine.handlers.checkpoint import (
     ResumableCheckpointSaver,
     batch_case_names,
     checkpoint_files,
+    checkpoint_name,
 )
 from monai_fine.handlers.metrics import HausdorffDistance95, OrganDice
+from monai_fine.handlers.preemption import PreemptionHandler
 
 __all__ = [
     "OrganDice",
@@ -19,7 +22,9 @@ __all__ = [
     "BestModelSaver",
     "CaseErrorReporter",
     "NonFiniteLossGuard",
+    "PreemptionHandler",
     "ResumableCheckpointSaver",
     "batch_case_names",
     "checkpoint_files",
+    "checkpoint_name",
 ]

@@ -40,7 +40,15 @@ from monai.engines.utils import IterationEvents
 from monai.transforms import Compose, Randomizable
 from monai.utils import CommonKeys as Keys
 
-from monai_fine.data.io import TMP_TAG, atomic_write
+from monai_fine.data.io import (
+    TMP_TAG,
+    UnsafeCheckpointError,
+    WriteFailedError,
+    atomic_write,
+    take_write_failure,
+    torch_load,
+    torch_save,
+)
 
 __all__ = [
     "ResumableCheckpointSaver",
@@ -48,23 +56,42 @@ __all__ = [
     "NonFiniteLossGuard",
     "CaseErrorReporter",
     "checkpoint_files",
+    "checkpoint_name",
     "batch_case_names",
 ]
 
 logger = logging.getLogger(__name__)
 
 
+_CKPT_NAME = r"^{prefix}_checkpoint_epoch=(\d+)(?:_iter=(\d+))?\.pt$"
+
+
+def checkpoint_name(file_prefix: str, epoch: int, iteration: int = 0) -> str:
+    """``<file_prefix>_checkpoint_epoch=<epoch>.pt``: ``epoch`` epochs done; with ``iteration`` > 0 (a mid-epoch
+    checkpoint, written on preemption) ``..._epoch=<epoch>_iter=<iteration>.pt``: ``epoch`` epochs and ``iteration``
+    iterations of the next one done."""
+    return f"{file_prefix}_checkpoint_epoch={epoch}" + (f"_iter={iteration}" if iteration else "") + ".pt"
+
+
 def checkpoint_files(save_dir: str | Path, file_prefix: str = "last") -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of every ``<file_prefix>_checkpoint_epoch=<N>.pt`` in ``save_dir``, newest epoch first."""
-    pattern = re.compile(rf"^{re.escape(file_prefix)}_checkpoint_epoch=(\d+)\.pt$")
+    """``(epochs done, path)`` of every checkpoint of :func:`checkpoint_name` in ``save_dir``, newest first.
+
+    Newest means most training done: by epochs, then by the iterations into the next epoch of a mid-epoch checkpoint
+    (``epoch=2_iter=5`` is newer than ``epoch=2`` and older than ``epoch=3``); never by modification time.
+    """
+    pattern = re.compile(_CKPT_NAME.format(prefix=re.escape(file_prefix)))
     found = []
     folder = Path(save_dir)
     if folder.is_dir():
         for p in folder.iterdir():
             m = pattern.match(p.name)
             if m and p.is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found, key=lambda x: x[0], reverse=True)
+                found.append(((int(m.group(1)), int(m.group(2) or 0)), p))
+    return [(key[0], p) for key, p in sorted(found, key=lambda x: x[0], reverse=True)]
+
+
+def _is_mid_epoch(path: Path) -> bool:
+    return "_iter=" in path.name
 
 
 def _randomizables(transform: Any) -> list[Randomizable]:
@@ -273,6 +300,9 @@ class ResumableCheckpointSaver:
                 for _ in range(consumed):
                     next(it)
             engine._dataloader_iter = it  # Ignite then continues with this iterator instead of a new one
+            # ... and counts the epoch's iterations from where a mid-epoch checkpoint left it (0 at an epoch end);
+            # Ignite sets this itself only when it creates the iterator
+            engine._init_iter = engine.state.iteration % engine.state.epoch_length if engine.state.epoch_length else 0
             self._iter_rng, self._consumed = pending["iter_rng"], consumed
         _set_rng_state(pending["rng"])
         states = pending.get("transform_rng") or []
@@ -295,7 +325,7 @@ class ResumableCheckpointSaver:
         if self.final_filename and not self._already_done and _rank() == 0:
             state = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
             with atomic_write(self.save_dir / self.final_filename) as tmp:
-                torch.save(state, tmp)
+                torch_save(state, tmp)
 
     # ------------------------------------------------------------------------------------------------ save / load
     def state(self, engine: Any) -> dict[str, Any]:
@@ -315,20 +345,37 @@ class ResumableCheckpointSaver:
             }
         return ckpt
 
-    def save(self, engine: Any) -> Path:
+    def save(self, engine: Any, mid_epoch: bool = False) -> Path:
         """Write the checkpoint of the current epoch atomically, then drop the ones beyond ``n_saved``.
+
+        Args:
+            engine: the trainer.
+            mid_epoch: write ``<prefix>_checkpoint_epoch=<E>_iter=<k>.pt`` (``E`` epochs and ``k`` iterations of the
+                current one done) at an iteration's end, as :class:`monai_fine.handlers.PreemptionHandler` does;
+                :meth:`resume` continues that epoch at iteration ``k + 1`` with the same batches. An epoch-end
+                checkpoint removes the mid-epoch ones it supersedes.
 
         In a distributed run only rank 0 writes (every rank returns the path).
         """
-        path = self.save_dir / f"{self.file_prefix}_checkpoint_epoch={engine.state.epoch}.pt"
+        state = engine.state
+        if mid_epoch:
+            done = state.epoch - 1
+            name = checkpoint_name(self.file_prefix, done, state.iteration - done * state.epoch_length)
+        else:
+            name = checkpoint_name(self.file_prefix, state.epoch)
+        path = self.save_dir / name
         if _rank() != 0:
             return path
         if self.loaded_path is None and not self._set_aside:
             self._set_aside_previous_run()
         ckpt = self.state(engine)
         with atomic_write(path) as tmp:
-            torch.save(ckpt, tmp)
-        for _, old in checkpoint_files(self.save_dir, self.file_prefix)[self.n_saved :]:
+            torch_save(ckpt, tmp)
+        files = checkpoint_files(self.save_dir, self.file_prefix)
+        stale = files[self.n_saved :]
+        if not mid_epoch:  # the mid-epoch checkpoints before this epoch end are superseded by it
+            stale += [(e, p) for e, p in files[1 : self.n_saved] if _is_mid_epoch(p)]
+        for _, old in stale:
             old.unlink(missing_ok=True)
         return path
 
@@ -373,7 +420,7 @@ class ResumableCheckpointSaver:
         engine = self.engine
         for epoch, path in checkpoint_files(self.save_dir, self.file_prefix):
             try:
-                ckpt = torch.load(path, map_location=self.map_location, weights_only=False)
+                ckpt = torch_load(path, map_location=self.map_location)
                 missing = [k for k in [*self.save_dict, "trainer"] if k not in ckpt]
                 if missing:
                     raise KeyError(f"missing entries {missing}")
@@ -381,6 +428,8 @@ class ResumableCheckpointSaver:
                 for k, obj in self.save_dict.items():
                     if not anew or k == "model":
                         _unwrap(obj).load_state_dict(ckpt[k])
+            except UnsafeCheckpointError:  # not a damaged file: somebody put it there; stop, do not fall back
+                raise
             except Exception as e:  # truncated/corrupt/foreign file: fall back to the previous checkpoint
                 aside = path.with_name(path.name + ".unreadable")
                 warnings.warn(
@@ -449,7 +498,7 @@ class BestModelSaver:
             warnings.warn(f"not saving {self.path}: the network has non-finite weights.", stacklevel=2)
             return
         with atomic_write(self.path) as tmp:
-            torch.save(_unwrap(self.network).state_dict(), tmp)
+            torch_save(_unwrap(self.network).state_dict(), tmp)
 
 
 class NonFiniteLossGuard:
@@ -510,4 +559,7 @@ class CaseErrorReporter:
                 item = self.data[index]
                 names = [str(item[self.image_key] if isinstance(item, Mapping) else item)]
         where = ", ".join(names) if names else "<unknown case>"
+        failure = take_write_failure()
+        if failure is not None:  # MONAI's SaveImage hid it behind "cannot find a suitable writer"
+            raise WriteFailedError(failure.errno, f"failed on case {where}: {failure.strerror}", failure.filename) from e
         raise RuntimeError(f"failed on case {where}: {type(e).__name__}: {e}") from e

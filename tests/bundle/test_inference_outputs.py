@@ -103,6 +103,38 @@ def test_boolean_strings_from_both_command_lines(tmp_path):
     assert image.is_file()
 
 
+@pytest.mark.slow
+def test_a_full_disk_during_inference_names_the_case_and_file_and_keeps_the_previous_output(tmp_path):
+    import resource
+
+    image = ct(tmp_path / "data" / "imagesTs" / "c.nii.gz", shape=(64, 64, 32))
+    out = tmp_path / "out"
+    out.mkdir()
+    previous = out / "c_seg.nii.gz"
+    previous.write_bytes(b"an earlier run's complete result")
+    limit = 4096  # the new label map is larger: its write fails with EFBIG, as on a full disk
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file",
+         str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"),
+         "--output_dir", str(out), "--load_pretrain", "false", "--preset", "tiny", "--roi_size", "[32,32,16]",
+         "--network_def#feature_size", "12", "--network_def#num_heads", "[1,2,2,4]", "--pixdim", "[4.0,4.0,4.0]",
+         "--num_workers", "0", "--device", "$torch.device('cpu')"],
+        env=env, capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    # in the traceback's chain, above MONAI's "Failed to evaluate" of the run expression: the case, file and cause
+    # (not SaveImage's "cannot find a suitable writer ... install the writer libraries")
+    errors = [line for line in text.splitlines() if line.startswith("monai_fine.data.io.WriteFailedError: ")]
+    assert errors and errors[-1].startswith("monai_fine.data.io.WriteFailedError: [Errno 27] failed on case"), text[-3000:]
+    assert str(image) in errors[-1] and f"could not write {previous}: File too large" in errors[-1], errors
+    assert previous.read_bytes() == b"an earlier run's complete result"
+    assert [p.name for p in out.iterdir()] == ["c_seg.nii.gz"]  # no partial or temporary file
+    assert image.is_file()
+
+
 def test_half_precision_stitching_matches_float32():
     """The float16 stitching buffer (half the host memory) gives the float32 labels up to logit-rounding ties."""
     import torch

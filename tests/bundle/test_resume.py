@@ -221,3 +221,90 @@ def test_empty_validation_list_and_broken_json_are_named(data_dir, tmp_path):
         _train_in_process(tmp_path / "r", data)
     assert "dataset_0.json: not valid JSON" in _error_text(err)
     assert not (tmp_path / "r" / "models").exists()
+
+
+# ------------------------------------------------------------------------------------------------- preemption
+# 4 iterations an epoch, so that a signal can land in the middle of one
+PREEMPT = {"max_epochs": "2", "epoch_length": "4"}
+
+
+@pytest.fixture(scope="module")
+def preempt_reference(data_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("preempt_reference")
+    run(root, data_dir, **PREEMPT)
+    return root
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_checkpoints_and_the_same_command_resumes_exactly(preempt_reference, data_dir, tmp_path):
+    root = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        command(root, data_dir, **PREEMPT), env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = []
+    for line in proc.stdout:  # StatsHandler logs "Epoch: 1/2, Iter: 2/4 -- train_loss: ..." after each iteration
+        lines.append(line)
+        if "Epoch: 1/2, Iter: 2/4" in line:
+            break
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)  # by its PID, as SLURM and the kubelet do
+    rest, _ = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    log = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert took < 30, took
+    models = root / "models"
+    mid = [p.name for p in models.iterdir() if "_iter=" in p.name]
+    assert len(mid) == 1 and mid[0].startswith("last_checkpoint_epoch=0_iter="), sorted(models.iterdir())
+    assert f"training stopped by SIGTERM; checkpoint written: {models / mid[0]}" in log
+    assert not (models / "model_final.pt").exists() and not [p for p in models.iterdir() if ".tmp-" in p.name]
+    log = run(root, data_dir, **PREEMPT)  # the same command resumes in the middle of epoch 1
+    assert f"resumed from {models / mid[0]}" in log
+    assert "Epoch: 1/2, Iter: 1/4" not in log  # the iterations done before the signal are not redone
+    assert not (models / mid[0]).exists()  # superseded by the epoch-end checkpoints
+    diff = max_abs_diff(final_weights(root), final_weights(preempt_reference))
+    assert diff <= 1e-6, (diff, log[-2000:])
+
+
+# ------------------------------------------------------------------------------------------------- full disk
+def _file_size_limit(limit: int):
+    """``preexec_fn`` of a child whose writes beyond ``limit`` bytes fail with EFBIG, as on a full disk (Python
+    ignores SIGXFSZ, so the write returns the error instead of killing the process)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.slow
+def test_a_write_that_fails_while_checkpointing_loses_nothing_and_the_rerun_resumes_exactly(
+    reference, data_dir, tmp_path
+):
+    import hashlib
+
+    root = tmp_path / "full"
+    models = root / "models"
+    proc = subprocess.Popen(command(root, data_dir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not ckpt(root, 1).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt(root, 1).exists() and not ckpt(root, 2).exists()
+    digest = hashlib.sha256(ckpt(root, 1).read_bytes()).hexdigest()
+    # a limit between model.pt and a checkpoint: the resumed run writes model.pt, then fails on checkpoint 2
+    limit = ((reference / "models" / "model.pt").stat().st_size + ckpt(reference, 2).stat().st_size) // 2
+    failed = subprocess.run(
+        command(root, data_dir), env=env(), capture_output=True, text=True, timeout=600,
+        preexec_fn=_file_size_limit(limit),
+    )
+    text = failed.stdout + failed.stderr
+    assert failed.returncode != 0, text[-3000:]
+    # the error names the file and the cause (not torch's "unexpected pos 11804352 vs 11804244")
+    errors = [line for line in text.splitlines() if line.startswith("monai_fine.data.io.WriteFailedError: ")]
+    assert errors and f"[Errno 27] could not write {ckpt(root, 2)}: File too large" in errors[-1], text[-3000:]
+    assert not ckpt(root, 2).exists() and not [p for p in models.iterdir() if ".tmp-" in p.name]
+    assert hashlib.sha256(ckpt(root, 1).read_bytes()).hexdigest() == digest  # the previous checkpoint is intact
+    torch.load(models / "model.pt", weights_only=True)  # complete
+    log = run(root, data_dir)  # space freed: the same command resumes from checkpoint 1
+    diff = max_abs_diff(final_weights(root), final_weights(reference))
+    assert diff <= 1e-6, (diff, log[-2000:])

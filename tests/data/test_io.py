@@ -22,7 +22,7 @@ from monai_fine.data import (
     check_writable_dir,
     load_datalist,
 )
-from monai_fine.handlers import checkpoint_files
+from monai_fine.handlers import checkpoint_files, checkpoint_name
 
 
 def test_atomic_write_replaces_only_when_complete(tmp_path):
@@ -52,6 +52,90 @@ def test_atomic_nifti_writer_keeps_the_extension_and_the_data(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["case_seg.nii.gz"]
     with open(tmp_path / "case_seg.nii.gz", "rb") as f:
         assert f.read(2) == b"\x1f\x8b"  # gzip, chosen from the final extension
+
+
+def test_mid_epoch_checkpoints_sort_between_their_epoch_ends(tmp_path):
+    names = ["last_checkpoint_epoch=2.pt", "last_checkpoint_epoch=2_iter=5.pt", "last_checkpoint_epoch=2_iter=12.pt",
+             "last_checkpoint_epoch=3.pt", "last_checkpoint_epoch=10_iter=1.pt"]  # fmt: skip
+    for name in reversed(names):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for _, p in checkpoint_files(tmp_path)] == names[::-1]
+    assert [e for e, _ in checkpoint_files(tmp_path)] == [10, 3, 2, 2, 2]  # epochs done
+    assert checkpoint_name("last", 2, 5) == names[1] and checkpoint_name("last", 3) == names[3]
+
+
+def test_outputs_are_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+
+    with atomic_write(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "model.pt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+_FULL_DISK_WRITER = """
+import resource, sys
+import numpy as np, torch
+from monai_fine.data import torch_save
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # writes beyond 20 kB fail with EFBIG, as on a full disk
+what, out = sys.argv[1], sys.argv[2]
+try:
+    if what == "prediction":
+        from monai_fine.data import AtomicNibabelWriter
+        writer = AtomicNibabelWriter(output_dtype=np.uint8)
+        labels = torch.randint(0, 14, (64, 64, 32), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+        writer.set_data_array(labels, channel_dim=None)
+        writer.set_metadata({"affine": np.eye(4)}, resample=False)
+        writer.write(out + "/case_seg.nii.gz")
+    else:
+        from monai_fine.data import atomic_write
+        with atomic_write(out + "/model.pt") as tmp:
+            torch_save({"w": torch.randn(100000)}, tmp)
+except OSError as e:
+    print(type(e).__name__, e.errno, e)
+"""
+
+
+@pytest.mark.parametrize("what, name", [("prediction", "case_seg.nii.gz"), ("weights", "model.pt")])
+def test_a_failed_write_names_the_file_and_the_cause_and_keeps_the_old_file(tmp_path, what, name):
+    import errno
+    import subprocess
+    import sys
+
+    old = tmp_path / name
+    old.write_bytes(b"the previous, complete file")
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_WRITER, what, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"WriteFailedError {errno.EFBIG} "), proc.stdout + proc.stderr[-2000:]
+    assert f"could not write {old}: File too large" in line and "file-size limit is 20000 bytes" in line
+    assert f"the previous {name} is intact" in line
+    assert old.read_bytes() == b"the previous, complete file"
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # no partial or temporary file
+
+
+def test_a_checkpoint_holding_a_pickled_callable_is_refused_before_it_runs(tmp_path):
+    from monai_fine.bundle_tools import read_network_config
+    from monai_fine.data import UnsafeCheckpointError, torch_load
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))  # would create the marker file when unpickled
+
+    path = tmp_path / "model.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "extra": Payload()}, path)
+    for load in (torch_load, read_network_config):
+        with pytest.raises(UnsafeCheckpointError, match=rf"refused to load {path}: it holds a pickled Python object"):
+            load(path)
+    assert not marker.exists()
+    # training checkpoints hold numpy RNG states: those load
+    state = {"rng": np.random.get_state(), "best": np.float64(0.5), "w": torch.ones(2)}
+    torch.save(state, tmp_path / "ok.pt")
+    assert torch_load(tmp_path / "ok.pt")["rng"][0] == "MT19937"
 
 
 def test_checkpoints_are_ordered_by_number_not_time(tmp_path):
