@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -34,11 +36,15 @@ __all__ = [
     "CONFIG_BUFFER",
     "RUNTIME_ARGS",
     "PathSafeSpacingd",
+    "CONFLICT_ARGS",
+    "check_roi_size",
     "create_network",
     "read_network_config",
     "load_network",
     "package_bundle",
 ]
+
+logger = logging.getLogger(__name__)
 
 BUNDLE_NAME = "fine_btcv_segmentation"
 """Folder name of the bundle in the Model Zoo, in MONAI Label's ``model/`` folder and in the zip."""
@@ -120,8 +126,11 @@ def create_network(
 
     Args:
         checkpoint: weights whose recorded network arguments decide the architecture when the file exists and has a
-            record (``preset`` and ``kwargs`` then only give the :data:`RUNTIME_ARGS`; a differing architecture
-            argument is logged). None, a missing file or one without a record: ``preset`` and ``kwargs`` decide.
+            record (``preset`` and ``kwargs`` then only give the :data:`RUNTIME_ARGS`; an argument of
+            :data:`CONFLICT_ARGS` that asks for another network is refused, any other difference is logged). The
+            bundle's ``preset``, ``memory``, ``scan_memory``, ``num_classes`` and ``roi_size`` default to the record,
+            so only an explicit override can conflict. None, a missing file or one without a record: ``preset`` and
+            ``kwargs`` decide.
         preset: ``"bcv"`` or ``"tiny"``.
         in_channels: input channels.
         out_channels: output channels (classes incl. background).
@@ -133,28 +142,89 @@ def create_network(
         exists without a record (then the weights load strictly as before).
 
     Raises:
-        ValueError: an unknown preset or a bad network argument (from :func:`create_fine`).
+        ValueError: an unknown preset or a bad network argument (from :func:`create_fine`); a ``roi_size`` the
+            network cannot take (:func:`check_roi_size`); weights of another configuration (naming the config ids).
     """
     from monai_fine.networks import create_fine
 
     wanted = {"preset": preset, "in_channels": in_channels, "out_channels": out_channels}
     wanted.update({k: _plain(v) for k, v in kwargs.items()})
+    check_roi_size(wanted.get("roi_size"), preset, wanted)
     recorded = read_network_config(checkpoint)
     config = dict(wanted)
     if recorded:
         config = {**recorded, **{k: wanted[k] for k in RUNTIME_ARGS if k in wanted}}
+        mine, theirs = _effective(wanted), _effective(recorded)
+        # only what the caller gave (MONAI Label builds network_def with the config's defaults, not the weights')
+        asked = sorted(CONFLICT_ARGS & (set(kwargs) | {"preset", "in_channels", "out_channels"}))
+        conflicts = {k: (mine[k], theirs[k]) for k in asked if mine.get(k) != theirs.get(k)}
+        if conflicts:
+            raise ValueError(
+                f"the weights in {checkpoint} are of another network configuration than the one asked for: "
+                + "; ".join(f"{_CONFIG_IDS.get(k, 'network_def#' + k)}={a!r}, the weights have {b!r}"
+                            for k, (a, b) in conflicts.items())  # fmt: skip
+                + ". Drop the override (the bundle's ids follow the network recorded in the weights), or train in "
+                "another bundle_root / ckpt_dir, or move the weights away."
+            )
         differ = {k: (wanted.get(k), recorded.get(k)) for k in set(wanted) | set(recorded)}
         differ = {k: v for k, v in differ.items() if k not in RUNTIME_ARGS and k in wanted and v[0] != v[1]}
-        if differ:
-            warnings.warn(
-                f"network rebuilt from the arguments recorded in {checkpoint}; these differ from the config "
-                f"(config, recorded): {differ}"
-            )
+        if differ:  # spelled differently, the same network (e.g. a preset default written out)
+            logger.info(f"network rebuilt from the arguments recorded in {checkpoint} (config, recorded): {differ}")
     args = dict(config)
     net = create_fine(args.pop("preset"), **args)
     if not checkpoint or not os.path.isfile(checkpoint) or recorded:
         net.register_buffer(CONFIG_BUFFER, _encode(recorded or config))
     return net
+
+
+CONFLICT_ARGS = frozenset({
+    "preset", "in_channels", "out_channels", "feature_size", "depths", "num_heads", "patch_size", "window_size",
+    "memory", "memory_grid", "num_window_tokens", "num_volume_tokens", "scan_memory", "share_memory_attention",
+    "mlp_ratio", "qkv_bias",
+})  # fmt: skip
+"""Network arguments that give another network (other parameters or another function): weights recorded with one
+value do not serve a config asking for another (:func:`create_network` refuses, naming the config id)."""
+
+_CONFIG_IDS = {"out_channels": "num_classes", "memory": "memory", "scan_memory": "scan_memory", "preset": "preset"}
+
+
+def _effective(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Every FINE argument of ``args`` with the preset's and the class's defaults filled in, JSON-plain."""
+    from monai_fine.networks import FINE, PRESETS
+
+    defaults = {k: p.default for k, p in inspect.signature(FINE.__init__).parameters.items() if p.default is not p.empty}
+    preset = PRESETS.get(args.get("preset", "bcv"), {})
+    return {k: _plain(v) for k, v in {**defaults, **preset, **args}.items()}
+
+
+def check_roi_size(roi_size: Any, preset: str = "bcv", kwargs: Mapping[str, Any] | None = None) -> bool:
+    """Refuse a ``roi_size`` the network cannot take, naming the id, the value and the nearest sizes it can.
+
+    The network divides the crop by ``patch_size x 2**(stages - 1)`` per axis (16 x 16 x 16 for ``tiny``,
+    32 x 32 x 16 for ``bcv``). ``None`` (the preset's size) passes; an unknown preset is left to
+    :func:`monai_fine.networks.create_fine`.
+
+    Raises:
+        ValueError: ``roi_size`` has not 3 positive entries, or one is not a multiple of the stride.
+    """
+    from monai_fine.networks import PRESETS
+
+    if roi_size is None or preset not in PRESETS:
+        return True
+    args = _effective({"preset": preset, **(kwargs or {})})
+    stride = [int(p) * 2 ** (len(args["depths"]) - 1) for p in args["patch_size"]]
+    try:
+        size = [int(r) for r in roi_size]
+    except (TypeError, ValueError):
+        size = []
+    if len(size) != 3 or any(r <= 0 or r % s for r, s in zip(size, stride)):
+        ok = [max(s, -(-r // s) * s) for r, s in zip(size, stride)] if len(size) == 3 else None
+        hint = f"; the nearest larger size it takes is {ok}" if ok else ""
+        raise ValueError(
+            f"roi_size must be 3 positive multiples of the network stride {stride} (patch_size {args['patch_size']} "
+            f"x 2**{len(args['depths']) - 1} for preset {preset!r}), got {roi_size!r}{hint}."
+        )
+    return True
 
 
 def load_network(checkpoint: str | os.PathLike, device: str | torch.device = "cpu", **kwargs: Any) -> torch.nn.Module:
@@ -166,7 +236,7 @@ def load_network(checkpoint: str | os.PathLike, device: str | torch.device = "cp
     """
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    net = create_network(checkpoint, **kwargs)
+    net = create_network(checkpoint, **{**read_network_config(checkpoint), **kwargs})
     ckpt = torch_load(checkpoint)
     net.load_state_dict(ckpt.get("model", ckpt))
     return net.to(device).eval()

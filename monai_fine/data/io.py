@@ -175,10 +175,16 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def _numpy_globals() -> list[Any]:
-    """What numpy arrays and scalars of saved RNG states need to unpickle (numpy 1.x and 2.x)."""
-    core = getattr(np, "_core", None) or np.core
-    dtypes = (np.uint32, np.int64, np.int32, np.float64, np.float32, np.bool_)
-    return [np.ndarray, np.dtype, core.multiarray._reconstruct, core.multiarray.scalar, *{type(np.dtype(t)) for t in dtypes}]
+    """What numpy arrays and scalars of saved RNG states need to unpickle, under the names of numpy 1.x
+    (``numpy.core``) and 2.x (``numpy._core``), so a checkpoint written under one loads under the other."""
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
+    dtypes = {type(np.dtype(t)) for t in (np.uint32, np.int64, np.int32, np.float64, np.float32, np.bool_)}
+    names = [(f, f"{module}.{f.__name__}") for f in (multiarray._reconstruct, multiarray.scalar)
+             for module in ("numpy.core.multiarray", "numpy._core.multiarray")]  # fmt: skip
+    return [np.ndarray, np.dtype, *dtypes, *names]
 
 
 def torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:

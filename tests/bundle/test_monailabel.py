@@ -11,6 +11,7 @@ with ``monailabel`` installed (its own venv, see bundle/docs/README.md): ``$MONA
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -174,8 +175,12 @@ def _post_form(url: str, params: dict, timeout: float = 600) -> bytes:
         return r.read()
 
 
-@pytest.mark.slow
-def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
+@contextlib.contextmanager
+def _server(tmp_path: Path, totalseg_dir: Path, extra_env: dict | None = None, extra_images: dict | None = None):
+    """A real MONAI Label server on 127.0.0.1 with the Zoo zip of this bundle (tiny random weights) in a copy of the
+    ``monaibundle`` sample app, a datastore of 4 phantom cases with labels and the example CT; yields
+    ``(base_url, process, log_path, bundle_dir)`` once ``/info/`` answers, and stops the server after.
+    ``extra_images``: ``{name: nibabel image}`` added to the datastore."""
     python = _monailabel_python()
     if python is None:
         pytest.skip("MONAI Label not found: set MONAI_FINE_MONAILABEL_PYTHON to a python with monailabel installed")
@@ -204,14 +209,16 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
     for img in sorted((phantom / "imagesTr").glob("*.nii.gz")):
         shutil.copy(img, studies / img.name)
         shutil.copy(phantom / "labelsTr" / img.name, studies / "labels" / "final" / img.name)
-    ct = totalseg_dir / "example_ct_sm.nii.gz"
-    shutil.copy(ct, studies / "example_ct_sm.nii.gz")
+    shutil.copy(totalseg_dir / "example_ct_sm.nii.gz", studies / "example_ct_sm.nii.gz")
+    for name, img in (extra_images or {}).items():
+        nib.save(img, str(studies / f"{name}.nii.gz"))
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update({"OMP_NUM_THREADS": "1", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "MONAI_ZOO_SOURCE": "github",
-                "MONAI_LABEL_TRACKING_ENABLED": "false", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+                "MONAI_LABEL_TRACKING_ENABLED": "false", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
+                **(extra_env or {})})
     log = tmp_path / "server.log"
     cmd = [python, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
            "--conf", "models", BUNDLE_NAME, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
@@ -219,15 +226,29 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
-        info = None
         for _ in range(180):
             assert proc.poll() is None, log.read_text()[-4000:]
             try:
-                info = _get(f"{base}/info/", timeout=5)
+                _get(f"{base}/info/", timeout=5)
                 break
             except OSError:
                 time.sleep(1)
-        assert info is not None, log.read_text()[-4000:]
+        else:
+            pytest.fail("MONAI Label did not answer /info/ in 180 s:\n" + log.read_text()[-4000:])
+        yield base, proc, log, bundle
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
+    ct = totalseg_dir / "example_ct_sm.nii.gz"
+    with _server(tmp_path, totalseg_dir) as (base, proc, log, bundle):
+        info = _get(f"{base}/info/", timeout=30)
         model = info["models"][BUNDLE_NAME]
         assert model["labels"]["spleen"] == 1 and len(model["labels"]) == 13
         assert info["trainers"][BUNDLE_NAME]
@@ -261,9 +282,69 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
         first = re.findall(r"Epoch: 1/1, Iter: 1/2 -- train_loss: ([0-9.]+)", text)
         assert len(first) == 2 and first[0] != first[1], first
         assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0] if k != CONFIG_BUFFER)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+
+
+def _decode(seg: bytes, folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    path = folder / f"{name}.nii.gz"
+    path.write_bytes(seg)
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img.affine
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of the server process and its children, in bytes."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_monailabel_server_under_repeated_and_concurrent_infer(tmp_path, totalseg_dir):
+    """30 sequential and 4 x 4 concurrent ``/infer`` calls (every click in a viewer): all answer 200 with the first
+    answer's label map, the server's memory after the 30th is within 10 % of after the 3rd, and nothing is left in
+    its temporary folder. On the middle third of the example CT (in-plane), to keep the run in minutes on 2 cores.
+    Bounded: 46 requests, each with a 120 s timeout, the whole loop within 20 minutes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    temp = tmp_path / "server_tmp"  # the server's TMPDIR: MONAI Label writes each result there first
+    temp.mkdir()
+    # the middle of the example CT, a third of its width and height (all its slices): ~4 s a request, not ~40 s
+    ct = nib.load(str(totalseg_dir / "example_ct_sm.nii.gz"))
+    nx, ny = ct.shape[0] // 3, ct.shape[1] // 3
+    middle = ct.slicer[nx : 2 * nx, ny : 2 * ny, :]
+    url_of = "{}/infer/" + BUNDLE_NAME + "?image=example_ct_middle&output=image"
+    params = {"device": "cpu", "sw_overlap": 0.25, "sw_batch_size": 4}
+    deadline = time.monotonic() + 1200
+    with _server(tmp_path, totalseg_dir, {"TMPDIR": str(temp)}, {"example_ct_middle": middle}) as (base, proc, log, _):
+        url = url_of.format(base)
+        temp_before = _files(temp)
+        first, rss = None, {}
+        for i in range(1, 31):
+            assert time.monotonic() < deadline, f"request loop over its time bound at request {i}"
+            labels, affine = _decode(_post_form(url, params, timeout=120), tmp_path, f"seq{i}")  # urllib raises on != 200
+            if first is None:
+                first = (labels, affine)
+                assert len(np.unique(labels)) > 1  # a real label map, not all background
+            assert np.array_equal(labels, first[0]) and np.allclose(affine, first[1]), f"request {i} differs"
+            if i in (3, 30):
+                rss[i] = _rss(proc.pid)
+
+        def client(k: int) -> list[np.ndarray]:
+            out = []
+            for j in range(4):
+                assert time.monotonic() < deadline, "request loop over its time bound"
+                out.append(_decode(_post_form(url, params, timeout=120), tmp_path, f"con{k}_{j}")[0])
+            return out
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = [a for chunk in pool.map(client, range(4)) for a in chunk]
+        assert len(answers) == 16 and all(np.array_equal(a, first[0]) for a in answers)
+        assert proc.poll() is None, log.read_text()[-4000:]
+        assert abs(rss[30] - rss[3]) <= 0.10 * rss[3], (rss, log.read_text()[-2000:])
+        assert _files(temp) == temp_before, sorted(_files(temp) - temp_before)[:20]
+        print(f"server RSS after request 3: {rss[3] / 2**20:.0f} MiB, after 30: {rss[30] / 2**20:.0f} MiB")
