@@ -1,5 +1,5 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Data utilities: the synthetic abdominal CT phantom, BTCV datalists and up-front datalist checks."""
+"""Data utilities: the synthetic abdominal CT phantom, BTCV datalists, up-front datalist checks, DICOM series input."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from monai_fine.data.checks import (
     check_option,
     load_datalist,
 )
+from monai_fine.data.dicom import NiftiOrDicomReader, check_series, list_images, series_name_formatter
 from monai_fine.data.io import AtomicNibabelWriter, atomic_write, check_output_names, check_writable_dir
 from monai_fine.data.datalist import (
     BTCV_TEST_IDS,
@@ -26,6 +27,10 @@ from monai_fine.data.phantom import BTCV_LABELS, make_phantom_case, make_phantom
 
 __all__ = [
     "AtomicNibabelWriter",
+    "NiftiOrDicomReader",
+    "check_series",
+    "list_images",
+    "series_name_formatter",
     "atomic_write",
     "check_nonempty",
     "check_output_names",
