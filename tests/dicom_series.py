@@ -19,7 +19,7 @@ import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["RESCALE_SLOPE", "RESCALE_INTERCEPT", "dicom_grid", "write_series"]
+__all__ = ["RESCALE_INTERCEPT", "RESCALE_SLOPE", "dicom_grid", "write_series"]
 
 RESCALE_SLOPE = 0.5
 RESCALE_INTERCEPT = -1000.0

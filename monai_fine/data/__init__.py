@@ -13,8 +13,6 @@ from monai_fine.data.checks import (
     check_option,
     load_datalist,
 )
-from monai_fine.data.dicom import NiftiOrDicomReader, check_series, list_images, series_name_formatter
-from monai_fine.data.io import AtomicNibabelWriter, atomic_write, check_output_names, check_writable_dir
 from monai_fine.data.datalist import (
     BTCV_TEST_IDS,
     BTCV_TRAIN_IDS,
@@ -23,23 +21,18 @@ from monai_fine.data.datalist import (
     build_datalist,
     datalist,
 )
+from monai_fine.data.dicom import NiftiOrDicomReader, check_series, list_images, series_name_formatter
+from monai_fine.data.io import AtomicNibabelWriter, atomic_write, check_output_names, check_writable_dir
 from monai_fine.data.phantom import BTCV_LABELS, make_phantom_case, make_phantom_dataset, phantom
 
 __all__ = [
-    "AtomicNibabelWriter",
-    "NiftiOrDicomReader",
-    "check_series",
-    "list_images",
-    "series_name_formatter",
-    "atomic_write",
-    "check_nonempty",
-    "check_output_names",
-    "check_writable_dir",
-    "load_datalist",
     "BTCV_LABELS",
     "BTCV_TEST_IDS",
     "BTCV_TRAIN_IDS",
     "BTCV_VAL_IDS",
+    "AtomicNibabelWriter",
+    "NiftiOrDicomReader",
+    "atomic_write",
     "btcv_18_12_datalist",
     "build_datalist",
     "check",
@@ -47,9 +40,16 @@ __all__ = [
     "check_datalist_file",
     "check_file_exists",
     "check_images",
+    "check_nonempty",
     "check_option",
+    "check_output_names",
+    "check_series",
+    "check_writable_dir",
     "datalist",
+    "list_images",
+    "load_datalist",
     "make_phantom_case",
     "make_phantom_dataset",
     "phantom",
+    "series_name_formatter",
 ]

@@ -34,6 +34,7 @@ from monai.utils import optional_import
 pydicom, has_pydicom = optional_import("pydicom")
 
 __all__ = [
+    "NIFTI_SUFFIXES",
     "DicomSeries",
     "NiftiOrDicomReader",
     "check_series",
@@ -42,7 +43,6 @@ __all__ = [
     "pixel_problems",
     "series_files",
     "series_name_formatter",
-    "NIFTI_SUFFIXES",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -145,7 +145,7 @@ def check_series(folder: str | os.PathLike) -> DicomSeries:
     for f in files:
         try:
             datasets.append(pydicom.dcmread(f, stop_before_pixels=True))
-        except Exception as e:  # pydicom raises many types for damaged files
+        except Exception as e:  # noqa: BLE001 (pydicom raises many types for damaged files)
             problems.append(f"unreadable DICOM file {f.name} ({type(e).__name__}: {e})")
     if not datasets:
         return result
@@ -224,7 +224,7 @@ def pixel_problems(files: Sequence[str | os.PathLike]) -> list[str]:
     for f in files:
         try:
             pydicom.dcmread(f).pixel_array  # noqa: B018 (decoding is the check)
-        except Exception as e:  # pydicom and its pixel handlers raise many types
+        except Exception as e:  # noqa: BLE001 (pydicom and its pixel handlers raise many types)
             problems.append(f"unreadable pixel data in {Path(f).name} ({type(e).__name__}: {e})")
     return problems
 
