@@ -149,7 +149,11 @@ def overlay_png(
         ("axial", z, lambda v: v[:, :, z].T, sy / sx),
         ("coronal", y, lambda v: v[:, y, :].T, sz / sx),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4))
+    # panel heights follow the views' physical aspect, so the figure holds no empty band (about 3.9 inches per panel width)
+    heights = [img.shape[1] * sy / (img.shape[0] * sx), img.shape[2] * sz / (img.shape[0] * sx)]
+    legend_in = 0.7
+    fig, axes = plt.subplots(2, 3, figsize=(12, 3.9 * sum(heights) + 1.0 + legend_in),
+                             gridspec_kw={"height_ratios": heights})
     for row, (view, index, cut, aspect) in enumerate(views):
         for ax, (title, mask) in zip(axes[row], [("image", None), ("ground truth", lab), ("prediction", seg)]):
             ax.imshow(np.clip(cut(img), -175, 250), cmap="gray", origin="lower", aspect=aspect)
@@ -165,7 +169,7 @@ def overlay_png(
     handles = [Patch(facecolor=rgba, edgecolor="none", label=f"{label} {organ}") for label, organ, rgba in legend]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), frameon=False, fontsize=9)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1), h_pad=1.5)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return {"slices": {"axial": z, "coronal": y}, "legend": legend}
@@ -220,6 +224,7 @@ def training_png(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if epoch_length < 1:
         raise ValueError(f"epoch_length must be a positive number of iterations, got {epoch_length}")
@@ -239,7 +244,7 @@ def training_png(
     ax_loss.set(xlabel="epoch", ylabel=loss_tag, title="training loss")
     ax_loss.legend(frameon=False)
     ax_dice.plot([s for s, _ in dice], [v for _, v in dice], "o-", color="tab:green", gid="dice")
-    ax_dice.set(xlabel="epoch", ylabel=dice_tag, title="validation Dice (mean over organs)", ylim=(0, 1))
+    ax_dice.set(xlabel="epoch", ylabel=dice_tag, title="validation Dice (mean over organs)", ylim=(-0.02, 1.02))
     if not dice:
         ax_dice.text(0.5, 0.5, f"no '{dice_tag}' logged", ha="center", transform=ax_dice.transAxes)
     if per_epoch:
@@ -247,6 +252,7 @@ def training_png(
             ax.set_xlim(0, max(per_epoch) + 0.5)
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     drawn = {
         line.get_gid(): ([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
