@@ -57,27 +57,38 @@ def _require_pydicom(folder: str | os.PathLike) -> None:
         raise ImportError(f"{folder} is a folder (read as a DICOM series), but pydicom is not installed: {_INSTALL}.")
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """The test of ``pydicom.misc.is_dicom`` (``DICM`` after the 128-byte preamble), without needing pydicom: a folder
+    of DICOM files is recognised as a case even where pydicom is missing, and then refused with the install hint."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def series_files(folder: str | os.PathLike) -> list[Path]:
-    """The DICOM files of a series folder, as :class:`monai.data.PydicomReader` (``fname_regex=None``) selects them:
-    the non-hidden files directly in ``folder`` that carry the DICOM Part-10 preamble, sorted by name."""
-    _require_pydicom(folder)
-    return sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and p.is_file() and pydicom.misc.is_dicom(p))
+    """The DICOM files of a series folder, as :class:`monai.data.PydicomReader` (``fname_regex=None``, which tests
+    with ``pydicom.misc.is_dicom``) selects them: the non-hidden files directly in ``folder`` that carry the DICOM
+    Part-10 preamble, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if _is_dicom_file(p))
 
 
 def is_dicom_series_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder holding at least one DICOM file directly (False without pydicom)."""
+    """Whether ``path`` is a folder holding at least one DICOM file directly."""
     path = Path(path)
-    if not path.is_dir() or not has_pydicom:
-        return False
-    return any(not p.name.startswith(".") and p.is_file() and pydicom.misc.is_dicom(p) for p in path.iterdir())
+    return path.is_dir() and any(_is_dicom_file(p) for p in path.iterdir())
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
     """The cases of an image folder (``dataset_dir/imagesTs``): its NIfTI files and its DICOM series sub-folders.
 
     NIfTI: non-hidden ``*.nii.gz`` / ``*.nii`` files. DICOM: each non-hidden sub-folder with at least one DICOM file
-    directly in it (sub-folders without DICOM files are not cases and are skipped; without pydicom installed no
-    sub-folder is a case). Paths are returned without a trailing separator (the output name is the last component).
+    directly in it (sub-folders without DICOM files are not cases and are skipped; pydicom is not needed to find them,
+    only to read them). Paths are returned without a trailing separator (the output name is the last component).
 
     Returns:
         Sorted paths as strings; empty when ``folder`` does not exist (the up-front check then names it).
@@ -131,6 +142,7 @@ def check_series(folder: str | os.PathLike) -> DicomSeries:
         ImportError: pydicom is not installed (naming the extra to install).
     """
     folder = Path(folder)
+    _require_pydicom(folder)
     files = series_files(folder)
     result = DicomSeries(folder=folder, files=files, problems=[])
     problems = result.problems

@@ -8,12 +8,15 @@ The series are written with pydicom from a crop of the real example CT (``tests/
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_common import workflow
+from bundle_common import BUNDLE, workflow
 
 pytest.importorskip("pydicom")
 
@@ -54,7 +57,6 @@ def test_pydicom_reader_gives_the_rescaled_hu_on_the_series_grid(tmp_path, total
     np.testing.assert_allclose(series.affine, ref_affine, atol=1e-5)
 
 
-@pytest.mark.slow
 def test_a_dicom_series_gives_the_label_map_of_the_same_ct_as_nifti(tmp_path, totalseg_dir):
     volume, affine = _crop(totalseg_dir)
     data = tmp_path / "data"
@@ -151,3 +153,51 @@ def test_series_folder_names_keep_their_dots_in_the_output_name(tmp_path, totals
     assert check_output_names([str(a), str(b)])  # MONAI's default naming would give both 1.2.840_seg.nii.gz
     with pytest.raises(ValueError, match="trailing path separator"):
         check_images([str(a) + "/"], check_values=False)
+
+
+def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600, cwd=cwd, check=False)
+
+
+@pytest.mark.slow
+def test_without_pydicom_nifti_works_and_a_series_folder_names_the_extra(tmp_path, totalseg_dir):
+    volume, affine = _crop(totalseg_dir)
+    write_series(tmp_path / "imagesTs" / "series", volume, affine)
+    nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "imagesTs" / "ct.nii.gz"))
+    code = f"""
+import sys
+sys.modules["pydicom"] = None  # as if it were not installed: every import of it fails
+from monai.transforms import LoadImage
+from monai_fine.data import check_images, list_images
+cases = list_images({str(tmp_path / "imagesTs")!r})
+print("cases", [c.rsplit("/", 1)[1] for c in cases])
+image = LoadImage(reader="monai_fine.data.NiftiOrDicomReader", image_only=True)(cases[0])
+print("nifti", tuple(image.shape))
+check_images(cases[:1])
+try:
+    check_images(cases)
+except ValueError as e:
+    print("refused", e)
+"""
+    proc = _python(["-c", code], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cases ['ct.nii.gz', 'series']" in proc.stdout  # the series is found without pydicom ...
+    assert "nifti (64, 56, 20)" in proc.stdout
+    # ... and refused up front with the install hint, naming the folder
+    assert f"{tmp_path / 'imagesTs' / 'series'}: " in proc.stdout and "pip install 'monai_fine[dicom]'" in proc.stdout
+
+
+@pytest.mark.slow
+def test_monai_fine_infer_command_segments_a_series_folder(tmp_path, totalseg_dir):
+    volume, affine = _crop(totalseg_dir)
+    write_series(tmp_path / "data" / "imagesTs" / "case.7", volume, affine)
+    args = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
+            "--load_pretrain", "false", "--preset", "tiny", "--roi_size", "[32,32,16]", "--network_def#feature_size", "12",
+            "--network_def#num_heads", "[1,2,2,4]", "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0",
+            "--device", "$torch.device('cpu')"]  # fmt: skip
+    proc = _python(["-m", "monai_fine", "infer", *args], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seg = nib.load(tmp_path / "out" / "case.7_seg.nii.gz")
+    _, ref_affine = dicom_grid(np.zeros(volume.shape), affine)
+    assert seg.shape == volume.shape and np.allclose(seg.affine, ref_affine, atol=1e-4)
