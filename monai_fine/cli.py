@@ -64,7 +64,8 @@ def evaluate(**override: Any) -> None:
 
 
 def infer(**override: Any) -> None:
-    """Segment every ``dataset_dir/imagesTs/*.nii.gz`` into ``output_dir`` (input grid and affine)."""
+    """Segment every ``dataset_dir/imagesTs/*.nii.gz`` and DICOM series folder into ``output_dir`` (input grid and
+    affine); see :py:mod:`monai_fine.data.dicom` for the DICOM layout."""
     run_bundle(["inference.json"], "infer", **override)
 
 
