@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_fine.data import check, datalist, phantom
-from monai_fine.reports import case_name, format_organ_table, nanmean, organ_table, overlay_png
+from monai_fine.reports import case_name, format_organ_table, nanmean, organ_table, overlay_png, training_png
 
 __all__ = [
     "bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "context_ablation", "context_benchmark",
@@ -64,7 +64,8 @@ def evaluate(**override: Any) -> None:
 
 
 def infer(**override: Any) -> None:
-    """Segment every ``dataset_dir/imagesTs/*.nii.gz`` into ``output_dir`` (input grid and affine)."""
+    """Segment every ``dataset_dir/imagesTs/*.nii.gz`` and DICOM series folder into ``output_dir`` (input grid and
+    affine); see :py:mod:`monai_fine.data.dicom` for the DICOM layout."""
     run_bundle(["inference.json"], "infer", **override)
 
 
@@ -96,12 +97,15 @@ def demo(
     shape: tuple[int, int, int] = (96, 96, 64),
     roi_size: tuple[int, int, int] = (32, 32, 16),
     crop_sampler: str = "classes",
+    val_interval: int | None = None,
 ) -> str:
     """Phantom -> training through the bundle -> evaluation on held-out cases -> inference; prints a table.
 
     Writes into ``out``: ``data/`` (the phantom in BTCV layout), ``models/`` (checkpoints), ``eval/`` (MetricsSaver
     CSVs and the held-out predictions), ``predictions/`` (segmentations of ``data/imagesTs``), ``metrics.csv``
-    (per-organ Dice and HD95) and ``overlay.png`` (image, truth, prediction of one held-out case).
+    (per-organ Dice and HD95), ``overlay.png`` (image, truth, prediction of one held-out case, axial and coronal,
+    with an organ legend) and ``training.png`` (loss and validation Dice per epoch, read from the run's TensorBoard
+    events in ``eval/tensorboard``).
 
     Args:
         out: output folder (created; an existing one is reused, its checkpoints resume training).
@@ -117,6 +121,8 @@ def demo(
         roi_size: training crop / inference window (voxels of 3 mm).
         crop_sampler: ``"classes"`` (every organ equally often at a crop centre, so the small organs are learned in
             minutes) or ``"posneg"`` (the bundle default, foreground/background 2:1).
+        val_interval: validate (and log the validation Dice) every this many epochs; default once, at the end (each
+            validation segments the held-out cases: a denser Dice curve costs that time).
     """
     from monai_fine.bools import as_bool
 
@@ -127,7 +133,8 @@ def demo(
     common = _demo_overrides(out_dir, data_dir, preset=preset, memory=memory, scan_memory=scan_memory,
                              num_workers=num_workers, seed=seed, roi_size=roi_size, device=device)
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
-    run_bundle(["train.json"], "train", max_epochs=max_epochs, epoch_length=epoch_length, val_interval=max_epochs,
+    val_interval = max_epochs if val_interval is None else int(val_interval)
+    run_bundle(["train.json"], "train", max_epochs=max_epochs, epoch_length=epoch_length, val_interval=val_interval,
                num_samples=num_samples, crop_sampler=crop_sampler, optimizer_name=optimizer_name,
                learning_rate=learning_rate, **common)
     t_train = time.time() - t0
@@ -135,7 +142,7 @@ def demo(
     run_bundle(["train.json", "evaluate.json"], "eval", save_predictions=True, **common)
     print("[demo] segmenting data/imagesTs", flush=True)
     run_bundle(["inference.json"], "infer", output_dir=str(out_dir / "predictions"), **common)
-    return _demo_report(out_dir, data_dir, t_train=t_train, t_total=time.time() - t0)
+    return _demo_report(out_dir, data_dir, t_train=t_train, t_total=time.time() - t0, epoch_length=epoch_length)
 
 
 def _demo_data(out_dir: Path, num_cases: int, seed: int, shape: Sequence[int]) -> Path:
@@ -156,8 +163,8 @@ def _demo_overrides(out_dir: Path, data_dir: Path, roi_size: Sequence[int], devi
     return common
 
 
-def _demo_report(out_dir: Path, data_dir: Path, t_train: float, t_total: float) -> str:
-    """Write ``metrics.csv`` and ``overlay.png``, print the per-organ table; returns the one-line summary."""
+def _demo_report(out_dir: Path, data_dir: Path, t_train: float, t_total: float, epoch_length: int) -> str:
+    """Write ``metrics.csv``, ``overlay.png`` and ``training.png``, print the per-organ table; returns the summary."""
     rows = organ_table(out_dir / "eval")
     with open(out_dir / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -170,9 +177,11 @@ def _demo_report(out_dir: Path, data_dir: Path, t_train: float, t_total: float) 
         out_dir / "eval" / "predictions" / f"{case_name(case['image'])}_seg.nii.gz",
         out_dir / "overlay.png",
     )
+    training_png(out_dir / "eval" / "tensorboard", out_dir / "training.png", epoch_length=epoch_length)
     print(f"\n[demo] held-out phantom cases: {rows[0]['cases']}; training {t_train / 60:.1f} min, total {t_total / 60:.1f} min")
     print(format_organ_table(rows, organ_table(out_dir / "eval", protocol="synapse8")))
-    print(f"[demo] wrote {out_dir / 'metrics.csv'}, {out_dir / 'overlay.png'}, {out_dir / 'predictions'}")
+    print(f"[demo] wrote {out_dir / 'metrics.csv'}, {out_dir / 'overlay.png'}, {out_dir / 'training.png'}, "
+          f"{out_dir / 'predictions'}")
     mean_dice, mean_hd = nanmean([r["dice"] for r in rows]), nanmean([r["hd95_mm"] for r in rows])
     return f"mean Dice {mean_dice:.3f}, mean HD95 {mean_hd:.1f} mm"
 

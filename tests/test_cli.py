@@ -58,6 +58,8 @@ def test_demo_end_to_end_small(tmp_path):
     assert [int(r["label"]) for r in rows] == list(range(1, 14))
     png = (out / "overlay.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    png = (out / "training.png").read_bytes()  # one epoch of two iterations, validated once
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     test_images = sorted((out / "data" / "imagesTs").glob("*.nii.gz"))
     for image in test_images:
         seg = nib.load(out / "predictions" / image.name.replace(".nii.gz", "_seg.nii.gz"))

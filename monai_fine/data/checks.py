@@ -2,7 +2,9 @@
 """Up-front checks of a segmentation datalist, so that bad data fails in seconds rather than hours into training.
 
 :func:`check_datalist` reads every NIfTI header (shape, affine) and, by default, the voxel data (NaN/inf intensities,
-label values) and raises one ``ValueError`` that lists every problem found, one line each, naming the file.
+label values) and raises one ``ValueError`` that lists every problem found, one line each, naming the file. An image
+given as a folder is a DICOM series: its headers are checked by :func:`monai_fine.data.dicom.check_series` (one CT
+series, consistent geometry) and, with ``check_values``, every slice's pixel data is decoded.
 In a bundle it runs in the ``initialize`` list::
 
     "$monai_fine.data.check_datalist(@train#dataset#data + @validate#dataset#data)"
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 from monai.data import load_decathlon_datalist
 from monai.utils import optional_import
+
+from monai_fine.data.dicom import check_series, pixel_problems
 
 nib, _ = optional_import("nibabel")
 
@@ -52,6 +56,13 @@ def _list_values(values: np.ndarray) -> str:
     return shown + (f", ... ({values.size} distinct)" if values.size > _MAX_LISTED else "")
 
 
+class _SeriesImage:
+    """A DICOM series folder in the checker's terms: the shape and affine its reader will produce."""
+
+    def __init__(self, shape: tuple[int, ...], affine: np.ndarray) -> None:
+        self.shape, self.affine = shape, affine
+
+
 class _Checker:
     """Collects problems of one datalist; ``load`` returns ``None`` (after recording why) for unusable files."""
 
@@ -69,6 +80,8 @@ class _Checker:
         if not isinstance(path, (str, os.PathLike)):
             self.fail(repr(path), f"{role} path must be a file name, got {type(path).__name__}")
             return None
+        if Path(path).is_dir():
+            return self.load_series(path, role)
         if not Path(path).is_file():
             self.fail(path, f"missing file ({role} does not exist)")
             return None
@@ -83,6 +96,35 @@ class _Checker:
         if shape is None:
             self.fail(path, f"{role} is not 3D: shape {tuple(img.shape)} (expected (X, Y, Z) or (X, Y, Z, 1))")
             return None
+        if not self.size_ok(path, role, shape):
+            return None
+        if abs(np.linalg.det(img.affine[:3, :3])) < 1e-8:
+            self.fail(path, f"{role} affine is singular (zero voxel size): {img.affine[:3, :3].tolist()}")
+        return img
+
+    def load_series(self, path: str | os.PathLike, role: str) -> _SeriesImage | None:
+        """A folder: a DICOM series (images only), checked from its headers; pixel data decoded with check_values."""
+        if role != "image":
+            self.fail(path, f"{role} is a folder; only images may be DICOM series folders, a {role} must be NIfTI")
+            return None
+        if str(path).endswith(("/", os.sep)):
+            self.fail(path, "remove the trailing path separator: the output file is named after the folder's name")
+            return None
+        try:
+            series = check_series(path)
+        except ImportError as e:
+            self.fail(path, str(e))
+            return None
+        for problem in series.problems or []:
+            self.fail(path, f"DICOM series: {problem}")
+        if series.problems or series.shape is None or not self.size_ok(path, role, series.shape):
+            return None
+        if self.check_values:  # after the size check: a series above the limit is not read
+            for problem in pixel_problems(series.files):
+                self.fail(path, f"DICOM series: {problem}")
+        return _SeriesImage(series.shape, series.affine)
+
+    def size_ok(self, path: str | os.PathLike, role: str, shape: Sequence[int]) -> bool:
         voxels = int(np.prod(shape, dtype=np.int64))
         if self.max_voxels is not None and voxels > self.max_voxels:
             self.fail(
@@ -90,10 +132,8 @@ class _Checker:
                 f"{role} declares {' x '.join(map(str, shape))} = {voxels} voxels, above the limit max_image_voxels="
                 f"{self.max_voxels} (refused from the header; nothing was read)",
             )
-            return None
-        if abs(np.linalg.det(img.affine[:3, :3])) < 1e-8:
-            self.fail(path, f"{role} affine is singular (zero voxel size): {img.affine[:3, :3].tolist()}")
-        return img
+            return False
+        return True
 
     def read(self, img: Any, path: Any, role: str) -> np.ndarray | None:
         try:
@@ -103,6 +143,8 @@ class _Checker:
             return None
 
     def image_values(self, img: Any, path: Any) -> None:
+        if isinstance(img, _SeriesImage):  # integer pixel data, decoded by check_series
+            return
         data = self.read(img, path, "image")
         if data is not None and np.issubdtype(data.dtype, np.floating):
             bad = int(data.size - np.count_nonzero(np.isfinite(data)))
@@ -268,10 +310,11 @@ def check_images(
     check_values: bool = True,
     max_image_voxels: int | None = DEFAULT_MAX_IMAGE_VOXELS,
 ) -> bool:
-    """Check images to segment (no labels): at least one, each an existing, readable 3D NIfTI without NaN/inf.
+    """Check images to segment (no labels): at least one, each an existing, readable 3D NIfTI without NaN/inf, or a
+    folder holding one DICOM CT series that reads as one volume (:func:`monai_fine.data.dicom.check_series`).
 
     Args:
-        images: image paths (or datalist items with ``image_key``).
+        images: image paths (or datalist items with ``image_key``): NIfTI files or DICOM series folders.
         image_key: key of the image path in datalist items.
         check_values: also read the voxel data (NaN/inf intensities).
         max_image_voxels: size limit of one image from its header (see :func:`check_datalist`).

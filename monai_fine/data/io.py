@@ -258,6 +258,8 @@ def check_writable_dir(folder: str | os.PathLike, what: str = "output_dir") -> b
 
 def _output_stem(path: str | os.PathLike) -> str:
     name = Path(path).name
+    if Path(path).is_dir():  # a DICOM series folder: named after the whole folder name (series_name_formatter)
+        return name
     for ext in (".nii.gz", ".nii", ".mha", ".nrrd", ".gz"):
         if name.endswith(ext):
             return name[: -len(ext)]

@@ -4,9 +4,10 @@
 The fast tests replay, without MONAI Label, the exact steps of ``monailabel.tasks.infer.bundle.BundleInferTask`` that
 broke (an ``image_path`` string in the data, ``network_def`` instantiated with no overrides, ``displayable_configs``
 written back into the config). The slow test starts MONAI Label 0.8.5 on 127.0.0.1 with the Zoo zip of this bundle
-in a copy of the ``monaibundle`` sample app and calls ``/info/``, ``/infer`` and ``/train`` twice. It needs a Python
-with ``monailabel`` installed (its own venv, see bundle/docs/README.md): ``$MONAI_FINE_MONAILABEL_PYTHON``, or the
-``python`` beside a ``monailabel`` found on ``PATH``; it is skipped otherwise.
+in a copy of the ``monaibundle`` sample app and calls ``/info/``, ``/infer`` (a NIfTI file, then the same CT as a
+DICOM series folder) and ``/train`` twice. It needs a Python with ``monailabel`` installed (its own venv, see
+bundle/docs/README.md): ``$MONAI_FINE_MONAILABEL_PYTHON``, or the ``python`` beside a ``monailabel`` found on
+``PATH``; it is skipped otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -262,6 +264,24 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
         labels = np.unique(np.asarray(pred.dataobj))
         assert set(labels.tolist()) <= set(range(14)), labels
         assert "'overlap': 0.0, " in log.read_text()  # the user's option reached the inferer MONAI Label logs
+
+        # /infer on the same CT as a DICOM series folder, given by its path on the server (MONAI Label passes an
+        # existing path through; a DICOMweb datastore with MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI=false does the same
+        # with its downloaded series folder): the same labels, on the series' own grid
+        from dicom_series import dicom_grid, write_series
+
+        series = tmp_path / "dicom" / "ct_series"
+        write_series(series, np.asarray(ref.dataobj), ref.affine)
+        # a folder has no file extension to copy, so MONAI Label's writer needs result_extension to write a file
+        seg = _post_form(f"{base}/infer/{BUNDLE_NAME}?image={urllib.parse.quote(str(series))}&output=image",
+                         {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4, "result_extension": ".nii.gz"})
+        (tmp_path / "seg_dicom.nii.gz").write_bytes(seg)
+        from_dicom = nib.load(str(tmp_path / "seg_dicom.nii.gz"))
+        expected, expected_affine = dicom_grid(np.asarray(pred.dataobj), pred.affine)
+        assert from_dicom.shape == expected.shape, log.read_text()[-4000:]
+        np.testing.assert_allclose(from_dicom.affine, expected_affine, atol=1e-3)
+        assert np.array_equal(np.asarray(from_dicom.dataobj), expected)
+        assert "Input is a Directory; Consider it as DICOM" in log.read_text()
 
         # /train twice: each writes a usable model.pt, the second starts from the first's weights
         states = []
