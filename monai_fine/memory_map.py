@@ -63,13 +63,13 @@ from monai_fine.networks.blocks.window import window_layout, window_partition, w
 
 __all__ = [
     "MemoryMap",
-    "record_attention",
     "attention_rollout",
-    "crop_memory_map",
-    "parse_center",
     "crop_at",
+    "crop_memory_map",
     "draw_memory_map",
     "memory_map_png",
+    "parse_center",
+    "record_attention",
 ]
 
 
@@ -111,7 +111,9 @@ def _pop(records: list, expected: torch.Size | tuple, what: str) -> torch.Tensor
         raise RuntimeError(f"the recorded forward has fewer attention calls than the network's {what}.")
     _, weights = records.pop(0)
     if tuple(weights.shape[-2:]) != tuple(expected):
-        raise RuntimeError(f"{what}: expected attention weights over {tuple(expected)} tokens, got {tuple(weights.shape)}.")
+        raise RuntimeError(
+            f"{what}: expected attention weights over {tuple(expected)} tokens, got {tuple(weights.shape)}."
+        )
     return weights.mean(1).double().cpu()  # (B, L_q, L_k), heads averaged
 
 
@@ -162,7 +164,9 @@ def attention_rollout(
     if not 0.0 <= residual < 1.0:
         raise ValueError(f"residual must lie in [0, 1), got {residual}.")
     if getattr(net, "memory", None) != "full":
-        raise ValueError(f"the memory map needs a FINE with memory='full', got memory={getattr(net, 'memory', None)!r}.")
+        raise ValueError(
+            f"the memory map needs a FINE with memory='full', got memory={getattr(net, 'memory', None)!r}."
+        )
     records = list(records)
     device = net.memory_visits.device
     ctx = net.memory_context(torch.as_tensor(roi_box).to(device), 1, device)
@@ -367,10 +371,12 @@ def memory_map_png(
             raise FileNotFoundError(f"{what} not found: {path}")
     if grid == "input" and (shape := _input_shape(image)) is not None:
         _check_inside(c, shape, "input image's")
-    recorded = read_network_config(weights).get("memory")
-    if recorded is not None and recorded != "full":
-        raise ValueError(f"the memory map needs a network with memory='full'; {weights} has memory={recorded!r}.")
-    net = load_network(weights, device=device)
+    recorded = read_network_config(weights)
+    if recorded.get("memory", "full") != "full":
+        raise ValueError(
+            f"the memory map needs a network with memory='full'; {weights} has memory={recorded['memory']!r}."
+        )
+    net = load_network(weights, device=device, **recorded)  # the record itself: no "differs from the config" warning
     if net.memory != "full":
         raise ValueError(f"the memory map needs a network with memory='full'; {weights} has memory={net.memory!r}.")
     if not bool((net.memory_visits > 0).any()):

@@ -60,7 +60,7 @@ class AttentionRecorder:
         self.atol = float(atol)
         self.records: list[tuple[nn.Module, torch.Tensor]] = []
 
-    def __enter__(self) -> AttentionRecorder:
+    def __enter__(self) -> AttentionRecorder:  # noqa: PYI034 (typing.Self is Python 3.11+, the package supports 3.9)
         _RECORDERS.append(self)
         return self
 
