@@ -284,10 +284,12 @@ def draw_memory_map(
     stop: Sequence[int],
     center: Sequence[int],
     out: str | os.PathLike,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
     title: str = "",
 ) -> None:
-    """Axial and coronal slices of ``image`` ``(X, Y, Z)`` (RAS) through ``center``, the per-cell map ``cells``
-    ``(gx, gy, gz)`` over them, the cell grid and the crop ``[start, stop)`` outlined; written as a PNG."""
+    """Axial and coronal slices of ``image`` ``(X, Y, Z)`` (RAS, voxel size ``spacing``) through ``center``, the
+    per-cell map ``cells`` ``(gx, gy, gz)`` over them with each cell's value written in it, the cell grid, and the crop
+    ``[start, stop)`` outlined in blue (as in the paper's Fig. 4); written as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,30 +300,39 @@ def draw_memory_map(
     index = [np.minimum(((np.arange(s) + 0.5) / s * g).astype(int), g - 1) for s, g in zip(size, cells.shape)]
     heat = cells[np.ix_(*index)]  # the cell value at every voxel
     vmax = max(float(cells.max()), 1e-12)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
     views = [("axial", 2, (0, 1)), ("coronal", 1, (0, 2))]
     for ax, (name, cut, (h, v)) in zip(axes, views):
         take = [slice(None)] * 3
         take[cut] = int(center[cut])
-        ax.imshow(image[tuple(take)].T, cmap="gray", origin="lower", interpolation="nearest")
-        shown = ax.imshow(heat[tuple(take)].T, cmap="inferno", alpha=0.5, vmin=0, vmax=vmax, origin="lower",
-                          interpolation="nearest")  # fmt: skip
-        for k in range(1, cells.shape[h]):
-            ax.axvline(k * size[h] / cells.shape[h] - 0.5, color="white", lw=0.5, alpha=0.6)
-        for k in range(1, cells.shape[v]):
-            ax.axhline(k * size[v] / cells.shape[v] - 0.5, color="white", lw=0.5, alpha=0.6)
+        aspect = float(spacing[v]) / float(spacing[h])
+        ax.imshow(image[tuple(take)].T, cmap="gray", origin="lower", interpolation="nearest", aspect=aspect)
+        shown = ax.imshow(heat[tuple(take)].T, cmap="inferno", alpha=0.45, vmin=0, vmax=vmax, origin="lower",
+                          interpolation="nearest", aspect=aspect)  # fmt: skip
+        gh, gv = cells.shape[h], cells.shape[v]
+        for k in range(1, gh):
+            ax.axvline(k * size[h] / gh - 0.5, color="white", lw=0.5, alpha=0.6)
+        for k in range(1, gv):
+            ax.axhline(k * size[v] / gv - 0.5, color="white", lw=0.5, alpha=0.6)
+        cell_of_cut = min(int((int(center[cut]) + 0.5) / size[cut] * cells.shape[cut]), cells.shape[cut] - 1)
+        for i in range(gh):
+            for j in range(gv):
+                at = [0, 0, 0]
+                at[h], at[v], at[cut] = i, j, cell_of_cut
+                ax.text((i + 0.5) * size[h] / gh - 0.5, (j + 0.5) * size[v] / gv - 0.5, f"{cells[tuple(at)]:.2f}",
+                        color="white", fontsize=8, ha="center", va="center", alpha=0.9)  # fmt: skip
         ax.add_patch(Rectangle((start[h] - 0.5, start[v] - 0.5), stop[h] - start[h], stop[v] - start[v], fill=False,
-                               edgecolor="cyan", lw=1.5))  # fmt: skip
-        ax.plot([center[h]], [center[v]], "+", color="cyan", ms=10)
+                               edgecolor="#2f6bff", lw=2.0))  # fmt: skip
+        ax.plot([center[h]], [center[v]], "+", color="#2f6bff", ms=10)
         ax.set_xlim(-0.5, size[h] - 0.5)
         ax.set_ylim(-0.5, size[v] - 0.5)
         ax.invert_xaxis()  # radiological view: the patient's right on the viewer's left
-        ax.set_title(f"{name} slice {int(center[cut])} ({'xyz'[cut]} = {int(center[cut])})")
+        ax.set_title(f"{name} slice {'xyz'[cut]} = {int(center[cut])}")
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(shown, ax=list(axes), shrink=0.8, label="share of the crop's memory attention per cell")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=9)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -352,7 +363,8 @@ def memory_map_png(
         device: where the network runs.
 
     Returns:
-        a one-line summary (memory share, brightest cell), also printed with the per-cell values.
+        a one-line summary (memory share, brightest cell; ``python -m monai_fine`` prints it after the per-cell
+        values).
 
     Raises:
         ValueError: a bad ``center`` or ``grid``, a centre outside the image, a network that is not ``"full"`` or
@@ -408,8 +420,11 @@ def memory_map_png(
         f"crop centre {c} (preprocessed grid, pixdim {list(pixdim)}), roi {roi}: memory share "
         f"{result.memory_share:.3f}; brightest cell {best} with {result.cells.max():.3f} of it"
     )
-    draw_memory_map(img[0].numpy(), result.cells, start, stop, c, out, title=f"FINE memory map: {summary}")
-    print(summary)
+    title = (
+        f"FINE memory map of the crop at {c} (preprocessed grid, {roi} voxels of {list(pixdim)} mm)\n"
+        f"memory share {result.memory_share:.3f} of the crop's attention rollout; cells: its split over the memory"
+    )
+    draw_memory_map(img[0].numpy(), result.cells, start, stop, c, out, spacing=pixdim, title=title)
     print("per-cell share (x rows, y columns" + (", z slices)" if result.cells.shape[2] > 1 else ")"))
     for k in range(result.cells.shape[2]):
         print("\n".join("  " + " ".join(f"{v:.3f}" for v in row) for row in result.cells[:, :, k]))
