@@ -151,12 +151,14 @@ def _dense_rollout(net: FINE, records: list, x_shape, write: torch.Tensor, r: fl
     return ex.mean(0)
 
 
-@pytest.mark.parametrize("residual", [0.5, 0.0])
-def test_rollout_equals_the_product_of_explicit_attention_matrices(residual):
-    net = small(roi=(24, 24, 8))  # the second stage (6 x 6 x 2 tokens) pads its windows and shifts them
+@pytest.mark.parametrize("residual,scan", [(0.5, False), (0.0, False), (0.5, True)], ids=["r0.5", "r0", "scan-memory"])
+def test_rollout_equals_the_product_of_explicit_attention_matrices(residual, scan):
+    net = small(roi=(24, 24, 8), scan_memory=scan)  # the second stage (6 x 6 x 2 tokens) pads and shifts its windows
     x = torch.randn(1, 1, 24, 24, 8)
     box = torch.tensor([[[0.3, 0.3, 0.0], [0.7, 0.7, 1.0]]])  # intersects the middle 2 x 2 cells
-    _, records = record_attention(net, x, box)
+    # with the scan memory, its write pass (the scan view) runs before and outside the recording
+    memory = net.write_scan_memory(torch.randn(1, 1, 24, 24, 8)) if scan else None
+    _, records = record_attention(net, x, box, memory)
     got = attention_rollout(net, records, x.shape, box, residual)
     write = net.memory_context(box, 1, torch.device("cpu")).write[0, :, 0].bool().numpy()
     assert write.sum() == 4
