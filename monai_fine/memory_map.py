@@ -97,9 +97,14 @@ def record_attention(
 
     Returns:
         the logits and the :class:`~monai_fine.networks.blocks.attention.AttentionRecorder` records, in call order.
+
+    Raises:
+        ValueError: a batch of more than one crop, or a network in training mode.
     """
     if x.shape[0] != 1:
         raise ValueError(f"the memory map is of one crop: x needs batch size 1, got shape {tuple(x.shape)}.")
+    if net.training:  # a training-mode forward would mark the crop's cells visited and drop attention weights
+        raise ValueError("record the attention of a network in eval mode (call net.eval() first).")
     with torch.no_grad(), AttentionRecorder() as recorder:
         logits = net(x, roi_box, scan_memory=scan_memory)
     return logits, recorder.records
@@ -158,7 +163,7 @@ def attention_rollout(
         residual: ``r`` of the rollout, in ``[0, 1)``.
 
     Raises:
-        ValueError: ``residual`` out of range, or a network that is not ``"full"``.
+        ValueError: ``residual`` out of range, a network that is not ``"full"`` or is in training mode.
         RuntimeError: the records do not match the network's attention calls.
     """
     if not 0.0 <= residual < 1.0:
@@ -167,6 +172,8 @@ def attention_rollout(
         raise ValueError(
             f"the memory map needs a FINE with memory='full', got memory={getattr(net, 'memory', None)!r}."
         )
+    if net.training:  # memory_context would mark the crop's cells visited
+        raise ValueError("roll out the attention of a network in eval mode (call net.eval() first).")
     records = list(records)
     device = net.memory_visits.device
     ctx = net.memory_context(torch.as_tensor(roi_box).to(device), 1, device)

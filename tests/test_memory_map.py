@@ -183,10 +183,17 @@ def test_recording_leaves_the_logits_unchanged_and_fused_and_manual_attention_gi
     np.testing.assert_allclose(a.sources, b.sources, atol=1e-6)
 
 
-def test_rollout_refuses_a_network_without_all_volume_attention():
+def test_rollout_refuses_a_network_without_all_volume_attention_or_in_training_mode():
     net = small(memory="released")
     with pytest.raises(ValueError, match="memory='full'.*'released'"):
         attention_rollout(net, [], (1, 1, 16, 16, 8), CORNER)
+    net = small().train()
+    visits = net.memory_visits.clone()
+    with pytest.raises(ValueError, match="eval mode"):
+        record_attention(net, torch.randn(1, 1, 16, 16, 8), CORNER)
+    with pytest.raises(ValueError, match="eval mode"):
+        attention_rollout(net, [], (1, 1, 16, 16, 8), CORNER)
+    assert torch.equal(net.memory_visits, visits)  # no cell marked visited by the refused calls
 
 
 # ---------------------------------------------------------------- the command
