@@ -183,6 +183,29 @@ def test_recording_leaves_the_logits_unchanged_and_fused_and_manual_attention_gi
     np.testing.assert_allclose(a.sources, b.sources, atol=1e-6)
 
 
+def test_recorder_stores_the_softmax_each_attention_path_used_and_only_while_active():
+    from monai_fine.networks.blocks.attention import Attention, AttentionRecorder
+
+    torch.manual_seed(0)
+    fused, manual = Attention(16, 2, use_flash_attention=True), Attention(16, 2, use_flash_attention=False)
+    manual.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 6, 16)
+    mask = torch.tensor([True, True, False, True, False, True]).view(1, 1, 1, 6)
+    fused(x, mask)  # no recorder: nothing kept anywhere
+    with AttentionRecorder() as rec:
+        fused(x, mask)
+        manual(x, mask)
+    (m1, w1), (m2, w2) = rec.records
+    assert m1 is fused and m2 is manual and w1.shape == (3, 2, 6, 6)
+    torch.testing.assert_close(w1, w2, rtol=0, atol=1e-6)
+    assert w1[..., [2, 4]].abs().max() == 0 and torch.allclose(w1.sum(-1), torch.ones(3, 2, 6))
+    q, k, _ = fused.qkv(x).reshape(3, 6, 3, 2, 8).permute(2, 0, 3, 1, 4)  # an independent softmax of the same logits
+    want = ((q @ k.transpose(-2, -1)) / 8**0.5).masked_fill(~mask, float("-inf")).softmax(-1)
+    torch.testing.assert_close(w1, want.detach(), rtol=0, atol=1e-6)
+    fused(x, mask)
+    assert len(rec.records) == 2  # the recorder stopped at the end of the block
+
+
 def test_rollout_refuses_a_network_without_all_volume_attention_or_in_training_mode():
     net = small(memory="released")
     with pytest.raises(ValueError, match="memory='full'.*'released'"):
