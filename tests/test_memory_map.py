@@ -280,3 +280,13 @@ def test_a_network_without_full_memory_or_with_no_visited_cell_is_refused(tmp_pa
     unvisited = _weights(tmp_path, "fresh.pt", visited=False)
     with pytest.raises(ValueError, match="seen no memory cell in training"):
         memory_map_png(str(image), str(unvisited), "1,1,1", grid="preprocessed")
+
+
+def test_a_centre_outside_the_preprocessed_grid_names_that_grid_and_its_range(tmp_path):
+    image, weights = _case(tmp_path), _weights(tmp_path)  # 48 x 40 x 24 at 4 mm -> 64 x 53 x 32 at 3 mm
+    with pytest.raises(ValueError, match=r"\(64, 0, 0\) is outside the preprocessed image's grid.*\[0, 63\] x \[0, 5"):
+        memory_map_png(str(image), str(weights), "64,0,0", out=str(tmp_path / "m.png"), grid="preprocessed",
+                       pixdim=[3, 3, 3])  # fmt: skip
+    with pytest.raises(ValueError, match="'input' or 'preprocessed', got 'world'"):
+        memory_map_png(str(image), str(weights), "1,1,1", grid="world")
+    assert not (tmp_path / "m.png").exists()
