@@ -1,7 +1,8 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """``python -m monai_fine <command>``: thin wrappers over the MONAI bundle workflows and the data tools.
 
-Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``, and the
+Commands: ``phantom``, ``datalist``, ``check``, ``train``, ``evaluate``, ``infer``, ``verify``, ``demo``,
+``memory_map`` (where a crop reads the scan's memory, :py:mod:`monai_fine.memory_map`), and the
 experiments ``context_ablation``, ``context_benchmark`` and ``memory_probe`` (:py:mod:`monai_fine.experiments`, argparse options), and
 ``package_bundle`` (the Model Zoo zip). Bundle
 commands take any bundle id as an override (``--max_epochs 5``, ``--preset tiny``, ``--dataset_dir DIR``).
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from monai_fine.data import check, datalist, phantom
+from monai_fine.memory_map import memory_map_png
 from monai_fine.reports import case_name, format_organ_table, nanmean, organ_table, overlay_png, training_png
 
 __all__ = [
     "bundle_dir", "run_bundle", "train", "evaluate", "infer", "verify", "demo", "context_ablation", "context_benchmark",
-    "memory_probe", "package_bundle", "organ_table", "COMMANDS", "ARGPARSE_COMMANDS",
+    "memory_probe", "memory_map_png", "package_bundle", "organ_table", "COMMANDS", "ARGPARSE_COMMANDS",
 ]  # fmt: skip
 
 
@@ -234,5 +236,6 @@ COMMANDS = {
     "context_ablation": context_ablation,
     "context_benchmark": context_benchmark,
     "memory_probe": memory_probe,
+    "memory_map": memory_map_png,
     "package_bundle": package_bundle,
 }

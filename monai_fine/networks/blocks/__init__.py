@@ -1,7 +1,7 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """Building blocks of :class:`~monai_fine.networks.FINE`: attention, windows, memory, transformer stages."""
 
-from monai_fine.networks.blocks.attention import Attention, resolve_attn_mask
+from monai_fine.networks.blocks.attention import Attention, AttentionRecorder, resolve_attn_mask
 from monai_fine.networks.blocks.memory import ScanMemory, check_roi_box, intersecting_cells
 from monai_fine.networks.blocks.mlp import Mlp
 from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
@@ -10,6 +10,7 @@ from monai_fine.networks.blocks.window import WindowGeometry, WindowLayout, wind
 
 __all__ = [
     "Attention",
+    "AttentionRecorder",
     "resolve_attn_mask",
     "ScanMemory",
     "check_roi_box",

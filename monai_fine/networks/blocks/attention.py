@@ -1,5 +1,11 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Multi-head self-attention with a fused (SDPA) and a manual path that compute the same function."""
+"""Multi-head self-attention with a fused (SDPA) and a manual path that compute the same function.
+
+:class:`AttentionRecorder` is an opt-in probe for analysis (:py:mod:`monai_fine.memory_map`): while one is active,
+every :class:`Attention` call also computes its softmax weights explicitly and stores them. With no recorder active the
+forward only checks an empty list (eager) and traces to the same graph as before (``torch.compile`` guards on it,
+``torch.jit.script`` compiles the probe as unused).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ from torch import nn
 
 from monai_fine.config import use_fused_attn
 
-__all__ = ["Attention", "resolve_attn_mask"]
+__all__ = ["Attention", "AttentionRecorder", "resolve_attn_mask"]
+
+_RECORDERS: list[AttentionRecorder] = []  # the active recorders, innermost last
 
 
 def resolve_attn_mask(bias: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -29,6 +37,36 @@ def resolve_attn_mask(bias: torch.Tensor | None, mask: torch.Tensor | None) -> t
     if bias is None:
         return mask
     return bias.masked_fill(~mask, float("-inf"))
+
+
+class AttentionRecorder:
+    """Context manager that stores the softmax weights of every :class:`Attention` call made while it is active.
+
+    ``records`` holds, in call order, ``(module, weights)`` with ``weights`` the detached ``(B, heads, L_q, L_k)``
+    probabilities (masked keys exactly 0; before dropout). They are computed explicitly from the call's own ``q``,
+    ``k`` and mask, and ``weights @ v`` is checked against the output the module computed (the fused kernel or the
+    manual path), so a recording is of the very function the network ran. For analysis only: it costs a second
+    attention product per call and keeps every weight tensor; use it in eval mode (with attention dropout in training
+    the weights stored are the pre-dropout ones and the check is skipped).
+
+    Args:
+        atol: tolerance of the ``weights @ v`` check (float32 on CPU agrees to ~1e-6); half-precision outputs
+            (autocast) get at least 8 units in the last place of their largest value.
+
+    Raises:
+        RuntimeError: (on a recorded call) the explicit weights do not reproduce the module's output.
+    """
+
+    def __init__(self, atol: float = 1e-4) -> None:
+        self.atol = float(atol)
+        self.records: list[tuple[nn.Module, torch.Tensor]] = []
+
+    def __enter__(self) -> AttentionRecorder:  # noqa: PYI034 (typing.Self is Python 3.11+, the package supports 3.9)
+        _RECORDERS.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _RECORDERS.remove(self)
 
 
 class Attention(nn.Module):
@@ -92,5 +130,35 @@ class Attention(nn.Module):
                 attn = attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
+        if not torch.jit.is_scripting():
+            self._record(q, k, v, attn_mask, x)
         x = x.transpose(1, 2).reshape(B, L, C)
         return self.proj_drop(self.proj(x))
+
+    @torch.jit.unused
+    def _record(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None, out: torch.Tensor
+    ) -> None:
+        """Store this call's softmax weights in the active :class:`AttentionRecorder` (nothing when none is)."""
+        if not _RECORDERS:
+            return
+        recorder = _RECORDERS[-1]
+        with torch.no_grad():
+            logits = (q.float() * self.scale) @ k.float().transpose(-2, -1)
+            if attn_mask is not None:
+                if attn_mask.dtype == torch.bool:
+                    logits = logits.masked_fill(~attn_mask, float("-inf"))
+                else:
+                    logits = logits + attn_mask.float()
+            weights = logits.softmax(dim=-1)
+            if not (self.training and self.attn_drop.p > 0):
+                err = float((weights @ v.float() - out.float()).abs().max())
+                tol = recorder.atol
+                if out.dtype in (torch.float16, torch.bfloat16):  # autocast: the kernel rounded to half precision
+                    tol = max(tol, 8 * torch.finfo(out.dtype).eps * max(float(v.abs().max()), 1.0))
+                if not err <= tol:  # also catches NaN
+                    raise RuntimeError(
+                        f"recorded attention weights do not reproduce the attention output (max error {err:.3g} > "
+                        f"{tol:g}, fused={self.fused_attn})."
+                    )
+        recorder.records.append((self, weights))
