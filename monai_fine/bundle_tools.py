@@ -9,6 +9,8 @@
   string ``image_path``, on which MONAI 1.6's ``Spacingd`` calls ``.update``).
 * :func:`package_bundle`: the Model Zoo zip ``<name>_v<version>.zip`` with the ``monai_fine`` code inside, so that a
   downloaded bundle runs with only its ``required_packages_version`` installed.
+* :func:`rebind_config_modules`: the second half of the configs' ``bundle_code`` step, which makes that shipped copy
+  importable from any working folder (``monai.bundle.load``, ``python -m monai.bundle run`` from elsewhere).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "read_network_config",
     "load_network",
     "package_bundle",
+    "rebind_config_modules",
 ]
 
 logger = logging.getLogger(__name__)
@@ -242,6 +245,35 @@ def load_network(checkpoint: str | os.PathLike, device: str | torch.device = "cp
     return net.to(device).eval()
 
 
+def rebind_config_modules() -> list[str]:
+    """Evaluate again the ``$import`` statements of the config that is being resolved; returns them.
+
+    MONAI evaluates every ``$import`` of a config before its first expression, so when the bundle folder is not on
+    ``sys.path`` (``monai.bundle.load`` or ``python -m monai.bundle run`` from another folder, the zip's ``monai_fine``
+    not installed) ``import monai_fine`` leaves a stub that raises ``OptionalImportError`` on use. The configs'
+    ``bundle_code`` id puts the bundle folder (``bundle_home``) on ``sys.path`` and then calls this, from the first
+    ``initialize`` expression: the statements are run again and rebind the parser's globals, so every later
+    expression and ``_target_`` sees the real modules. Called outside a config resolution, it does nothing.
+    """
+    import sys
+
+    from monai.bundle.config_item import ConfigExpression
+    from monai.bundle.reference_resolver import ReferenceResolver
+
+    frame = sys._getframe(1)
+    while frame is not None and not isinstance(frame.f_locals.get("self"), ReferenceResolver):
+        frame = frame.f_back
+    if frame is None:
+        return []
+    resolver = frame.f_locals["self"]
+    done = []
+    for id_, item in resolver.items.items():
+        if isinstance(item, ConfigExpression) and item.is_import_statement(item.get_config()):
+            resolver.resolved_content[id_] = item.evaluate()
+            done.append(item.get_config())
+    return done
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -260,7 +292,8 @@ def package_bundle(
     """Build the Model Zoo zip ``out/<name>_v<version>.zip`` (top folder ``<name>``, see :data:`BUNDLE_NAME`).
 
     The zip holds ``LICENSE``, ``configs/``, ``docs/``, ``scripts/``, a copy of the ``monai_fine`` package (the configs
-    import it; MONAI and MONAI Label put the bundle folder on ``sys.path``) and the weights: ``models/model.pt`` when
+    import it; when no ``monai_fine`` is importable, their ``bundle_code`` id puts the bundle folder on ``sys.path``,
+    see :func:`rebind_config_modules`) and the weights: ``models/model.pt`` when
     ``weights`` is at most ``max_file_mb`` MB, otherwise ``large_files.yml`` with ``weights_url`` and the md5 (what
     ``python -m monai.bundle download_large_files`` reads; the Zoo's per-file limit is 25 MB).
 
