@@ -164,8 +164,9 @@ def create_network(
         if conflicts:
             raise ValueError(
                 f"the weights in {checkpoint} are of another network configuration than the one asked for: "
-                + "; ".join(f"{_CONFIG_IDS.get(k, 'network_def#' + k)}={a!r}, the weights have {b!r}"
-                            for k, (a, b) in conflicts.items())  # fmt: skip
+                + "; ".join(
+                    f"{_CONFIG_IDS.get(k, 'network_def#' + k)}={a!r}, the weights have {b!r}" for k, (a, b) in conflicts.items()
+                )
                 + ". Drop the override (the bundle's ids follow the network recorded in the weights), or train in "
                 "another bundle_root / ckpt_dir, or move the weights away."
             )

@@ -35,16 +35,16 @@ import torch
 from monai.data import NibabelWriter
 
 __all__ = [
-    "atomic_write",
-    "torch_save",
-    "torch_load",
-    "WriteFailedError",
-    "take_write_failure",
-    "UnsafeCheckpointError",
-    "AtomicNibabelWriter",
-    "check_writable_dir",
-    "check_output_names",
     "TMP_TAG",
+    "AtomicNibabelWriter",
+    "UnsafeCheckpointError",
+    "WriteFailedError",
+    "atomic_write",
+    "check_output_names",
+    "check_writable_dir",
+    "take_write_failure",
+    "torch_load",
+    "torch_save",
 ]
 
 TMP_TAG = ".tmp-"
@@ -198,10 +198,12 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = 
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        found = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        found = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if not found:  # not a refused object but a damaged or foreign file (e.g. "Unsupported operand"): as it is
+            raise
         raise UnsafeCheckpointError(
             f"refused to load {path}: it holds a pickled Python object beyond tensors and plain containers "
-            f"({found[0] if found else type(e).__name__}), which could run code when loaded. monai_fine loads "
+            f"({found[0]}), which could run code when loaded. monai_fine loads "
             "weights and checkpoints with weights_only=True only; if you made this file yourself and trust it, "
             "load it with torch.load(..., weights_only=False) and save its state_dict again."
         ) from e

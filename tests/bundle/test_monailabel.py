@@ -249,7 +249,7 @@ def _server(tmp_path: Path, totalseg_dir: Path, extra_env: dict | None = None, e
 @pytest.mark.slow
 def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
     ct = totalseg_dir / "example_ct_sm.nii.gz"
-    with _server(tmp_path, totalseg_dir) as (base, proc, log, bundle):
+    with _server(tmp_path, totalseg_dir) as (base, _, log, bundle):
         info = _get(f"{base}/info/", timeout=30)
         model = info["models"][BUNDLE_NAME]
         assert model["labels"]["spleen"] == 1 and len(model["labels"]) == 13

@@ -88,15 +88,21 @@ def ckpt(root: Path, epoch: int) -> Path:
     return root / "models" / f"last_checkpoint_epoch={epoch}.pt"
 
 
-@pytest.mark.slow
-def test_kill_between_checkpoints_resumes_exactly(reference, data_dir, tmp_path):
-    root = tmp_path / "killed"
-    proc = subprocess.Popen(command(root, data_dir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_after_checkpoint(root: Path, data: Path, epoch: int = 1) -> subprocess.Popen:
+    """Start the training and SIGKILL it as soon as checkpoint ``epoch`` exists."""
+    proc = subprocess.Popen(command(root, data), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not ckpt(root, 1).exists() and proc.poll() is None and time.time() < deadline:
+    while not ckpt(root, epoch).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    return proc
+
+
+@pytest.mark.slow
+def test_kill_between_checkpoints_resumes_exactly(reference, data_dir, tmp_path):
+    root = tmp_path / "killed"
+    proc = kill_after_checkpoint(root, data_dir)
     assert proc.returncode == -signal.SIGKILL
     assert ckpt(root, 1).exists() and not ckpt(root, 2).exists(), "the kill did not land between checkpoints 1 and 2"
     assert not (root / "models" / "model_final.pt").exists()
@@ -283,18 +289,13 @@ def test_a_write_that_fails_while_checkpointing_loses_nothing_and_the_rerun_resu
 
     root = tmp_path / "full"
     models = root / "models"
-    proc = subprocess.Popen(command(root, data_dir), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not ckpt(root, 1).exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(root, data_dir)
     assert ckpt(root, 1).exists() and not ckpt(root, 2).exists()
     digest = hashlib.sha256(ckpt(root, 1).read_bytes()).hexdigest()
     # a limit between model.pt and a checkpoint: the resumed run writes model.pt, then fails on checkpoint 2
     limit = ((reference / "models" / "model.pt").stat().st_size + ckpt(reference, 2).stat().st_size) // 2
     failed = subprocess.run(
-        command(root, data_dir), env=env(), capture_output=True, text=True, timeout=600,
+        command(root, data_dir), env=env(), capture_output=True, text=True, timeout=600, check=False,
         preexec_fn=_file_size_limit(limit),
     )
     text = failed.stdout + failed.stderr

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import tracemalloc
 
 import nibabel as nib
@@ -106,7 +107,7 @@ def test_a_failed_write_names_the_file_and_the_cause_and_keeps_the_old_file(tmp_
     old = tmp_path / name
     old.write_bytes(b"the previous, complete file")
     proc = subprocess.run([sys.executable, "-c", _FULL_DISK_WRITER, what, str(tmp_path)], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+                          text=True, timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith(f"WriteFailedError {errno.EFBIG} "), proc.stdout + proc.stderr[-2000:]
@@ -132,6 +133,11 @@ def test_a_checkpoint_holding_a_pickled_callable_is_refused_before_it_runs(tmp_p
         with pytest.raises(UnsafeCheckpointError, match=rf"refused to load {path}: it holds a pickled Python object"):
             load(path)
     assert not marker.exists()
+    # a damaged file is not "unsafe": it keeps torch's error, so a resume sets it aside and falls back
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(pickle.UnpicklingError) as err:
+        torch_load(tmp_path / "bad.pt")
+    assert not isinstance(err.value, UnsafeCheckpointError)
     # training checkpoints hold numpy RNG states: those load
     state = {"rng": np.random.get_state(), "best": np.float64(0.5), "w": torch.ones(2)}
     torch.save(state, tmp_path / "ok.pt")
