@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix=f"bench_pipeline_{name}_") as work:
             res = measure(cfg, rounds, warmup, args.device, Path(work))
         at = summarize(name, res)
-        print("BENCH_PIPELINE " + json.dumps({"setting": name, "rows": at}), flush=True)
+        times = {"bundle": [r["total"] for r in res["rows"]], "bare": res["bare"], "bare_meta": res["bare_meta"]}
+        print("BENCH_PIPELINE " + json.dumps({"setting": name, "rows": at, "times_s": times}), flush=True)
         rows += at
     out = Path(args.csv)
     out.parent.mkdir(parents=True, exist_ok=True)
