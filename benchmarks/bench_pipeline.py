@@ -11,13 +11,14 @@ metadata travelled with them). The three alternate in one process (their order r
 of the machine's speed hits them alike; the ratio bundle/bare is the median of the per-round ratios with its
 distribution-free interval (``bench_network.paired_ratio``).
 
-Parts of a bundle iteration (their means add up to at most the total's mean; ``other`` is the rest: Ignite's loop,
-``network.train()``, ``zero_grad`` and the handlers of the events in between):
+Parts of a bundle iteration (their means add up to the total's mean; ``other`` is the rest: Ignite's loop and MONAI's
+bookkeeping between the events; a handler of one of the trainer's ``IterationEvents`` counts in the part it ends):
 
 - ``data``: waiting for the batch (``GET_BATCH_STARTED`` -> ``GET_BATCH_COMPLETED``), the random transforms with
   ``num_workers 0``;
 - ``prepare_batch``: ``monai_fine.engines.PrepareScanBatch`` (to the device, MetaTensor -> tensor);
-- ``forward``, ``loss``, ``backward_step``: the trainer's own ``IterationEvents``;
+- ``forward`` (with ``network.train()`` and ``zero_grad``), ``loss``, ``backward_step``: between the trainer's own
+  ``IterationEvents``;
 - ``handlers``: the ``ITERATION_COMPLETED`` handlers (stats, progress bar, TensorBoard, preemption, ...).
 
 Validation and the epoch end (LR schedule, checkpoint) run once per epoch, outside the timed iterations: they are
@@ -195,6 +196,8 @@ class BareSteps:
     tensors as ``MetaTensor``; armed with the first prepared batch (its shapes, its ``roi_box``)."""
 
     def __init__(self, wf, sync: Callable[[], None]) -> None:
+        import torch
+
         from monai_fine.optim import create_optimizer
 
         trainer = wf.parser.get_parsed_content("train#trainer")
@@ -203,6 +206,10 @@ class BareSteps:
         opt = wf.parser.get_parsed_content("optimizer_name")
         self.opt = create_optimizer(opt, self.net, lr=float(wf.parser.get_parsed_content("learning_rate")))
         self.sync, self.inputs, self.times = sync, None, {"bare": [], "bare_meta": []}
+        # the trainer's AMP (autocast and a gradient scaler on CUDA) when it uses it
+        self.amp = bool(trainer.amp) and next(self.net.parameters()).is_cuda
+        self.amp_kwargs = dict(getattr(trainer, "amp_kwargs", None) or {})
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
     def arm(self, image, label, kwargs: dict) -> None:
         """Keep clones of one prepared batch: plain tensors and ``MetaTensor`` views of them."""
@@ -214,12 +221,21 @@ class BareSteps:
 
     def step(self, kind: str) -> None:
         """One timed step: zero_grad, forward, loss, backward, optimizer step."""
+        import torch
+
         x, y, kwargs = self.inputs[kind]
         self.sync()
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
-        self.loss_fn(self.net(x, **kwargs), y).mean().backward()
-        self.opt.step()
+        if self.amp:
+            with torch.autocast("cuda", **self.amp_kwargs):
+                loss = self.loss_fn(self.net(x, **kwargs), y).mean()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.loss_fn(self.net(x, **kwargs), y).mean().backward()
+            self.opt.step()
         self.sync()
         self.times[kind].append(time.perf_counter() - t0)
 
