@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -249,3 +250,27 @@ def test_cached_crop_indices_give_the_crops_of_indices_computed_per_crop(phantom
             assert set(a) == set(b) and not set(a) & {"label_fg_indices", "label_bg_indices", "label_cls_indices"}
             assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
             assert torch.equal(torch.as_tensor(a["roi_box"]), torch.as_tensor(b["roi_box"]))
+
+
+@pytest.mark.parametrize(("sampler", "scan"), [("classes", "false"), ("posneg", "true")])
+def test_training_leaves_the_cached_volumes_unchanged(phantom_dir, tmp_path, sampler, scan):
+    """The training dataset hands its cached items to the random transforms without a copy (``copy_cache`` false):
+    the crops, intensity changes, collation and training steps must never write into them."""
+    wf = workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), cache_rate=1.0,
+                  crop_sampler=sampler, scan_memory=scan, max_epochs=2, epoch_length=4, val_interval=2)  # fmt: skip
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    assert dataset.copy_cache is False
+    before = copy.deepcopy(dataset._cache)
+    wf.run()
+    wf.finalize()
+    assert len(before) == len(dataset._cache) > 0
+    for was, now in zip(before, dataset._cache):
+        assert set(was) == set(now)
+        for key, value in was.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, now[key]), key
+                if hasattr(value, "applied_operations"):  # no crop recorded on the cached volume itself
+                    assert len(value.applied_operations) == len(now[key].applied_operations), key
+                    assert value.meta.keys() == now[key].meta.keys(), key
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+                assert all(torch.equal(a, b) for a, b in zip(value, now[key])), key
