@@ -69,7 +69,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 #: --quick: both settings with the tiny test network on small volumes
 QUICK: dict[str, dict[str, Any]] = {
-    name: {**cfg, "num_cases": 4, "shape": (48, 48, 32), "spacing": (4.0, 4.0, 4.0), "quick": True,
+    name: {**cfg, "num_cases": 4, "shape": (48, 48, 32), "spacing": (4.0, 4.0, 4.0),
            "overrides": {**cfg["overrides"], "preset": "tiny", "roi_size": [32, 32, 16], "network_def#feature_size": 12,
                          "network_def#num_heads": [1, 2, 2, 4], "pixdim": [4.0, 4.0, 4.0]}}
     for name, cfg in SETTINGS.items()
