@@ -387,7 +387,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    p.add_argument("--rounds", type=int, default=None, help="measured rounds (default 20 demo, 4 fine_bcv, 3 quick)")
+    p.add_argument("--rounds", type=int, default=None, help="measured rounds (default 20 demo, 6 fine_bcv, 3 quick)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up rounds, dropped (default 3; 1 fine_bcv, quick)")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda:0; default the bundle's (CUDA if available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
@@ -401,7 +401,7 @@ def _rounds(args: argparse.Namespace, name: str) -> tuple[int, int]:
     if args.quick:
         return args.rounds or 3, 1 if args.warmup is None else args.warmup
     big = name == "fine_bcv"
-    return args.rounds or (4 if big else 20), (1 if big else 3) if args.warmup is None else args.warmup
+    return args.rounds or (6 if big else 20), (1 if big else 3) if args.warmup is None else args.warmup
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
