@@ -94,7 +94,7 @@ def demo(
     num_samples: int = 2,
     optimizer_name: str = "adamw",
     learning_rate: float = 0.002,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     device: str | None = None,
     shape: tuple[int, int, int] = (96, 96, 64),
     roi_size: tuple[int, int, int] = (32, 32, 16),
@@ -117,7 +117,8 @@ def demo(
         preset, memory, scan_memory, num_samples: bundle tunables.
         optimizer_name, learning_rate: the demo trains with AdamW (lr 2e-3): in a CPU budget of minutes the paper's
             SGD recipe (the bundle default) did not leave the all-background solution on the phantom.
-        num_workers: data-loader workers.
+        num_workers: data-loader workers; default the bundle's (``monai_fine.engines.default_num_workers``: none on a
+            CPU of fewer than 8 cores, where workers would take the training threads' cores).
         device: e.g. ``"cpu"`` or ``"cuda:0"``; default CUDA if available.
         shape: phantom volume size in voxels (3 mm isotropic).
         roi_size: training crop / inference window (voxels of 3 mm).
@@ -159,7 +160,7 @@ def _demo_data(out_dir: Path, num_cases: int, seed: int, shape: Sequence[int]) -
 def _demo_overrides(out_dir: Path, data_dir: Path, roi_size: Sequence[int], device: str | None, **tunables: Any) -> dict:
     """Bundle overrides shared by the demo's training, evaluation and inference (phantom spacing 3 mm)."""
     common: dict[str, Any] = dict(bundle_root=str(out_dir), dataset_dir=str(data_dir), pixdim=[3.0, 3.0, 3.0])
-    common.update(tunables)
+    common.update({k: v for k, v in tunables.items() if v is not None})  # None: the bundle's default
     common["roi_size"] = [int(r) for r in roi_size]
     if device is not None:
         common["device"] = f"$torch.device('{device}')"

@@ -1,15 +1,40 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Engine helpers: how a training batch reaches a FINE network."""
+"""Engine helpers: how a training batch reaches a FINE network, and how many loader workers bring it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import PrepareBatchExtraInput
 
-__all__ = ["PrepareScanBatch", "one_view_per_scan"]
+__all__ = ["PrepareScanBatch", "default_num_workers", "one_view_per_scan", "plain"]
+
+
+def default_num_workers(device: str | torch.device, cpu_count: int | None = None, max_workers: int = 4) -> int:
+    """Data-loader workers for training on ``device`` with ``cpu_count`` cores (default ``os.cpu_count()``).
+
+    On CPU the training step's threads already use every core, and each worker process takes cores from them; the
+    bundle's random transforms are a crop and intensity changes of a cached volume (milliseconds), so below 8 cores
+    no worker (0: the transforms run in the training process) is faster, and above that one worker per 8 cores is
+    enough. On an accelerator the host cores are free for loading: ``cpu_count - 1`` workers, at most ``max_workers``.
+    """
+    cores = max(1, int(cpu_count or os.cpu_count() or 1))
+    if torch.device(device).type == "cpu":
+        return 0 if cores < 8 else min(max_workers, cores // 8)
+    return min(max_workers, cores - 1)
+
+
+def plain(value: Any) -> Any:
+    """``value`` as a plain ``torch.Tensor`` when it is a ``MetaTensor`` (same storage, no copy), else unchanged.
+
+    A ``MetaTensor`` runs every operation through its ``__torch_function__`` (metadata bookkeeping): in the network,
+    the loss and their backward that is a fixed cost per operation that the training step does not need.
+    """
+    return value.as_tensor() if isinstance(value, MetaTensor) else value
 
 
 def one_view_per_scan(
@@ -44,6 +69,10 @@ class PrepareScanBatch(PrepareBatchExtraInput):
     scan views (:py:class:`monai_fine.transforms.ScanViewd`), one view per scan with ``scan_id`` mapping crops to
     views, so the network writes its scan memory once per scan (:py:meth:`monai_fine.networks.FINE.forward`).
 
+    Everything it returns is a plain ``torch.Tensor`` (:func:`plain`): the network and the loss need no metadata, and
+    a ``MetaTensor`` would make each of their operations pay its dispatch. The batch itself (``engine.state.batch``)
+    keeps its metadata for the handlers that name the case files.
+
     Args:
         roi_box_key, scan_id_key, view_key, view_box_key: keys in the batch dictionary.
     """
@@ -63,11 +92,13 @@ class PrepareScanBatch(PrepareBatchExtraInput):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)
+        image, label, args = plain(image), plain(label), tuple(plain(a) for a in args)
+        extra = {k: plain(v) for k, v in extra.items()}
         if self.view_key in batchdata:
             views, boxes, index = one_view_per_scan(
                 batchdata[self.view_key], batchdata.get(self.view_box_key), batchdata.get(self.scan_id_key)
             )
-            extra["scan_view"] = views.to(device=device, non_blocking=non_blocking, **kwargs)
+            extra["scan_view"] = plain(views).to(device=device, non_blocking=non_blocking, **kwargs)
             if boxes is not None:
                 extra["scan_view_box"] = boxes.to(device=device, non_blocking=non_blocking)
             extra["scan_id"] = index.to(device=device, non_blocking=non_blocking)

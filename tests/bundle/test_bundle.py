@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -227,3 +228,49 @@ def test_scan_memory_trains_from_the_scan_view_and_infers_with_it(phantom_dir, t
     wf.run()
     wf.finalize()
     assert len(list(out_dir.glob("*_seg.nii.gz"))) == len(list((phantom_dir / "imagesTs").glob("*.nii.gz")))
+
+
+@pytest.mark.parametrize("sampler", ["posneg", "classes"])
+def test_cached_crop_indices_give_the_crops_of_indices_computed_per_crop(phantom_dir, tmp_path, sampler):
+    """With the volumes cached, the crop sampler reads its voxel indices from the cache: the same crops for the same
+    random state as indices computed at every crop, and the indices stay out of the crops (and so of the batch)."""
+    crops, caches = {}, {}
+    for cached in (True, False):
+        wf = workflow(["train.json"], "train", bundle_root=str(tmp_path / str(cached)), dataset_dir=str(phantom_dir),
+                      cache_rate=1.0, crop_sampler=sampler, cache_crop_indices=cached)  # fmt: skip
+        dataset = wf.parser.get_parsed_content("train#dataset")
+        wf.parser.get_parsed_content("train#preprocessing").set_random_state(seed=0)
+        crops[cached] = [dataset[i] for i in range(len(dataset))]
+        caches[cached] = set(dataset._cache[0])
+    indices = {"posneg": {"label_fg_indices", "label_bg_indices"}, "classes": {"label_cls_indices"}}[sampler]
+    assert indices <= caches[True] and not indices & caches[False]
+    for with_cache, per_crop in zip(crops[True], crops[False]):
+        assert len(with_cache) == len(per_crop) == 2  # num_samples crops of one scan
+        for a, b in zip(with_cache, per_crop):
+            assert set(a) == set(b) and not set(a) & {"label_fg_indices", "label_bg_indices", "label_cls_indices"}
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+            assert torch.equal(torch.as_tensor(a["roi_box"]), torch.as_tensor(b["roi_box"]))
+
+
+@pytest.mark.parametrize(("sampler", "scan"), [("classes", "false"), ("posneg", "true")])
+def test_training_leaves_the_cached_volumes_unchanged(phantom_dir, tmp_path, sampler, scan):
+    """The training dataset hands its cached items to the random transforms without a copy (``copy_cache`` false):
+    the crops, intensity changes, collation and training steps must never write into them."""
+    wf = workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), cache_rate=1.0,
+                  crop_sampler=sampler, scan_memory=scan, max_epochs=2, epoch_length=4, val_interval=2)  # fmt: skip
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    assert dataset.copy_cache is False
+    before = copy.deepcopy(dataset._cache)
+    wf.run()
+    wf.finalize()
+    assert len(before) == len(dataset._cache) > 0
+    for was, now in zip(before, dataset._cache):
+        assert set(was) == set(now)
+        for key, value in was.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, now[key]), key
+                if hasattr(value, "applied_operations"):  # no crop recorded on the cached volume itself
+                    assert len(value.applied_operations) == len(now[key].applied_operations), key
+                    assert value.meta.keys() == now[key].meta.keys(), key
+            elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+                assert all(torch.equal(a, b) for a, b in zip(value, now[key])), key
