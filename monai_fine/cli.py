@@ -137,7 +137,7 @@ def demo(
     common = _demo_overrides(out_dir, data_dir, preset=preset, memory=memory, scan_memory=scan_memory,
                              num_workers=num_workers, seed=seed, roi_size=roi_size, device=device)
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
-    val_interval = max_epochs if val_interval is None else int(val_interval)
+    val_interval = max_epochs if val_interval is None else min(int(val_interval), max_epochs)  # at least one validation
     run_bundle(["train.json"], "train", max_epochs=max_epochs, epoch_length=epoch_length, val_interval=val_interval,
                num_samples=num_samples, crop_sampler=crop_sampler, optimizer_name=optimizer_name,
                learning_rate=learning_rate, **common)
