@@ -126,6 +126,10 @@ class PreemptionHandler:
     def _epoch_completed(self, engine: Any) -> None:
         if not self._stop_requested():
             return
+        if engine.state.max_epochs is not None and engine.state.epoch >= engine.state.max_epochs:
+            logger.warning(f"{self.received.name} at the last epoch's end: the training completes as usual")
+            self.received = None  # nothing left to resume: model_final.pt is written and the process exits 0
+            return
         saver = self.checkpoint
         self.saved = saver.save_dir / checkpoint_name(saver.file_prefix, engine.state.epoch)
         if not self.saved.is_file():  # the saver writes every save_interval epochs only
