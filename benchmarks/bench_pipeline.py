@@ -24,9 +24,9 @@ bookkeeping between the events; a handler of one of the trainer's ``IterationEve
 Validation and the epoch end (LR schedule, checkpoint) run once per epoch, outside the timed iterations: they are
 timed once each and also shown per training iteration at the setting's schedule (``amortized``).
 
-    python benchmarks/bench_pipeline.py                       # (a) the demo's settings, (b) fine_bcv at 128x128x64
-    python benchmarks/bench_pipeline.py --settings demo --rounds 30
-    python benchmarks/bench_pipeline.py --quick               # both at tiny sizes, a few iterations (< 1 min)
+    python -m benchmarks.bench_pipeline                       # (a) the demo's settings, (b) fine_bcv at 128x128x64
+    python -m benchmarks.bench_pipeline --settings demo --rounds 30
+    python -m benchmarks.bench_pipeline --quick               # both at tiny sizes, a few iterations (< 1 min)
 
 With ``num_workers > 0`` the workers keep loading while the bare steps run, so ``data`` is then a lower bound of what
 an uninterrupted run waits; the core competition they cause is measured (it slows every step alike).
@@ -47,8 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_network import RESULTS_DIR, cpu_name, interval_verdict, paired_ratio
+from benchmarks.bench_network import RESULTS_DIR, cpu_name, interval_verdict, paired_ratio
 
 __all__ = ["CSV_FIELDS", "PARTS", "QUICK", "SETTINGS", "BareSteps", "LoopTimer", "build_trainer", "main", "markdown",
            "measure", "setting_overrides", "summarize"]  # fmt: skip
@@ -431,7 +430,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    md = markdown(rows, "python benchmarks/bench_pipeline.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    md = markdown(rows, "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:] if argv is None else argv))
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
     return rows

@@ -1,5 +1,5 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``benchmarks/bench_pipeline.py --quick``: the bundle's training loop against the bare step, both settings at tiny
+"""``python -m benchmarks.bench_pipeline --quick``: the bundle's training loop against the bare step, both settings at tiny
 sizes, end to end through the real ``train.json``; the table's structure and its numbers' consistency."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 ROUNDS = 3
 
@@ -24,7 +23,7 @@ ROUNDS = 3
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_pipeline") / "pipeline.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_pipeline.py"), "--quick", "--threads", "1", "--device",
+    cmd = [sys.executable, "-m", "benchmarks.bench_pipeline", "--quick", "--threads", "1", "--device",
            "cpu", "--rounds", str(ROUNDS), "--csv", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
