@@ -33,7 +33,7 @@ from pathlib import Path
 FINE_MODES = ("none", "window", "released", "full", "scan")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# the crop-size sweep (issue 9): every crop divisible by fine_bcv's stride (32, 32, 16) and by SwinUNETR's 32
+# the crop-size sweep: every crop divisible by fine_bcv's stride (32, 32, 16) and by SwinUNETR's 32
 # (96x96x48 would suit FINE but not SwinUNETR, so the middle crop is 96x96x64)
 SWEEP_ROIS = ((64, 64, 32), (96, 96, 64), (128, 128, 64))
 QUICK = {  # --quick: the script's own smoke check, seconds per configuration
@@ -691,7 +691,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rois", nargs="+", type=_parse_roi, default=None, metavar="XxYxZ",
                         help="several crops side by side in one run (replaces --roi)")
     parser.add_argument("--sweep", action="store_true",
-                        help="--rois " + " ".join(_roi_str(r) for r in SWEEP_ROIS) + " (issue 9's crop-size sweep)")
+                        help="--rois " + " ".join(_roi_str(r) for r in SWEEP_ROIS) + " (the crop-size sweep)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke check of the script: tiny preset, 2 small crops, none/full, small peers, 1 step")
     parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
