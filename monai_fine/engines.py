@@ -66,8 +66,8 @@ def one_view_per_scan(
 
 class PrepareScanBatch(PrepareBatchExtraInput):
     """``prepare_batch`` of a FINE trainer: the image, the label, each crop's ``roi_box`` and, when the batch holds
-    scan views (:py:class:`monai_fine.transforms.ScanViewd`), one view per scan with ``scan_id`` mapping crops to
-    views, so the network writes its scan memory once per scan (:py:meth:`monai_fine.networks.FINE.forward`).
+    scan views (:py:class:`monai_fine.transforms.ScanViewd`), one view per scan with ``scan_index`` mapping crops to
+    views (from the data's ``scan_id``), so the network writes its scan memory once per scan (:py:meth:`monai_fine.networks.FINE.forward`).
 
     Everything it returns is a plain ``torch.Tensor`` (:func:`plain`): the network and the loss need no metadata, and
     a ``MetaTensor`` would make each of their operations pay its dispatch. The batch itself (``engine.state.batch``)
@@ -101,5 +101,5 @@ class PrepareScanBatch(PrepareBatchExtraInput):
             extra["scan_view"] = plain(views).to(device=device, non_blocking=non_blocking, **kwargs)
             if boxes is not None:
                 extra["scan_view_box"] = boxes.to(device=device, non_blocking=non_blocking)
-            extra["scan_id"] = index.to(device=device, non_blocking=non_blocking)
+            extra["scan_index"] = index.to(device=device, non_blocking=non_blocking)
         return image, label, args, extra

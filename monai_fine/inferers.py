@@ -21,6 +21,7 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.utils import PytorchPadMode, ensure_tuple_rep, look_up_option
 
+from monai_fine.networks.blocks.memory import check_roi_box
 from monai_fine.transforms.location import trace_operations
 from monai_fine.transforms.scan_view import scan_view, whole_box
 
@@ -66,6 +67,9 @@ def window_roi_boxes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``roi_box (n, 2, S)`` and batch index ``(n,)`` of the windows MONAI's sliding window passes ``with_coord``.
 
+    The boxes are made and checked (:func:`~monai_fine.networks.blocks.memory.check_roi_box`) on the host, then moved
+    to ``device``: the check holds on every device and costs no device synchronisation.
+
     Args:
         unravel_slice: per window ``[batch slice, channel slice, spatial slices...]`` in the coordinates of the
             tensor the sliding window runs over.
@@ -77,8 +81,8 @@ def window_roi_boxes(
     lo = torch.tensor([[float(s.start) for s in sl[2:]] for sl in unravel_slice], dtype=torch.float64)
     hi = torch.tensor([[float(s.stop) for s in sl[2:]] for sl in unravel_slice], dtype=torch.float64)
     offset, scale = start[batch], size[batch]
-    boxes = torch.stack([(lo + offset) / scale, (hi + offset) / scale], dim=1)
-    return boxes.to(device=device, dtype=torch.float32), batch.to(device)
+    boxes = check_roi_box(torch.stack([(lo + offset) / scale, (hi + offset) / scale], dim=1).float())
+    return boxes.to(device=device), batch.to(device)
 
 
 def _unwrap(network: Callable) -> Callable:
@@ -100,12 +104,12 @@ class FINEInferer(SlidingWindowInferer):
         args: :py:class:`monai.inferers.SlidingWindowInferer` arguments (``sw_batch_size``, ``overlap``, ``mode``,
             ``sigma_scale``, ``padding_mode``, ``cval``, ``sw_device``, ``device``, ``progress``, ...), in its
             order. Defaults differ in two: ``overlap=0.5`` and ``mode="gaussian"``.
-        pass_roi_box: give the network ``roi_box=`` (and, with ``scan_memory``, ``scan_id=``/``scan_memory=``).
+        pass_roi_box: give the network ``roi_box=`` (and, with ``scan_memory``, ``scan_index=``/``scan_summary=``).
             ``False`` runs the network as MONAI's plain sliding window would (for networks without ``roi_box``,
             e.g. a baseline). A network that does not accept ``roi_box`` with the default ``True`` raises a
             ``TypeError`` naming this switch: the box is never dropped silently.
         scan_memory: write the per-scan memory from the scan view of each input (one network pass at ``roi_size``),
-            then segment while reading it. Needs a network with ``new_scan_memory`` (``monai_fine.networks.FINE``
+            then segment while reading it. Needs a network with ``write_scan_memory`` (``monai_fine.networks.FINE``
             with ``memory="full"``); costs one window more than a single pass.
         kwargs: further :py:class:`~monai.inferers.SlidingWindowInferer` keywords.
 
@@ -140,8 +144,8 @@ class FINEInferer(SlidingWindowInferer):
         """
         Args:
             inputs: ``(B, C, X, Y, Z)`` preprocessed volumes (a MetaTensor keeps its history for the frame).
-            network: the model; gets ``(windows, *args, roi_box=..., [scan_id=..., scan_memory=...], **kwargs)``
-                (with ``scan_memory``, first once ``(views, roi_box=view boxes, scan_id=..., scan_memory=<writing>)``).
+            network: the model; gets ``(windows, *args, roi_box=..., [scan_index=..., scan_summary=...], **kwargs)``;
+                with ``scan_memory`` its ``write_scan_memory(views, view_boxes)`` runs first, once per batch.
             args, kwargs: passed to the network.
 
         Returns:
@@ -166,25 +170,26 @@ class FINEInferer(SlidingWindowInferer):
             volume = F.pad(plain, pad=pad, mode=mode, value=self.cval)
             start = start - torch.tensor(before, dtype=torch.float64)
 
-        memory = None
+        summary = None
         if self.scan_memory:
-            new_memory = getattr(_unwrap(network), "new_scan_memory", None)
-            if new_memory is None:
+            net = _unwrap(network)
+            write = getattr(net, "write_scan_memory", None)
+            if write is None:
                 raise ValueError(
-                    f"scan_memory=True needs a network with new_scan_memory(); {type(_unwrap(network)).__name__} has none."
+                    f"scan_memory=True needs a network with write_scan_memory(); {type(net).__name__} has none."
                 )
-            if getattr(_unwrap(network), "scan_memory", True) is False:
+            if getattr(net, "scan_memory", True) is False:
                 warnings.warn(
                     "FINEInferer(scan_memory=True) with a network built without scan_memory: it has no memory encoder "
                     "and was not trained to read a scan memory, so its output is not what it was trained for."
                 )
             device = self.sw_device or inputs.device
-            views = scan_view(plain, self.roi_size).to(device)  # the unpadded input: its own box, as in training
-            memory = new_memory(inputs.shape[0])
-            network(views, *args, roi_box=view_boxes.to(device), scan_id=torch.arange(len(views), device=device),
-                    scan_memory=memory, **kwargs)
-            memory.set_mode("read")
-        out = super().__call__(volume, self._predictor(network, start, size, memory), *args, **kwargs)
+            # the unpadded input: its own box, as in training; in the network's dtype (the volume may be stitched in
+            # half precision, see CastStitchInferer)
+            param = next(iter(net.parameters()), None) if isinstance(net, torch.nn.Module) else None
+            views = scan_view(plain, self.roi_size).to(device=device, dtype=plain.dtype if param is None else param.dtype)
+            summary = write(views, check_roi_box(view_boxes.float()).to(device))
+        out = super().__call__(volume, self._predictor(network, start, size, summary), *args, **kwargs)
         if volume is not plain:
             crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
             out = out[(slice(None), slice(None), *crop)]
@@ -198,12 +203,12 @@ class FINEInferer(SlidingWindowInferer):
         return MetaTensor(out).copy_meta_from(inputs, copy_attr=False)
 
     @staticmethod
-    def _predictor(network: Callable, start: torch.Tensor, size: torch.Tensor, memory: Any) -> Callable:
-        """The ``with_coord`` predictor: ``roi_box`` (and the scan memory to read) for every window."""
+    def _predictor(network: Callable, start: torch.Tensor, size: torch.Tensor, summary: Any) -> Callable:
+        """The ``with_coord`` predictor: ``roi_box`` (and the scan summary to read) for every window."""
 
         def run(win: torch.Tensor, unravel_slice: Sequence[Sequence[slice]], *args: Any, **kwargs: Any):
             boxes, batch = window_roi_boxes(unravel_slice, start, size, device=win.device)
-            extra = {} if memory is None else {"scan_id": batch, "scan_memory": memory}
+            extra = {} if summary is None else {"scan_index": batch, "scan_summary": summary}
             try:
                 out = network(win, *args, roi_box=boxes, **extra, **kwargs)
             except TypeError as e:

@@ -91,7 +91,7 @@ class MemoryMap:
 
 
 def record_attention(
-    net: torch.nn.Module, x: torch.Tensor, roi_box: torch.Tensor, scan_memory: Any = None
+    net: torch.nn.Module, x: torch.Tensor, roi_box: torch.Tensor, scan_summary: Any = None
 ) -> tuple[torch.Tensor, list[tuple[torch.nn.Module, torch.Tensor]]]:
     """One eval forward of ``net`` on a single crop ``x`` ``(1, C, *roi)`` with its attention weights recorded.
 
@@ -106,7 +106,7 @@ def record_attention(
     if net.training:  # a training-mode forward would mark the crop's cells visited and drop attention weights
         raise ValueError("record the attention of a network in eval mode (call net.eval() first).")
     with torch.no_grad(), AttentionRecorder() as recorder:
-        logits = net(x, roi_box, scan_memory=scan_memory)
+        logits = net(x, roi_box, scan_summary=scan_summary)
     return logits, recorder.records
 
 
@@ -204,10 +204,10 @@ def attention_rollout(
 
 
 def crop_memory_map(
-    net: torch.nn.Module, x: torch.Tensor, roi_box: torch.Tensor, scan_memory: Any = None, residual: float = 0.5
+    net: torch.nn.Module, x: torch.Tensor, roi_box: torch.Tensor, scan_summary: Any = None, residual: float = 0.5
 ) -> MemoryMap:
     """Record one forward of the crop ``x`` ``(1, C, *roi)`` with box ``roi_box`` ``(1, 2, 3)`` and roll it out."""
-    _, records = record_attention(net, x, roi_box, scan_memory)
+    _, records = record_attention(net, x, roi_box, scan_summary)
     return attention_rollout(net, records, x.shape, roi_box, residual)
 
 

@@ -16,10 +16,8 @@ LOGGING = str(CONFIGS / "logging.conf")
 
 # a tiny network and small crops keep the whole chain at CPU-test scale
 SMALL = {
-    "preset": "tiny",
+    "preset": "test",
     "roi_size": [32, 32, 16],
-    "network_def#feature_size": 12,
-    "network_def#num_heads": [1, 2, 2, 4],
     "pixdim": [4.0, 4.0, 4.0],
     "num_samples": 2,
     "num_workers": 0,

@@ -28,5 +28,5 @@ def test_prepare_scan_batch_hands_plain_tensors_and_keeps_the_batch_metadata():
     for t in (x, y, *args, *kwargs.values()):
         assert type(t) is torch.Tensor, type(t)  # no MetaTensor dispatch in the network and the loss
     assert x.data_ptr() == image.data_ptr() and torch.equal(y, label.as_tensor())  # no copy on the same device
-    assert kwargs["scan_view"].shape == (1, 1, 8, 8, 4) and kwargs["scan_id"].tolist() == [0, 0]
+    assert kwargs["scan_view"].shape == (1, 1, 8, 8, 4) and kwargs["scan_index"].tolist() == [0, 0]
     assert isinstance(batch["image"], MetaTensor) and batch["image"].meta["filename_or_obj"] == ["a.nii.gz"] * 2

@@ -12,13 +12,13 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from monai_fine.inferers import FINEInferer
-from monai_fine.networks import fine_tiny
+from monai_fine.networks import create_fine
 
 ROI = (32, 32, 16)
 
 
 def tiny_net(**kw):
-    net = fine_tiny(1, 3, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=ROI, **kw)
+    net = create_fine("test", 1, 3, roi_size=ROI, **kw)
     net.train()
     with torch.no_grad():
         net(torch.randn(1, 1, *ROI))  # roi_box None = the whole volume: every memory cell visited
@@ -143,7 +143,7 @@ def test_scan_memory_keeps_scans_of_a_batch_apart():
 def test_bad_input():
     with pytest.raises(ValueError, match=r"\(B, C, X, Y, Z\).*\(1, 40, 40\)"):
         FINEInferer(ROI)(torch.randn(1, 40, 40), tiny_net())
-    with pytest.raises(ValueError, match="new_scan_memory"):
+    with pytest.raises(ValueError, match="write_scan_memory"):
         FINEInferer(ROI, scan_memory=True)(torch.randn(1, 1, 32, 32, 16), BoxRecorder())
 
 
@@ -228,7 +228,7 @@ def test_output_keeps_the_input_dtype_and_metadata(pass_roi_box):
     """MONAI's sliding window turns a MetaTensor's output into float32 (a full-size copy next to a float16 stitching
     buffer); FINEInferer keeps the input's dtype, equal to the same stitching on the plain tensor."""
     torch.manual_seed(0)
-    net = fine_tiny(1, 3, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4)).eval()
+    net = create_fine("test", 1, 3).eval()
     affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
     x = MetaTensor(torch.rand(1, 1, 48, 40, 24), affine=affine).half()
 

@@ -234,7 +234,7 @@ def _case(tmp_path, shape=(48, 40, 24), spacing=(4.0, 4.0, 4.0)):
 
 
 def _weights(tmp_path, name="model.pt", visited=True, **kw):
-    net = create_network(preset="tiny", feature_size=12, num_heads=(1, 2, 2, 4), roi_size=(32, 32, 16), **kw)
+    net = create_network(preset="test", **kw)
     if visited:
         net.memory_visits.fill_(1.0)
     path = tmp_path / name

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_fine.networks import fine_tiny
+from monai_fine.networks import create_fine
 from monai_fine.optim import create_optimizer
 
 
@@ -21,7 +21,7 @@ def test_paper_sgd_and_adamw():
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_network_memory_tokens_get_no_weight_decay(name):
-    net = fine_tiny(1, 3, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=(32, 32, 16), memory="full")
+    net = create_fine("test", 1, 3, memory="full")
     opt = create_optimizer(name, net, 0.01)
     decayed, kept = opt.param_groups
     expected = net.no_weight_decay()

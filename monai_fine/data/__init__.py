@@ -33,7 +33,7 @@ from monai_fine.data.io import (
     torch_load,
     torch_save,
 )
-from monai_fine.data.phantom import BTCV_LABELS, make_phantom_case, make_phantom_dataset, phantom
+from monai_fine.data.phantom import BTCV_LABELS, PHANTOM, PhantomProtocol, make_phantom_case, make_phantom_dataset, phantom
 
 __all__ = [
     "BTCV_LABELS",
@@ -60,6 +60,8 @@ __all__ = [
     "datalist",
     "list_images",
     "load_datalist",
+    "PHANTOM",
+    "PhantomProtocol",
     "make_phantom_case",
     "make_phantom_dataset",
     "phantom",

@@ -43,7 +43,27 @@ ndimage, _ = optional_import("scipy.ndimage")
 spatial, _ = optional_import("scipy.spatial")
 interpolate, _ = optional_import("scipy.interpolate")
 
-__all__ = ["BTCV_LABELS", "make_phantom_case", "make_phantom_dataset", "phantom"]
+__all__ = ["BTCV_LABELS", "PHANTOM", "PhantomProtocol", "make_phantom_case", "make_phantom_dataset", "phantom"]
+
+
+@dataclass(frozen=True)
+class PhantomProtocol:
+    """The phantom's standard protocol: what the demo, the experiments, the benchmarks and the tests at demo scale
+    draw and train on, defined once.
+
+    Attributes:
+        shape: volume size in voxels ``(X, Y, Z)``.
+        spacing: voxel size in mm (also the training ``pixdim``: the phantom needs no resampling).
+        roi_size: the training crop and inference window in voxels (``PRESETS["tiny"]["roi_size"]``).
+    """
+
+    shape: tuple[int, int, int] = (96, 96, 64)
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    roi_size: tuple[int, int, int] = (32, 32, 16)
+
+
+#: The phantom protocol.
+PHANTOM = PhantomProtocol()
 
 
 # Nominal size (mm, half axes) of the abdominal cavity and of the muscle wall around it; the subcutaneous fat varies.
@@ -375,8 +395,8 @@ def _draw_case(
 
 
 def make_phantom_case(
-    shape: Sequence[int] = (96, 96, 64),
-    spacing: Sequence[float] = (3.0, 3.0, 3.0),
+    shape: Sequence[int] = PHANTOM.shape,
+    spacing: Sequence[float] = PHANTOM.spacing,
     seed: int | None = 0,
     situs_inversus: bool = False,
     noise_std: float | None = None,
@@ -443,8 +463,8 @@ def make_phantom_dataset(
     out_dir: str | Path,
     num_cases: int = 12,
     seed: int = 0,
-    shape: Sequence[int] = (96, 96, 64),
-    spacing: Sequence[float] = (3.0, 3.0, 3.0),
+    shape: Sequence[int] = PHANTOM.shape,
+    spacing: Sequence[float] = PHANTOM.spacing,
     num_test: int = 2,
     val_fraction: float = 0.2,
     situs_inversus_fraction: float = 0.0,
@@ -551,8 +571,8 @@ def phantom(
     num_cases: int = 12,
     seed: int = 0,
     num_test: int = 2,
-    shape: Sequence[int] = (96, 96, 64),
-    spacing: Sequence[float] = (3.0, 3.0, 3.0),
+    shape: Sequence[int] = PHANTOM.shape,
+    spacing: Sequence[float] = PHANTOM.spacing,
     val_fraction: float = 0.2,
     situs_inversus_fraction: float = 0.0,
 ) -> str:

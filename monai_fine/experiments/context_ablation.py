@@ -52,21 +52,16 @@ from pathlib import Path
 from typing import Any
 
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS, SYNAPSE8_ORGANS
-from monai_fine.networks import PRESETS
+from monai_fine.data.phantom import PHANTOM
+from monai_fine.networks import MEMORY_CONFIGS, PRESETS, MemoryMode
 from monai_fine.reports import case_name as _case_name
 from monai_fine.reports import nanmean as _nanmean
 from monai_fine.reports import read_metric_csv as read_raw
 
 __all__ = ["CONFIGS", "VARIANTS", "parse_args", "bundle_overrides", "train_and_evaluate", "collect_run", "main"]
 
-# config name -> (memory mode, scan memory)
-CONFIGS: dict[str, tuple[str, bool]] = {
-    "none": ("none", False),
-    "window": ("window", False),
-    "released": ("released", False),
-    "full": ("full", False),
-    "full+scan": ("full", True),
-}
+# the compared memory configurations (monai_fine.networks.MEMORY_CONFIGS): name -> MemoryMode
+CONFIGS: dict[str, MemoryMode] = dict(MEMORY_CONFIGS)
 VARIANTS: dict[str, float] = {"normal": 0.0, "situs": 0.5}  # variant -> default fraction of situs inversus cases
 ORGANS: dict[int, str] = {k: BTCV_LABELS[k] for k in BTCV13_ORGANS}  # column class<j> of the CSVs is organ j + 1
 SYNAPSE8 = SYNAPSE8_ORGANS
@@ -126,8 +121,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # phantom
     p.add_argument("--num_cases", type=int, default=20, help="phantom: labelled cases (training + held-out)")
     p.add_argument("--val_fraction", type=float, default=0.3, help="phantom: fraction of held-out cases")
-    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 64], help="phantom volume size in voxels")
-    p.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 3.0], help="phantom voxel size in mm")
+    p.add_argument("--shape", type=int, nargs=3, default=list(PHANTOM.shape), help="phantom volume size in voxels")
+    p.add_argument("--spacing", type=float, nargs=3, default=list(PHANTOM.spacing), help="phantom voxel size in mm")
     p.add_argument("--situs_fraction", type=float, default=VARIANTS["situs"],
                    help="phantom 'situs' variant: fraction of situs inversus cases in each split")
     p.add_argument("--data_seed", type=int, default=0, help="phantom data set seed")
@@ -153,7 +148,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--iterations, --num_samples and --jobs must be >= 1 and --seeds non-empty")
     if args.roi is None:
         if args.dataset_dir is None:
-            args.roi = [32, 32, 16]
+            args.roi = list(PHANTOM.roi_size)
         else:
             args.roi = list(PRESETS[args.preset]["roi_size"])
     if args.pixdim is None:
@@ -239,7 +234,7 @@ def subsets_of(cases: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 # -------------------------------------------------------------------------------------------------------- one run
 def bundle_overrides(args: argparse.Namespace, config: str, seed: int, dataset_dir: Path, root: Path) -> dict:
-    memory, scan = CONFIGS[config]
+    memory, scan = CONFIGS[config].memory, CONFIGS[config].scan_memory
     o: dict[str, Any] = {
         "bundle_root": str(root),
         "dataset_dir": str(dataset_dir),
@@ -609,7 +604,7 @@ def run_task(args: argparse.Namespace, task: tuple[int, str, str], dataset_dir: 
             return "claimed"
     (root / "run_failed.txt").unlink(missing_ok=True)
     cases = held_out_cases(json.loads(_datalist_path(args, dataset_dir).read_text()), dataset_dir)
-    memory, scan = CONFIGS[config]
+    memory, scan = CONFIGS[config].memory, CONFIGS[config].scan_memory
     print(f"[ablation] {tag}: training {args.max_epochs * args.epoch_length} iterations (memory={memory}, "
           f"scan_memory={scan}), then evaluating {len(cases)} held-out cases", flush=True)
     try:

@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from monai_fine.data.io import torch_load
+from monai_fine.networks import MEMORY_CONFIGS, MemoryMode
 from monai_fine.experiments.context_ablation import _fmt, _mean_std, machine_info, parse_overrides
 
 __all__ = ["CONFIGS", "parse_args", "evaluate_run", "main"]
 
-CONFIGS: dict[str, tuple[str, bool]] = {"none": ("none", False), "full": ("full", False), "full+scan": ("full", True)}
+# the compared memory configurations (of monai_fine.networks.MEMORY_CONFIGS)
+CONFIGS: dict[str, MemoryMode] = {name: MEMORY_CONFIGS[name] for name in ("none", "full", "full+scan")}
 FIELDS = (
     "config", "seed", "memory", "scan_memory", "swap_rate", "swap_rate_scan_off", "memory_swap_flips", "twin_found",
     "dice_twin_a", "dice_twin_b",
@@ -108,7 +110,7 @@ def _run_dir(args: argparse.Namespace, config: str, seed: int) -> Path:
 
 
 def overrides(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, Any]:
-    memory, scan = CONFIGS[config]
+    memory, scan = CONFIGS[config].memory, CONFIGS[config].scan_memory
     o = {
         "bundle_root": str(_run_dir(args, config, seed)), "dataset_dir": str(data), "preset": args.preset,
         "memory": memory, "scan_memory": scan, "roi_size": list(args.roi), "pixdim": list(args.spacing),
@@ -149,8 +151,8 @@ def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -
     preprocess = parser.get_parsed_content("validate#preprocessing")
     items = json.loads((data / "dataset_0.json").read_text())["validation"]
     n = args.num_classes
-    conditions = {"as_trained": CONFIGS[config][1]}
-    if CONFIGS[config][1]:
+    conditions = {"as_trained": CONFIGS[config].scan_memory}
+    if CONFIGS[config].scan_memory:
         conditions["scan_off"] = False
     out: dict[str, float] = {}
     for name, scan in conditions.items():
@@ -173,21 +175,22 @@ def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -
                     out[f"dice_{label}"] = float(2 * tp) / max(float(2 * tp + fp + fn), 1.0)
         else:
             out["swap_rate_scan_off"] = swap
-    if CONFIGS[config][1] and args.dataset_dir is None:
+    if CONFIGS[config].scan_memory and args.dataset_dir is None:
         out["memory_swap_flips"] = memory_swap_flips(args, net, preprocess)
     return out
 
 
 class _ViewFrom:
-    """Calls ``net``, but its scan-memory write pass sees ``view`` instead of the input's own scan view."""
+    """``net``, but its scan memory is written from ``view`` instead of the input's own scan view."""
 
     def __init__(self, net, view):
-        self.net, self.view, self.new_scan_memory = net, view, net.new_scan_memory
+        self.net, self.view = net, view
 
-    def __call__(self, x, *args, scan_memory=None, **kwargs):
-        if scan_memory is not None and not scan_memory.reading:
-            x = self.view
-        return self.net(x, *args, scan_memory=scan_memory, **kwargs)
+    def write_scan_memory(self, scan_view, scan_view_box=None):
+        return self.net.write_scan_memory(self.view.to(scan_view), scan_view_box)
+
+    def __call__(self, *args, **kwargs):
+        return self.net(*args, **kwargs)
 
 
 def memory_swap_flips(args: argparse.Namespace, net, preprocess, pairs: int = 4) -> float:
@@ -239,7 +242,7 @@ def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dic
                **overrides(args, config, seed, data))
     train_minutes = (time.time() - t0) / 60
     t1 = time.time()
-    row: dict[str, Any] = {"config": config, "seed": seed, "memory": CONFIGS[config][0], "scan_memory": CONFIGS[config][1],
+    row: dict[str, Any] = {"config": config, "seed": seed, "memory": CONFIGS[config].memory, "scan_memory": CONFIGS[config].scan_memory,
                            "iterations": iterations, "train_minutes": round(train_minutes, 2),
                            "seconds_per_iteration": round(train_minutes * 60 / iterations, 3), "swap_rate_scan_off": "",
                            "memory_swap_flips": ""}

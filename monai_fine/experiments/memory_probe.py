@@ -31,6 +31,7 @@ from monai_fine.data.io import torch_load
 from monai_fine.inferers import FINEInferer
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS
 from monai_fine.metrics import compute_organ_dice
+from monai_fine.data.phantom import PHANTOM
 from monai_fine.networks import PRESETS
 
 __all__ = ["main"]
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset", default="tiny", choices=tuple(PRESETS))
     p.add_argument("--memory", default="full")
     p.add_argument("--scan_memory", action="store_true")
-    p.add_argument("--roi", type=int, nargs=3, default=[32, 32, 16])
-    p.add_argument("--pixdim", type=float, nargs=3, default=[3.0, 3.0, 3.0])
+    p.add_argument("--roi", type=int, nargs=3, default=list(PHANTOM.roi_size))
+    p.add_argument("--pixdim", type=float, nargs=3, default=list(PHANTOM.spacing))
     p.add_argument("--split", default="validation")
     args = p.parse_args(argv)
 

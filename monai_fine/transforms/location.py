@@ -54,6 +54,8 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.utils import TraceKeys
 
+from monai_fine.networks.blocks.memory import check_roi_box
+
 __all__ = ["CropTrace", "trace_operations", "trace_crop", "crop_box_from_meta", "scan_id_from_meta"]
 
 #: Entries that do not move voxels (recorded by invertible but non-spatial transforms or by composers).
@@ -310,7 +312,8 @@ def crop_box_from_meta(img: MetaTensor) -> torch.Tensor:
 
     Raises:
         TypeError: when ``img`` is not a MetaTensor.
-        ValueError: when the crop cannot be traced (see :py:func:`trace_crop`).
+        ValueError: when the crop cannot be traced (see :py:func:`trace_crop`), or a 3D box is not finite with
+            ``stop > start`` (:py:func:`~monai_fine.networks.blocks.memory.check_roi_box`).
 
     Example::
 
@@ -319,7 +322,10 @@ def crop_box_from_meta(img: MetaTensor) -> torch.Tensor:
         tensor([[0.2000, 0.0000, 0.2500],
                 [0.7000, 1.0000, 0.7500]])
     """
-    return trace_crop(img).box
+    box = trace_crop(img).box
+    if box.shape[-1] == 3:  # checked where it is made, on the host (a box the network gets on a GPU is not re-read)
+        check_roi_box(box[None])
+    return box
 
 
 def scan_id_from_meta(img: MetaTensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ def test_real_ct_inference_keeps_shape_and_affine(totalseg_dir, tmp_path):
     net = ConfigParser.load_config_file(str(CONFIGS / "inference.json"))["network_def"]
     from monai_fine.networks import create_fine
 
-    model = create_fine("tiny", roi_size=(64, 64, 32), feature_size=12, num_heads=(1, 2, 2, 4), deep_supervision=net["deep_supervision"])
+    model = create_fine("test", roi_size=(64, 64, 32), deep_supervision=net["deep_supervision"])
     torch.save(model.state_dict(), root / "models" / "model.pt")
     out_dir = tmp_path / "seg"
     wf = workflow(
@@ -209,7 +209,7 @@ def test_scan_memory_trains_from_the_scan_view_and_infers_with_it(phantom_dir, t
     assert len(calls) == 2  # every training iteration
     for kw in calls:
         assert kw["scan_view"].shape == (1, 1, 32, 32, 16)  # batch_size 1, 2 crops of one scan: one view
-        assert kw["scan_id"].tolist() == [0, 0] and kw["roi_box"].shape == (2, 2, 3)
+        assert kw["scan_index"].tolist() == [0, 0] and kw["roi_box"].shape == (2, 2, 3)
         torch.testing.assert_close(kw["scan_view_box"], torch.tensor([[[0.0] * 3, [1.0] * 3]]))
     # the view is the area-resized preprocessed volume of one of the training cases
     det = Compose(wf.parser.get_parsed_content("train#deterministic_transforms"))

@@ -23,11 +23,11 @@ from monai.data import load_net_with_metadata
 from monai_fine.bundle_tools import create_network
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
-TINY = {"preset": "tiny", "roi_size": [32, 32, 16], "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]}
+TINY = {"preset": "test", "roi_size": [32, 32, 16]}
 SHAPE = [1, 1, 32, 32, 16]
 SCRIPTING_UNSUPPORTED = pytest.mark.xfail(
     strict=True,
-    reason="TorchScript scripting of FINE is not supported (its forward takes the Python ScanMemory object and "
+    reason="TorchScript scripting of FINE is not supported (its forward takes the Python ScanSummary object and "
     "keyword tensors; docs/design.md section 9): use ckpt_export --use_trace True, or monai_fine.networks.trace_fine",
 )
 
@@ -35,7 +35,7 @@ SCRIPTING_UNSUPPORTED = pytest.mark.xfail(
 def _eager(**kw) -> torch.nn.Module:
     """The network of inference.json's ``network_def`` with the TINY overrides (its arguments recorded in its weights,
     as the bundle's checkpoints record them)."""
-    return create_network(None, "tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4),
+    return create_network(None, "test", 1, 14, roi_size=(32, 32, 16),
                           deep_supervision=True, **kw)
 
 

@@ -17,7 +17,7 @@ from monai_fine.bundle_tools import create_network
 from monai_fine.data import make_phantom_dataset
 
 TRAIN = {"max_epochs": 1, "epoch_length": 1, "val_interval": 1}
-TINY = {"preset": "tiny", "feature_size": 12, "num_heads": [1, 2, 2, 4], "roi_size": [32, 32, 16]}
+TINY = {"preset": "test", "roi_size": [32, 32, 16]}
 
 
 @pytest.fixture(scope="module")

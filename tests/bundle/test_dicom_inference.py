@@ -193,8 +193,8 @@ def test_monai_fine_infer_command_segments_a_series_folder(tmp_path, totalseg_di
     volume, affine = _crop(totalseg_dir)
     write_series(tmp_path / "data" / "imagesTs" / "case.7", volume, affine)
     args = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
-            "--load_pretrain", "false", "--preset", "tiny", "--roi_size", "[32,32,16]", "--network_def#feature_size", "12",
-            "--network_def#num_heads", "[1,2,2,4]", "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0",
+            "--load_pretrain", "false", "--preset", "test", "--roi_size", "[32,32,16]",
+            "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0",
             "--device", "$torch.device('cpu')"]  # fmt: skip
     proc = _python(["-m", "monai_fine", "infer", *args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -88,7 +88,7 @@ def _cli(args: list[str]) -> subprocess.CompletedProcess:
 def test_boolean_strings_from_both_command_lines(tmp_path):
     image = ct(tmp_path / "data" / "imagesTs" / "c.nii.gz")
     common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--preset", "tiny",
-              "--roi_size", "[32,32,16]", "--network_def#feature_size", "12", "--network_def#num_heads", "[1,2,2,4]",
+              "--roi_size", "[32,32,16]",
               "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0", "--device", "$torch.device('cpu')"]
     # `--load_pretrain false` arrives as the string 'false': no checkpoint is needed, the segmentation is written
     proc = _cli(["-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file",
@@ -117,8 +117,8 @@ def test_a_full_disk_during_inference_names_the_case_and_file_and_keeps_the_prev
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file",
          str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"),
-         "--output_dir", str(out), "--load_pretrain", "false", "--preset", "tiny", "--roi_size", "[32,32,16]",
-         "--network_def#feature_size", "12", "--network_def#num_heads", "[1,2,2,4]", "--pixdim", "[4.0,4.0,4.0]",
+         "--output_dir", str(out), "--load_pretrain", "false", "--preset", "test", "--roi_size", "[32,32,16]",
+         "--pixdim", "[4.0,4.0,4.0]",
          "--num_workers", "0", "--device", "$torch.device('cpu')"],
         env=env, capture_output=True, text=True, timeout=600, check=False,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
@@ -144,7 +144,7 @@ def test_half_precision_stitching_matches_float32():
     from monai_fine.stitching import CastStitchInferer
 
     torch.manual_seed(0)
-    net = create_fine("tiny", 1, 14, roi_size=(32, 32, 16), feature_size=12, num_heads=(1, 2, 2, 4)).eval()
+    net = create_fine("test", 1, 14).eval()
     volume = torch.rand(1, 1, 56, 48, 28)
     inner = FINEInferer(roi_size=(32, 32, 16), sw_batch_size=2, overlap=0.5)
     with torch.no_grad():

@@ -37,7 +37,7 @@ from monai_fine.data import make_phantom_dataset
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 CONFIGS = BUNDLE / "configs"
-TINY = {"preset": "tiny", "feature_size": 12, "num_heads": [1, 2, 2, 4], "roi_size": [32, 32, 16]}
+TINY = {"preset": "test", "roi_size": [32, 32, 16]}
 
 
 def _parser(config: str, bundle_root: Path) -> ConfigParser:
@@ -94,11 +94,11 @@ def test_network_rebuilt_from_recorded_weights(tmp_path):
 def test_weights_without_record_keep_loading_strictly(tmp_path):
     from monai_fine.networks import create_fine
 
-    plain = create_fine("tiny", 1, 14, feature_size=12, num_heads=[1, 2, 2, 4], deep_supervision=True)
+    plain = create_fine("test", 1, 14, deep_supervision=True)
     (tmp_path / "models").mkdir()
     torch.save(plain.state_dict(), tmp_path / "models" / "model.pt")
     parser = _parser("inference.json", tmp_path)
-    for k, v in {"preset": "tiny", "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]}.items():
+    for k, v in {"preset": "test"}.items():
         parser[k] = v
     net = parser.get_parsed_content("network_def")
     assert CONFIG_BUFFER not in net.state_dict()
@@ -130,7 +130,7 @@ def test_train_config_follows_monailabel_max_epochs(tmp_path):
     parser["train#trainer#max_epochs"] = 2
     assert parser.get_parsed_content("val_interval") == 2  # validates (writes model.pt) at the last epoch
     assert parser.get_parsed_content("num_workers") <= (os.cpu_count() or 1)
-    for k, v in {"preset": "tiny", "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]}.items():
+    for k, v in {"preset": "test"}.items():
         parser[k] = v
     assert parser.get_parsed_content("lr_scheduler").total_iters == 2
 

@@ -24,8 +24,7 @@ from monai_fine.distributed import init_distributed
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 SMALL = [
-    "--preset", "tiny", "--roi_size", "[32,32,16]", "--network_def#feature_size", "12",
-    "--network_def#num_heads", "[1,2,2,4]", "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0", "--cache_rate", "0",
+    "--preset", "test", "--roi_size", "[32,32,16]", "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0", "--cache_rate", "0",
 ]  # fmt: skip
 SHARD = re.compile(r"rank (\d)/2 (\w+) epoch (\d+) cases: (\[.*\])")
 

@@ -24,10 +24,8 @@ CONFIGS = BUNDLE / "configs"
 
 # tiny network, tiny crops; 3 training cases with epoch_length 2, so the loader iterator spans epoch boundaries
 ARGS = {
-    "preset": "tiny",
+    "preset": "test",
     "roi_size": "[32,32,16]",
-    "network_def#feature_size": "12",
-    "network_def#num_heads": "[1,2,2,4]",
     "pixdim": "[4.0,4.0,4.0]",
     "num_samples": "2",
     "num_workers": "0",

@@ -37,7 +37,7 @@ from monai_fine.bundle_tools import BUNDLE_NAME, create_network, package_bundle
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 META = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
-TINY = {"preset": "tiny", "feature_size": 12, "num_heads": [1, 2, 2, 4], "roi_size": [32, 32, 16]}
+TINY = {"preset": "test", "roi_size": [32, 32, 16]}
 CLIENT = Path(__file__).resolve().with_name("zoo_client.py")
 
 

@@ -24,7 +24,7 @@ MINIMAL = [
     "--variants", "situs", "--seeds", "0", "--iterations", "2", "--epoch_length", "1", "--roi", "32", "32", "16",
     "--num_cases", "5", "--val_fraction", "0.4", "--shape", "48", "48", "32", "--spacing", "4", "4", "4",
     "--device", "cpu", "--num_workers", "0",
-    "--override", "network_def#feature_size=12", "--override", "network_def#num_heads=[1, 2, 2, 4]",
+    "--preset", "test",
 ]  # fmt: skip
 
 

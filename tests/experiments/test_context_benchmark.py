@@ -36,7 +36,7 @@ def test_context_benchmark_command_writes_one_row_per_config_and_seed(tmp_path):
     out = tmp_path / "ctx"
     cmd = [sys.executable, "-m", "monai_fine", "context_benchmark", "--out", str(out), "--configs", "none,full+scan",
            "--seeds", "0,1", "--iterations", "2", "--epoch_length", "2", "--num_train", "2", "--num_val", "2",
-           "--override", "network_def#feature_size=12", "--override", "network_def#num_heads=[1,2,2,4]"]
+           "--preset", "test"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "results.csv") as f:

@@ -10,13 +10,13 @@ import shutil
 import pytest
 import torch
 
-from monai_fine.networks import FINE, fine_tiny
+from monai_fine.networks import FINE, create_fine
 
 LEFT_MIDDLE = torch.tensor([[[0.0, 0.0, 0.0], [0.25, 0.25, 1.0]], [[0.25, 0.25, 0.0], [0.5, 0.5, 1.0]]])
 
 
 def tiny(**kw) -> FINE:
-    return fine_tiny(1, 4, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=(32, 32, 16), **kw)
+    return create_fine("test", 1, 4, **kw)
 
 
 def small(**kw) -> FINE:
@@ -41,7 +41,7 @@ def _assert_one_graph(net: FINE, x: torch.Tensor, *args, **kwargs) -> None:
 def test_forward_has_no_graph_break(mode, train, scan):
     net = small(memory=mode, scan_memory=scan).train(train)
     # scan memory in training: one scan view writes the memory the two crops read
-    kwargs = {"scan_id": torch.tensor([0, 0]), "scan_view": torch.randn(1, 1, 16, 16, 8)} if scan else {}
+    kwargs = {"scan_index": torch.tensor([0, 0]), "scan_view": torch.randn(1, 1, 16, 16, 8)} if scan else {}
     _assert_one_graph(net, torch.randn(2, 1, 16, 16, 8), LEFT_MIDDLE, **kwargs)
 
 
@@ -49,9 +49,10 @@ def test_tiny_preset_full_training_forward_has_no_graph_break():
     _assert_one_graph(tiny(memory="full").train(), torch.randn(2, 1, 32, 32, 16), LEFT_MIDDLE)
 
 
-def test_explicit_scan_memory_has_no_graph_break():
+def test_reading_an_explicit_scan_summary_has_no_graph_break():
     net = small(memory="full").eval()
-    _assert_one_graph(net, torch.randn(1, 1, 16, 16, 8), LEFT_MIDDLE[:1], scan_memory=net.new_scan_memory(1))
+    summary = net.write_scan_memory(torch.randn(1, 1, 16, 16, 8))
+    _assert_one_graph(net, torch.randn(1, 1, 16, 16, 8), LEFT_MIDDLE[:1], scan_summary=summary)
 
 
 def _train_eval_parity(backend: str) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_fine.networks import FINE, export_onnx, fine_tiny, trace_fine
+from monai_fine.networks import FINE, create_fine, export_onnx, trace_fine
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -19,7 +19,7 @@ BOXES = torch.tensor([[[0.0, 0.0, 0.0], [0.5, 0.5, 1.0]], [[0.6, 0.1, 0.0], [0.9
 def trained_tiny(**kw) -> FINE:
     """A tiny ``full`` network whose memory has seen two regions (so V-MSA and G-MSA are active when exported)."""
     torch.manual_seed(0)
-    net = fine_tiny(1, 4, feature_size=12, num_heads=(1, 2, 2, 4), roi_size=(32, 32, 16), memory="full", **kw)
+    net = create_fine("test", 1, 4, memory="full", **kw)
     net.train()
     with torch.no_grad():
         net(torch.randn(2, 1, 32, 32, 16), torch.tensor([[[0, 0, 0], [0.25, 0.25, 1.0]], [[0.5, 0.5, 0], [1, 1, 1.0]]]))

@@ -6,15 +6,13 @@ import copy
 import pytest
 import torch
 
-from monai_fine.networks import FINE, fine_bcv, fine_tiny
+from monai_fine.networks import FINE, create_fine
 
 MODES = ["none", "window", "released", "full"]
 
 
 def tiny(**kw) -> FINE:
-    cfg = dict(feature_size=12, num_heads=(1, 2, 2, 4), patch_size=(2, 2, 2), roi_size=(32, 32, 16))
-    cfg.update(kw)
-    return fine_tiny(1, 4, **cfg)
+    return create_fine("test", 1, 4, **kw)
 
 
 def boxes(*rows) -> torch.Tensor:
@@ -62,7 +60,7 @@ def test_bad_sizes_raise():
     with pytest.raises(ValueError, match="scan_memory=True needs memory='full'"):
         tiny(memory="window", scan_memory=True)
     with pytest.raises(ValueError, match=r"\(100, 128, 64\)"):
-        fine_tiny(roi_size=(100, 128, 64))
+        create_fine("tiny", roi_size=(100, 128, 64))
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -220,11 +218,11 @@ def test_scan_view_memory_shares_content_within_a_scan_only():
     changed = views.clone()
     changed[1] += 3.0 * torch.randn_like(changed[1])  # change only scan 1's content
     one_scan, two_scans = torch.tensor([0, 0]), torch.tensor([0, 1])
-    out = net(x, b, scan_id=one_scan, scan_view=views)
-    assert (net(x, b, scan_id=two_scans, scan_view=changed)[1] - net(x, b, scan_id=two_scans, scan_view=views)[1]).abs().max() > 1e-4
-    assert torch.equal(net(x, b, scan_id=one_scan, scan_view=changed), out)  # nobody reads scan 1
+    out = net(x, b, scan_index=one_scan, scan_view=views)
+    assert (net(x, b, scan_index=two_scans, scan_view=changed)[1] - net(x, b, scan_index=two_scans, scan_view=views)[1]).abs().max() > 1e-4
+    assert torch.equal(net(x, b, scan_index=one_scan, scan_view=changed), out)  # nobody reads scan 1
     assert (out - net(x, b)).abs().max() > 1e-4  # the memory changes the output
-    with pytest.raises(ValueError, match="scan_id is needed"):
+    with pytest.raises(ValueError, match="scan_index is needed"):
         net(torch.randn(3, 1, 32, 32, 16), boxes(LEFT, RIGHT, MIDDLE), scan_view=views)
     with pytest.raises(ValueError, match="memory='full'"):
         tiny(memory="released")(x, b, scan_view=views)
@@ -240,29 +238,31 @@ def test_training_forward_equals_explicit_write_then_read():
     views = torch.randn(2, 1, 32, 32, 16)
     view_boxes = boxes((0.0, 0.0, 0.0, 1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 0.5, 1.0, 1.0))
     ids = torch.tensor([1, 0, 1])
-    one_call = net(x, b, scan_id=ids, scan_view=views, scan_view_box=view_boxes)
-    mem = net.new_scan_memory(2)
-    assert net(views, view_boxes, torch.arange(2), mem) is None  # a write pass runs no heads
-    mem.set_mode("read")
-    torch.testing.assert_close(net(x, b, scan_id=ids, scan_memory=mem), one_call, rtol=1e-5, atol=1e-6)
+    one_call = net(x, b, scan_index=ids, scan_view=views, scan_view_box=view_boxes)
+    summary = net.write_scan_memory(views, view_boxes)
+    torch.testing.assert_close(net(x, b, scan_index=ids, scan_summary=summary), one_call, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="not both"):
+        net(x, b, scan_index=ids, scan_summary=summary, scan_view=views)
+    with pytest.raises(ValueError, match=r"out of range \[0, 2\)"):
+        net(x, b, scan_index=torch.tensor([0, 2, 1]), scan_summary=summary)
 
 
 def test_scan_view_training_step_gives_gradients_through_the_write_pass():
     net = tiny(memory="full", scan_memory=True)
     x = torch.randn(2, 1, 32, 32, 16)
     views = torch.randn(1, 1, 32, 32, 16, requires_grad=True)
-    out = net(x, boxes(LEFT, RIGHT), scan_id=torch.tensor([0, 0]), scan_view=views)
+    out = net(x, boxes(LEFT, RIGHT), scan_index=torch.tensor([0, 0]), scan_view=views)
     out[0].square().mean().backward()  # crop 0's loss reaches the scan view through the memory
     assert views.grad.abs().sum() > 0
     assert net.memory_visits.min() >= 1  # the view covers every cell
 
 
 def test_presets_and_parameter_counts():
-    assert fine_tiny().roi_size == (64, 64, 32)
+    assert create_fine("tiny").roi_size == (32, 32, 16)
     with torch.device("meta"):
-        none = fine_bcv(memory="none")
-        full = fine_bcv(memory="full")
-        separate = fine_bcv(memory="full", share_memory_attention=False)
+        none = create_fine("bcv", memory="none")
+        full = create_fine("bcv", memory="full")
+        separate = create_fine("bcv", memory="full", share_memory_attention=False)
     assert none.roi_size == (128, 128, 64)
     n_none = sum(p.numel() for p in none.parameters())
     n_full = sum(p.numel() for p in full.parameters())

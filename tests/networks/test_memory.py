@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_fine.networks.blocks.memory import ScanMemory, cell_pool, cell_position_encoding, intersecting_cells
+from monai_fine.networks.blocks.memory import ScanSummary, cell_pool, cell_position_encoding, intersecting_cells
 
 
 def _reference(box: np.ndarray, grid) -> np.ndarray:
@@ -74,11 +74,11 @@ def test_none_means_all_cells_and_errors():
         intersecting_cells(torch.tensor([[[float("nan"), 0, 0], [0.2, 1, 1]]]), (4, 4, 1))
 
 
-def test_scan_memory_means_and_slots():
-    mem = ScanMemory(2, (3, 1, 1), 1, [4])
+def test_scan_summary_means_and_slots():
+    mem = ScanSummary(2, (3, 1, 1), 1, [4])
     sums = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
     counts = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.0, 0.0]])[..., None]
-    mem.write(0, torch.tensor([1, 1]), sums, counts)
+    mem.add(0, torch.tensor([1, 1]), sums, counts)
     read = mem.read(0, torch.tensor([1, 0]))
     pos = cell_position_encoding((3, 1, 1), 1, 4)
     assert torch.equal(mem.positions[0], pos) and pos.shape == (3, 4) and not torch.equal(pos[0], pos[1])
@@ -92,8 +92,6 @@ def test_scan_memory_means_and_slots():
     with pytest.raises(ValueError, match=r"out of range \[0, 2\): \[2\]"):
         mem.check_index(torch.tensor([2]))
     mem.check_index(torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="mode"):
-        mem.set_mode("erase")
 
 
 def test_cell_pool_matches_a_brute_force_supersampling():

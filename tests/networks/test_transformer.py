@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_fine.networks.blocks import BlockContext, FineBlock, FineStage, MemoryContext, window_layout
+from monai_fine.networks.blocks import BlockContext, FineBlock, FineStage, MemoryContext, memory_mode, window_layout
 
-FLAGS = {  # mode: (has_window_tokens, volume_attention, global_attention, released_global_attention)
+FLAGS = {  # mode: (window tokens, volume_attention, global_attention, released_global_attention)
     "none": (False, False, False, False),
     "window": (True, False, True, False),
     "released": (True, False, False, True),
@@ -17,18 +17,20 @@ FLAGS = {  # mode: (has_window_tokens, volume_attention, global_attention, relea
 
 
 @pytest.mark.parametrize("mode", sorted(FLAGS))
-def test_mode_resolved_to_flags(mode):
-    blk = FineBlock(8, 2, 4, shifted=False, memory=mode)
-    assert (blk.has_window_tokens, blk.volume_attention, blk.global_attention, blk.released_global_attention) == FLAGS[
+def test_blocks_and_stages_read_the_resolved_mode(mode):
+    resolved = memory_mode(mode)
+    blk = FineBlock(8, 2, 4, shifted=False, mode=resolved)
+    assert (resolved.window_tokens, blk.volume_attention, blk.global_attention, blk.released_global_attention) == FLAGS[
         mode
     ]
-    last = FineBlock(8, 2, 4, shifted=True, memory=mode, global_attention=False)
-    assert not last.released_global_attention
-    stage = FineStage(8, 2, 2, 4, mode, num_window_tokens=1, memory_size=6, drop_path=[0.0, 0.0])
+    last = FineBlock(8, 2, 4, shifted=True, mode=resolved, last_in_stage=True)
+    assert not last.released_global_attention  # the official code's G-MSA output would never be read there
+    stage = FineStage(8, 2, 2, 4, resolved, num_window_tokens=1, memory_size=6, drop_path=[0.0, 0.0])
     assert stage.has_volume_tokens == (mode in ("released", "full"))
     assert stage.memory_size == (6 if stage.has_volume_tokens else 0)
-    with pytest.raises(ValueError, match="memory must be one of"):
-        FineBlock(8, 2, 4, shifted=False, memory="intended")
+    assert stage.blocks[1].released_global_attention is False and stage.blocks[0].released_global_attention == (
+        mode == "released"
+    )
 
 
 def _block_inputs(V=6):
@@ -43,7 +45,7 @@ def _block_inputs(V=6):
 @pytest.mark.parametrize("any_seen", [False, True])
 def test_volume_attention_gate(any_seen):
     """With no cell seen, V-MSA leaves the volume tokens exactly as they are and gives them no gradient."""
-    blk = FineBlock(8, 2, 4, shifted=False, memory="full")
+    blk = FineBlock(8, 2, 4, shifted=False, mode=memory_mode("full"))
     x, win, vol, layout = _block_inputs()
     keys = torch.ones(1, 1, 1, 6, dtype=torch.bool)
     mem = MemoryContext(
@@ -84,7 +86,7 @@ def test_window_attention_and_mlp_equal_their_definition_token_set_by_token_set(
     from monai_fine.networks.blocks.window import window_partition, window_reverse
 
     torch.manual_seed(0)
-    blk = FineBlock(dim, 2, 4, shifted=shifted, memory=mode).eval()
+    blk = FineBlock(dim, 2, 4, shifted=shifted, mode=memory_mode(mode)).eval()
     x = torch.randn(2, 6, 8, 4, dim)  # padded to 8 x 8 x 4 along the first axis: padded keys are masked
     T = 0 if mode == "none" else 1
     layout = window_layout((6, 8, 4), 4, T, torch.device("cpu"))

@@ -1,5 +1,5 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Volume-token memory: which grid cells a crop intersects, and the per-scan memory of the scan-memory option.
+"""Volume-token memory: which grid cells a crop intersects, and what the per-scan memory holds (:class:`ScanSummary`).
 
 The volume is divided into a grid of ``memory_grid = (gx, gy, gz)`` cells over the preprocessed full volume, cell
 ``(i, j, k)`` covering ``[i/gx, (i+1)/gx) x [j/gy, (j+1)/gy) x [k/gz, (k+1)/gz)`` in volume fractions. Cells are
@@ -7,8 +7,8 @@ flattened x-major: ``index = (i * gy + j) * gz + k``. A crop's location is its `
 ``[start, stop)`` fractions per axis (see ``monai_fine.transforms.CropLocationd``).
 
 Everything here that runs inside the network's forward works on the tensors' own device with no host
-synchronisation; the value checks (:func:`check_roi_box`, :meth:`ScanMemory.check_index`) read values on the host and
-are called where boxes and scan ids are produced or received, not in the compiled or exported graph.
+synchronisation; the value checks (:func:`check_roi_box`, :meth:`ScanSummary.check_index`) read values on the host and
+are called where boxes and scan indices are produced or received, not in the compiled or exported graph.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_roi_box", "intersecting_cells", "cell_pool", "cell_position_encoding", "ScanMemory"]
+__all__ = ["check_roi_box", "intersecting_cells", "cell_pool", "cell_position_encoding", "ScanSummary"]
 
 _EPS = 1e-6  # overlaps shorter than this (in cell widths) do not count
 
@@ -160,19 +160,23 @@ def cell_position_encoding(grid: Sequence[int], tokens_per_cell: int, dim: int) 
     return code.repeat_interleave(int(tokens_per_cell), dim=0).float()
 
 
-class ScanMemory:
-    """Per-scan volume-token memory: filled by a "write" pass, read by the passes that segment the scan's crops.
+class ScanSummary:
+    """What the scan memory holds for a batch of scans: per stage and memory cell, the sum of the visual tokens the
+    scan-view pass put there and their coverage. Written by :py:meth:`monai_fine.networks.FINE.write_scan_memory` (the
+    only writer), read by the forward passes that segment the scans' crops (``scan_summary=``).
 
-    In the write pass every input adds, for every stage, its visual tokens (the stage's output) into the cells they
-    lie in (:func:`cell_pool`), in its scan's slot. In the read pass the volume tokens of a stage start from the
+    In the write pass every view adds, for every stage, its visual tokens (the stage's output) into the cells they
+    lie in (:func:`cell_pool`), in its scan's slot. In a read pass the volume tokens of a stage start from the
     learned tokens plus the mean visual token of their cell and, for written cells, a fixed sinusoidal code of the
     cell's position (:func:`cell_position_encoding`, unit scale like the summaries, where the learned tokens start at
-    0.02): a summary of what the scan holds *there*, so a crop can read both what lies elsewhere and where. In training and in :py:class:`monai_fine.inferers.FINEInferer` the
-    writer is the scan view (the whole scan at the crop size, :py:mod:`monai_fine.transforms.scan_view`), whose box
-    covers every cell, so every crop reads what the whole scan wrote. Created by
-    :meth:`monai_fine.networks.FINE.new_scan_memory`; the network does the writing and reading.
+    0.02): a summary of what the scan holds *there*, so a crop can read both what lies elsewhere and where. In
+    training and in :py:class:`monai_fine.inferers.FINEInferer` the writer is the scan view (the whole scan at the
+    crop size, :py:mod:`monai_fine.transforms.scan_view`), whose box covers every cell, so every crop reads what the
+    whole scan wrote. Whether a forward writes or reads is a field of its
+    :py:class:`~monai_fine.networks.blocks.transformer.MemoryContext` (``scan_write``, ``scan_read``), not a state of
+    this object.
 
-    :meth:`write` and :meth:`read` do not check the slot indices (that would read them on the host in every stage);
+    :meth:`add` and :meth:`read` do not check the slot indices (that would read them on the host in every stage);
     :meth:`check_index` does, and the network calls it in eager mode for indices on the CPU.
 
     Args:
@@ -190,22 +194,9 @@ class ScanMemory:
         self.grid = tuple(int(g) for g in grid)
         self.tokens_per_cell = int(tokens_per_cell)
         self.memory_size = self.grid[0] * self.grid[1] * self.grid[2] * self.tokens_per_cell
-        self.reading = False
         self.sums = [torch.zeros(num_scans, self.memory_size, d, device=device, dtype=dtype) for d in dims]
         self.counts = [torch.zeros(num_scans, self.memory_size, 1, device=device, dtype=dtype) for _ in dims]
         self.positions = [_position_code(self.grid, self.tokens_per_cell, int(d)).to(device=device, dtype=dtype) for d in dims]
-
-    @property
-    def mode(self) -> str:
-        """``"write"`` or ``"read"``."""
-        return "read" if self.reading else "write"
-
-    def set_mode(self, mode: str) -> ScanMemory:
-        """``"write"`` (accumulate) or ``"read"`` (use what was written). Returns self."""
-        if mode not in ("write", "read"):
-            raise ValueError(f"ScanMemory mode must be 'write' or 'read', got {mode!r}.")
-        self.reading = mode == "read"
-        return self
 
     def check_index(self, scan_index: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the indices when one is outside ``[0, num_scans)`` (reads them on the host)."""
@@ -213,7 +204,7 @@ class ScanMemory:
         if scan_index.numel() and (int(scan_index.min()) < 0 or int(scan_index.max()) >= self.num_scans):
             raise ValueError(f"scan index out of range [0, {self.num_scans}): {scan_index.tolist()}.")
 
-    def write(self, stage: int, scan_index: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
+    def add(self, stage: int, scan_index: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor) -> None:
         """Add ``sums (B, V, C)`` and ``counts (B, V, 1)`` (from :func:`cell_pool`) into the slots ``scan_index (B,)``
         (differentiable)."""
         dtype = self.sums[stage].dtype  # (autocast may give half-precision tokens)

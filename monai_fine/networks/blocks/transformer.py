@@ -14,8 +14,9 @@ with a residual. V-MSA mixes the whole volume's memory into the intersecting cel
 tokens, W-MSA hands it to the visual tokens; so a volume token anywhere in the volume reaches the crop's pixels
 inside one block. ``docs/design.md`` explains the choice.
 
-The memory mode is resolved once, in ``__init__``, into flags (``has_window_tokens``, ``volume_attention``,
-``global_attention``, ``released_global_attention``); the forward never compares mode strings, reads no tensor value
+The memory mode is resolved once, in the network's constructor, into a frozen
+:class:`~monai_fine.networks.blocks.memory_mode.MemoryMode` that stages and blocks receive; the forward never compares
+mode strings, reads no tensor value
 on the host and builds no mask: the memory masks are built once per network forward (:class:`MemoryContext`), the
 window masks once per stage geometry and device (:func:`~monai_fine.networks.blocks.window.window_layout`), and a
 stage hands its blocks a :class:`BlockContext`.
@@ -33,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 
 from monai_fine.networks.blocks.attention import Attention, resolve_attn_mask
 from monai_fine.networks.blocks.memory import cell_pool
+from monai_fine.networks.blocks.memory_mode import MEMORY_CONFIGS, MemoryMode
 from monai_fine.networks.blocks.mlp import Mlp
 from monai_fine.networks.blocks.window import (
     WindowGeometry,
@@ -42,9 +44,7 @@ from monai_fine.networks.blocks.window import (
     window_reverse,
 )
 
-__all__ = ["MEMORY_MODES", "MemoryContext", "BlockContext", "FineBlock", "FineStage"]
-
-MEMORY_MODES = ("none", "window", "released", "full")
+__all__ = ["MemoryContext", "BlockContext", "FineBlock", "FineStage"]
 
 
 class MemoryContext(NamedTuple):
@@ -61,9 +61,11 @@ class MemoryContext(NamedTuple):
             been seen (so the softmax never runs over an empty set; ``volume_gate`` then cancels the update).
         volume_gate: ``()`` float, 1 when any cell has been seen, else 0 (V-MSA then has no effect and gives no
             gradient).
-        scan_memory: a :class:`~monai_fine.networks.blocks.memory.ScanMemory` or None.
-        scan_index: ``(B,)`` long, each sample's slot in ``scan_memory``.
-        roi_box: ``(B, 2, 3)`` the inputs' boxes (None: the whole volume); a writing ``scan_memory`` pools the
+        scan_read: the :class:`~monai_fine.networks.blocks.memory.ScanSummary` this forward reads, or None.
+        scan_write: the :class:`~monai_fine.networks.blocks.memory.ScanSummary` this forward writes (a scan-view
+            pass of :py:meth:`~monai_fine.networks.FINE.write_scan_memory`), or None.
+        scan_index: ``(B,)`` long, each sample's slot in the summary it reads or writes.
+        roi_box: ``(B, 2, 3)`` the inputs' boxes on their device (None: the whole volume); a write pass pools the
             visual tokens into the cells by it.
     """
 
@@ -71,7 +73,8 @@ class MemoryContext(NamedTuple):
     write: torch.Tensor | None = None
     volume_keys: torch.Tensor | None = None
     volume_gate: torch.Tensor | None = None
-    scan_memory: object | None = None
+    scan_read: object | None = None
+    scan_write: object | None = None
     scan_index: torch.Tensor | None = None
     roi_box: torch.Tensor | None = None
 
@@ -97,16 +100,9 @@ class BlockContext(NamedTuple):
 
 
 class FineBlock(nn.Module):
-    """One FINE block: [V-MSA] -> [G-MSA] -> (S)W-MSA -> MLP, by memory mode (see module docstring).
-
-    Flags resolved from ``memory`` at construction:
-
-    - ``has_window_tokens``: window tokens join W-MSA (all modes but ``"none"``);
-    - ``volume_attention``: V-MSA over all seen volume tokens first (``"full"``);
-    - ``global_attention``: pre-norm residual G-MSA before W-MSA (``"window"``, ``"full"``);
-    - ``released_global_attention``: the official code's G-MSA after the MLP, without norm or residual, its output
-      replacing the window tokens (``"released"``, all blocks of a stage but the last);
-    - ``norm_window_tokens``: window tokens are normalised before W-MSA (all but ``"released"``).
+    """One FINE block: [V-MSA] -> [G-MSA] -> (S)W-MSA -> MLP, by memory mode (see module docstring and
+    :class:`~monai_fine.networks.blocks.memory_mode.MemoryMode`); the official code's G-MSA of ``"released"`` runs
+    in all blocks of a stage but the last.
     """
 
     def __init__(
@@ -115,8 +111,8 @@ class FineBlock(nn.Module):
         num_heads: int,
         window_size: int,
         shifted: bool,
-        memory: str = "full",
-        global_attention: bool = True,
+        mode: MemoryMode = MEMORY_CONFIGS["full"],
+        last_in_stage: bool = False,
         share_memory_attention: bool = True,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -131,30 +127,23 @@ class FineBlock(nn.Module):
             num_heads: attention heads.
             window_size: nominal window edge ``w`` (bias table ``(2w-1)^3``).
             shifted: shifted-window block (cyclic shift ``w // 2``).
-            memory: ``"none"``, ``"window"``, ``"released"`` or ``"full"``.
-            global_attention: build the G-MSA (``"released"`` drops it in the last block of a stage, where its
-                output would never be read).
+            mode: the memory configuration.
+            last_in_stage: the last block of its stage (``"released"`` has no G-MSA there: its output would never
+                be read).
             share_memory_attention: G-MSA and V-MSA reuse the W-MSA projections (own LayerNorms); otherwise each
                 gets its own :class:`Attention`.
             mlp_ratio, qkv_bias, drop, attn_drop, drop_path: as in timm.
             use_flash_attention: see :class:`Attention`.
-
-        Raises:
-            ValueError: unknown ``memory``.
         """
         super().__init__()
-        if memory not in MEMORY_MODES:
-            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}.")
-        self.memory = memory
+        self.mode = mode
         self.shifted = shifted
         self.window_size = window_size
         self.num_heads = num_heads
-        released = memory == "released"
-        self.has_window_tokens = memory != "none"
-        self.norm_window_tokens = not released
-        self.volume_attention = memory == "full"
-        self.global_attention = memory in ("window", "full")
-        self.released_global_attention = released and global_attention
+        self.norm_window_tokens = mode.norm_window_tokens
+        self.volume_attention = mode.volume_attention
+        self.global_attention = mode.global_attention
+        self.released_global_attention = mode.released_global_attention and not last_in_stage
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, use_flash_attention)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 3, num_heads))
@@ -269,12 +258,8 @@ class FineStage(nn.Module):
 
     Args:
         dim, depth, num_heads, window_size: stage channels, blocks, heads, window edge.
-        memory: memory mode (see :class:`FineBlock`).
-        num_window_tokens: window tokens per window ``T`` (ignored for ``"none"``).
-        memory_size: volume tokens of the stage, cells x tokens per cell (used by ``"released"``, ``"full"``).
-        drop_path: stochastic depth rate per block.
-        use_checkpoint: gradient checkpointing of every block in training.
-        scan_memory: add the memory encoder (LayerNorm, Linear, GELU, Linear) that turns what a scan memory holds for
+        mode: the memory configuration (:class:`~monai_fine.networks.blocks.memory_mode.MemoryMode`); with
+            ``mode.scan_memory`` the stage has the memory encoder (LayerNorm, Linear, GELU, Linear) that turns what a scan memory holds for
             a cell (its mean visual token and position code) into that cell's volume-token offset, and whose mean
             over the cells is added to every visual token as the scan's context vector; without it the offset is
             what the memory holds and there is no context vector.
@@ -287,22 +272,19 @@ class FineStage(nn.Module):
         depth: int,
         num_heads: int,
         window_size: int,
-        memory: str,
+        mode: MemoryMode,
         num_window_tokens: int,
         memory_size: int,
         drop_path: list[float],
         use_checkpoint: bool = False,
-        scan_memory: bool = False,
         **block_kwargs,
     ) -> None:
         super().__init__()
-        if memory not in MEMORY_MODES:
-            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}.")
-        self.memory = memory
+        self.mode = mode
         self.window_size = window_size
         self.use_checkpoint = use_checkpoint
-        self.has_window_tokens = memory != "none"
-        self.has_volume_tokens = memory in ("released", "full")
+        self.has_window_tokens = mode.window_tokens
+        self.has_volume_tokens = mode.volume_tokens
         self.num_window_tokens = num_window_tokens if self.has_window_tokens else 0
         self.memory_size = memory_size if self.has_volume_tokens else 0
         self.window_tokens = nn.Parameter(torch.zeros(self.num_window_tokens, dim)) if self.num_window_tokens else None
@@ -312,7 +294,7 @@ class FineStage(nn.Module):
                 nn.init.trunc_normal_(p, std=0.02)
         self.memory_encoder = (
             nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-            if scan_memory and self.has_volume_tokens else None
+            if mode.scan_memory and self.has_volume_tokens else None
         )  # fmt: skip
         self.blocks = nn.ModuleList(
             FineBlock(
@@ -320,8 +302,8 @@ class FineStage(nn.Module):
                 num_heads,
                 window_size,
                 shifted=i % 2 == 1,
-                memory=memory,
-                global_attention=not (memory == "released" and i == depth - 1),
+                mode=mode,
+                last_in_stage=i == depth - 1,
                 drop_path=drop_path[i],
                 **block_kwargs,
             )
@@ -336,7 +318,7 @@ class FineStage(nn.Module):
         Args:
             x: ``(B, X, Y, Z, C)`` visual tokens.
             ctx: the forward's :class:`MemoryContext`.
-            stage_index: this stage's slot in ``ctx.scan_memory``.
+            stage_index: this stage's slot in the scan summary it reads or writes.
 
         Returns:
             ``(B, X, Y, Z, C)``.
@@ -349,13 +331,12 @@ class FineStage(nn.Module):
         win = vol = global_keys = None
         if self.window_tokens is not None:
             win = self.window_tokens.expand(B, geom.num_windows, -1, -1)
-        memory = ctx.scan_memory
         if self.volume_tokens is not None:
             vol = self.volume_tokens.expand(B, -1, -1)
-            if memory is not None and memory.reading:
-                held = memory.read(stage_index, ctx.scan_index)
+            if ctx.scan_read is not None:
+                held = ctx.scan_read.read(stage_index, ctx.scan_index)
                 if self.memory_encoder is not None:
-                    written = memory.written(stage_index, ctx.scan_index)
+                    written = ctx.scan_read.written(stage_index, ctx.scan_index)
                     held = self.memory_encoder(held) * written
                     # the scan's context vector (mean encoded cell) reaches every visual token directly
                     x = x + (held.sum(1) / written.sum(1).clamp(min=1.0))[:, None, None, None, :]
@@ -369,7 +350,7 @@ class FineStage(nn.Module):
                 x, win, vol = checkpoint(blk, x, win, vol, block_ctx, use_reentrant=False)
             else:
                 x, win, vol = blk(x, win, vol, block_ctx)
-        if vol is not None and memory is not None and not memory.reading:
-            sums, counts = cell_pool(x, ctx.roi_box, memory.grid, memory.tokens_per_cell)
-            memory.write(stage_index, ctx.scan_index, sums, counts)
+        if vol is not None and ctx.scan_write is not None:
+            sums, counts = cell_pool(x, ctx.roi_box, ctx.scan_write.grid, ctx.scan_write.tokens_per_cell)
+            ctx.scan_write.add(stage_index, ctx.scan_index, sums, counts)
         return x

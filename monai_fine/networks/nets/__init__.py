@@ -1,4 +1,4 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-from monai_fine.networks.nets.fine import FINE, PRESETS, Fine, create_fine, fine_bcv, fine_tiny
+from monai_fine.networks.nets.fine import FINE, PRESETS, create_fine
 
-__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "PRESETS", "create_fine"]
+__all__ = ["FINE", "PRESETS", "create_fine"]

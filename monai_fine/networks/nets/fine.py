@@ -12,9 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from monai_fine.networks.blocks.memory import ScanMemory, check_roi_box, intersecting_cells
+from monai_fine.networks.blocks.memory import ScanSummary, check_roi_box, intersecting_cells
+from monai_fine.networks.blocks.memory_mode import MemoryMode, memory_mode
 from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
-from monai_fine.networks.blocks.transformer import MEMORY_MODES, FineStage, MemoryContext
+from monai_fine.networks.blocks.transformer import FineStage, MemoryContext
 
 
 def _eager() -> bool:
@@ -29,7 +30,7 @@ def _plain(t):
 
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # torch < 2.3: never
 
-__all__ = ["FINE", "Fine", "fine_bcv", "fine_tiny", "PRESETS", "create_fine"]
+__all__ = ["FINE", "PRESETS", "create_fine"]
 
 
 class FINE(nn.Module):
@@ -45,7 +46,7 @@ class FINE(nn.Module):
         num_heads: Sequence[int] = (3, 6, 12, 24),
         patch_size: Sequence[int] = (2, 2, 2),
         window_size: int = 4,
-        memory: str = "full",
+        memory: str | MemoryMode = "full",
         memory_grid: Sequence[int] = (4, 4, 1),
         num_window_tokens: int = 1,
         num_volume_tokens: int = 1,
@@ -59,6 +60,7 @@ class FINE(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         use_flash_attention: bool | None = None,
+        stage_memory: Sequence[str | MemoryMode] | None = None,
         roi_size: Sequence[int] | None = None,
         spatial_dims: int = 3,
     ) -> None:
@@ -74,7 +76,10 @@ class FINE(nn.Module):
             memory: ``"none"`` (backbone only, nnFormer-equivalent), ``"window"`` (+ window tokens, W-MSA and
                 G-MSA), ``"released"`` (what the official code computes: window tokens + intersecting learned volume
                 tokens, no V-MSA) or ``"full"`` (the paper's design: V-MSA over all seen volume tokens, G-MSA,
-                W-MSA in every block; unseen volume tokens masked).
+                W-MSA in every block; unseen volume tokens masked); also a name of
+                :data:`~monai_fine.networks.blocks.memory_mode.MEMORY_CONFIGS` (``"full+scan"``) or a
+                :class:`~monai_fine.networks.blocks.memory_mode.MemoryMode` (an ablation arm, e.g.
+                ``MEMORY_CONFIGS["full"].without("volume_attention")``). Resolved once into ``self.mode``.
             memory_grid: volume-token cells per axis ``(gx, gy, gz)`` over the whole volume; the paper keeps the
                 memory constant along z (``gz = 1``).
             num_window_tokens: window tokens per window (``Nv`` in the paper).
@@ -84,6 +89,8 @@ class FINE(nn.Module):
                 (the scan view) writes what every crop then reads (see :meth:`forward`,
                 :py:mod:`monai_fine.transforms.scan_view`, ``docs/design.md`` section 5); adds a memory encoder per
                 stage (``FineStage.memory_encoder``). Needs ``memory="full"``.
+            stage_memory: a memory configuration per encoder stage (the decoder stage of the same level takes its
+                encoder stage's), for ablations that drop the memory at some stages; default ``memory`` everywhere.
             share_memory_attention: G-MSA and V-MSA reuse each block's W-MSA projections (own LayerNorms); False
                 gives them their own projections (about +50 % parameters, as in the official code).
             deep_supervision: in training mode also return the two lower decoder stages' logits.
@@ -99,8 +106,7 @@ class FINE(nn.Module):
         super().__init__()
         if spatial_dims != 3:
             raise ValueError(f"FINE is 3D only, got spatial_dims={spatial_dims}.")
-        if memory not in MEMORY_MODES:
-            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}.")
+        mode = memory_mode(memory, scan_memory)
         depths, num_heads = tuple(depths), tuple(num_heads)
         if len(depths) < 2 or len(num_heads) != len(depths):
             raise ValueError(f"depths {depths} and num_heads {num_heads} need the same length >= 2.")
@@ -111,10 +117,11 @@ class FINE(nn.Module):
                 f"window_size ({window_size}) >= 1, num_window_tokens ({num_window_tokens}) >= 0 and "
                 f"num_volume_tokens ({num_volume_tokens}) >= 1 are required."
             )
-        if memory != "none" and num_window_tokens < 1:
-            raise ValueError(f"memory={memory!r} needs num_window_tokens >= 1, got {num_window_tokens}.")
-        if scan_memory and memory != "full":
-            raise ValueError(f"scan_memory=True needs memory='full', got memory={memory!r}.")
+        stage_modes = [mode] * len(depths) if stage_memory is None else [memory_mode(m) for m in stage_memory]
+        if len(stage_modes) != len(depths):
+            raise ValueError(f"stage_memory needs one entry per stage ({len(depths)}), got {len(stage_modes)}.")
+        if any(m.window_tokens for m in stage_modes) and num_window_tokens < 1:
+            raise ValueError(f"memory={mode.name!r} needs num_window_tokens >= 1, got {num_window_tokens}.")
         dims = [feature_size * 2**i for i in range(len(depths))]
         for d, h in zip(dims, num_heads):
             if d % h:
@@ -123,15 +130,15 @@ class FINE(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.patch_size = tuple(int(p) for p in patch_size)
         self.num_stages = len(depths)
-        self.memory = memory
-        # the mode, resolved once: the forward reads only these flags
-        self.has_volume_tokens = memory in ("released", "full")
-        self.volume_attention = memory == "full"
+        self.dims = tuple(dims)
+        # the memory configuration, resolved once; the stages and blocks get it (or their stage's) as a frozen value
+        self.mode = mode
+        self.memory = mode.memory  # the constructor argument it stands for (what checkpoints record)
         self.memory_grid = tuple(int(g) for g in memory_grid)
         self.num_volume_tokens = num_volume_tokens  # per cell
         self.num_cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
         self.memory_size = self.num_cells * num_volume_tokens  # volume tokens per stage
-        self.scan_memory = scan_memory
+        self.scan_memory = mode.scan_memory
         self.deep_supervision = deep_supervision
         self.stride = tuple(p * 2 ** (self.num_stages - 1) for p in self.patch_size)
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
@@ -142,7 +149,6 @@ class FINE(nn.Module):
         self.register_buffer("memory_visits", torch.zeros(self.num_cells))
         stage_kwargs = dict(
             window_size=window_size,
-            memory=memory,
             num_window_tokens=num_window_tokens,
             memory_size=self.memory_size,
             use_checkpoint=use_checkpoint,
@@ -152,7 +158,6 @@ class FINE(nn.Module):
             drop=drop_rate,
             attn_drop=attn_drop_rate,
             use_flash_attention=use_flash_attention,
-            scan_memory=scan_memory,
         )
         self.patch_embed = PatchEmbed3d(in_channels, feature_size, self.patch_size)
         enc_dpr = _linspace(drop_path_rate, sum(depths))
@@ -162,7 +167,9 @@ class FINE(nn.Module):
         self.downsamples = nn.ModuleList()
         for i in range(self.num_stages):
             dpr = enc_dpr[sum(depths[:i]) : sum(depths[: i + 1])]
-            self.encoder_stages.append(FineStage(dims[i], depths[i], num_heads[i], drop_path=dpr, **stage_kwargs))
+            self.encoder_stages.append(
+                FineStage(dims[i], depths[i], num_heads[i], mode=stage_modes[i], drop_path=dpr, **stage_kwargs)
+            )
             self.encoder_norms.append(nn.LayerNorm(dims[i]))
             if i < self.num_stages - 1:  # no down-sampling after the bottleneck (dead in the official code)
                 self.downsamples.append(PatchMerging3d(dims[i]))
@@ -173,7 +180,9 @@ class FINE(nn.Module):
             dpr = dec_dpr[start : start + depths[i]]
             start += depths[i]
             self.upsamples.append(PatchExpand3d(dims[i]))
-            self.decoder_stages.append(FineStage(dims[i], depths[i], num_heads[i], drop_path=dpr, **stage_kwargs))
+            self.decoder_stages.append(
+                FineStage(dims[i], depths[i], num_heads[i], mode=stage_modes[i], drop_path=dpr, **stage_kwargs)
+            )
         self.decoder_norm = nn.LayerNorm(dims[0])
         self.head = nn.ConvTranspose3d(dims[0], out_channels, kernel_size=self.patch_size, stride=self.patch_size)
         # deep-supervision heads on decoder levels 1 and 2 (1/2 and 1/4 resolution)
@@ -211,20 +220,12 @@ class FINE(nn.Module):
         for stage in (*self.encoder_stages, *self.decoder_stages):
             stage.use_checkpoint = enable
 
-    def new_scan_memory(self, num_scans: int = 1, device=None, dtype=None) -> ScanMemory:
-        """An empty per-scan memory (write mode), to fill with :meth:`write_scan_memory`; see :class:`ScanMemory`."""
-        if not self.volume_attention:
-            raise ValueError(f"scan memory needs memory='full', this net has memory={self.memory!r}.")
-        ref = self.encoder_stages[0].volume_tokens
-        return ScanMemory(
-            num_scans, self.memory_grid, self.num_volume_tokens, self.stage_dims, device or ref.device, dtype or ref.dtype
-        )
-
     @staticmethod
     def check_roi_box(roi_box: torch.Tensor) -> torch.Tensor:
         """Validate ``roi_box`` values on the host (shape, finite, ``stop > start``); see
-        :func:`~monai_fine.networks.blocks.memory.check_roi_box`. The forward does this itself only for CPU boxes in
-        eager mode: call it where GPU boxes are produced, before compiling or exporting.
+        :func:`~monai_fine.networks.blocks.memory.check_roi_box`. :py:class:`~monai_fine.transforms.CropLocationd` and
+        :py:class:`~monai_fine.inferers.FINEInferer` check the boxes they make (on the host, before they reach a
+        device); the forward checks boxes it receives on the CPU in eager mode. Call it where other boxes are made.
 
         Raises:
             ValueError: naming the bad values.
@@ -236,12 +237,14 @@ class FINE(nn.Module):
     ) -> MemoryContext:
         """The masks every stage's memory attention reads, built once per forward (no host synchronisation).
 
-        In training mode this also marks the cells of the crops as visited (``memory_visits``), before attending.
+        Args:
+            roi_box: ``(B, 2, 3)`` on ``device``, or None (the whole volume).
+
+        In training mode this also marks the cells of the inputs as visited (``memory_visits``), before attending; a
+        scan-view pass counts too (see :meth:`write_scan_memory`).
         """
-        if not self.has_volume_tokens:
-            return MemoryContext()
-        if roi_box is not None:
-            roi_box = torch.as_tensor(roi_box).to(device)
+        if not self.mode.volume_tokens:
+            return MemoryContext(roi_box=roi_box)
         cells = intersecting_cells(roi_box, self.memory_grid, batch_size, validate=False, device=device)
         if self.training:
             with torch.no_grad():
@@ -251,8 +254,8 @@ class FINE(nn.Module):
         def per_token(mask: torch.Tensor) -> torch.Tensor:  # (..., cells) -> (..., cells x tokens per cell)
             return mask.unsqueeze(-1).expand(*mask.shape, tokens).reshape(*mask.shape[:-1], -1)
 
-        if not self.volume_attention:  # "released": every intersecting cell, no V-MSA, no write
-            return MemoryContext(visible=per_token(cells))
+        if not self.mode.global_attention:  # "released": every intersecting cell, no V-MSA, no write
+            return MemoryContext(visible=per_token(cells), roi_box=roi_box)
         seen = self.memory_visits > 0
         visible = per_token(cells & seen)
         any_seen = seen.any()
@@ -261,6 +264,7 @@ class FINE(nn.Module):
             write=visible.to(dtype).unsqueeze(-1),
             volume_keys=per_token(seen | ~any_seen).view(1, 1, 1, -1),
             volume_gate=any_seen.to(dtype),
+            roi_box=roi_box,
         )
 
     def _check_spatial(self, spatial: Sequence[int]) -> None:
@@ -278,97 +282,110 @@ class FINE(nn.Module):
             raise ValueError(f"input has {x.shape[1]} channels, the network expects in_channels={self.in_channels}.")
         self._check_spatial(tuple(x.shape[2:]))
 
+    def _inputs(self, x: torch.Tensor, roi_box: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x`` and ``roi_box`` as the forward passes use them: plain tensors (eager), checked, the box normalised
+        once onto ``x``'s device."""
+        if _eager():
+            # a MONAI MetaTensor (what MONAI's transforms and inferers hand over) would route each of the forward's
+            # thousands of operations through its Python ``__torch_function__`` (32 % of the demo's training time,
+            # py-spy); the logits carry no metadata (the inferers give the stitched output the input's)
+            x, roi_box = _plain(x), _plain(roi_box)
+            self._check_input(x)
+            if roi_box is not None and torch.as_tensor(roi_box).device.type == "cpu":
+                check_roi_box(roi_box)  # host values, no device synchronisation; see check_roi_box
+        if roi_box is not None:
+            roi_box = torch.as_tensor(roi_box).to(x.device)
+        return x, roi_box
+
     def forward(
         self,
         x: torch.Tensor,
         roi_box: torch.Tensor | None = None,
-        scan_id: torch.Tensor | None = None,
-        scan_memory: ScanMemory | None = None,
+        scan_index: torch.Tensor | None = None,
+        scan_summary: ScanSummary | None = None,
         scan_view: torch.Tensor | None = None,
         scan_view_box: torch.Tensor | None = None,
-    ) -> torch.Tensor | list[torch.Tensor] | None:
-        """
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Segment ``x``; with a scan memory, reading what the scan view of each sample's scan wrote.
+
         Args:
             x: ``(B, C_in, X, Y, Z)``.
             roi_box: ``(B, 2, 3)`` ``[start, stop)`` of each crop per spatial axis as fractions of the preprocessed
                 full volume (may leave [0, 1] over padding); None means the input is the whole volume. Its values are
                 checked (finite, ``stop > start``) in eager mode when it is on the CPU; see :meth:`check_roi_box`.
-            scan_id: ``(B,)`` ints, each sample's slot: its scan's index in ``scan_view`` or its slot in
-                ``scan_memory``. Default: slot 0 (one scan), or sample ``i`` -> view ``i`` when ``scan_view`` has B
-                items.
-            scan_memory: an explicit :class:`ScanMemory` (from :meth:`new_scan_memory`): in its write mode the
-                forward adds the volume-token updates of ``x`` to it and returns None (no heads run); in read mode
-                it segments ``x`` reading it.
+            scan_index: ``(B,)`` ints, each sample's slot: its scan's index in ``scan_view`` or in ``scan_summary``
+                (not the data's ``scan_id``). Default: slot 0 (one scan), or sample ``i`` -> view ``i`` when
+                ``scan_view`` has B items.
+            scan_summary: what :meth:`write_scan_memory` wrote for the scans; the forward segments ``x`` reading it.
             scan_view: ``(S, C_in, *roi)`` the whole scan of each of S scans at the crop size
-                (:py:func:`monai_fine.transforms.scan_view`): the forward first writes a new scan memory from these
-                views (gradients flow through it), then segments ``x`` reading it. The training form of what
-                :py:class:`monai_fine.inferers.FINEInferer` does with ``scan_memory=True``; needs ``memory="full"``.
+                (:py:func:`monai_fine.transforms.scan_view`): the forward first writes the scan memory from these
+                views (:meth:`write_scan_memory`, gradients flow through it), then segments ``x`` reading it. The
+                training form of what :py:class:`monai_fine.inferers.FINEInferer` does with ``scan_memory=True``.
             scan_view_box: ``(S, 2, 3)`` box of each view (its whole volume; None: ``[0, 1]^3``).
 
         Returns:
             ``(B, out_channels, X, Y, Z)`` logits; in training mode with deep supervision a list
-            ``[full, 1/2, 1/4 resolution]`` as MONAI's ``DeepSupervisionLoss`` takes; None in a write pass.
+            ``[full, 1/2, 1/4 resolution]`` as MONAI's ``DeepSupervisionLoss`` takes.
         """
-        eager = _eager()
-        if eager:
-            # a MONAI MetaTensor (what MONAI's transforms and inferers hand over) would route each of the forward's
-            # thousands of operations through its Python ``__torch_function__`` (32 % of the demo's training time,
-            # py-spy); the logits carry no metadata (the inferers give the stitched output the input's)
-            x, roi_box, scan_view, scan_view_box = (_plain(t) for t in (x, roi_box, scan_view, scan_view_box))
-            self._check_input(x)
-            if roi_box is not None and torch.as_tensor(roi_box).device.type == "cpu":
-                check_roi_box(roi_box)  # host values, no device synchronisation; see check_roi_box
+        x, roi_box = self._inputs(x, roi_box)
         B = x.shape[0]
         if scan_view is not None:
-            if scan_memory is not None:
-                raise ValueError("give scan_view (a new memory written from it) or scan_memory, not both.")
-            if scan_id is None and scan_view.shape[0] not in (1, B):
+            if scan_summary is not None:
+                raise ValueError("give scan_view (the scan memory is written from it) or scan_summary, not both.")
+            if scan_index is None and scan_view.shape[0] not in (1, B):
                 raise ValueError(
-                    f"scan_id is needed to map {B} crops to {scan_view.shape[0]} scan views (one per scan)."
+                    f"scan_index is needed to map {B} crops to {scan_view.shape[0]} scan views (one per scan)."
                 )
-            if scan_id is None and scan_view.shape[0] == B:
-                scan_id = torch.arange(B, device=x.device)
-            scan_memory = self.write_scan_memory(scan_view, scan_view_box)
-        if scan_memory is None:
-            scan_index = None
-        else:
-            if not self.volume_attention:
-                raise ValueError(f"scan_memory needs memory='full', this net has memory={self.memory!r}.")
-            if scan_id is None:
-                scan_index = torch.zeros(B, dtype=torch.long, device=x.device)
-            else:
-                scan_index = torch.as_tensor(scan_id)
-                if eager and scan_index.device.type == "cpu":
-                    scan_memory.check_index(scan_index)
-                scan_index = scan_index.to(x.device).long().reshape(-1)
+            if scan_index is None and scan_view.shape[0] == B:
+                scan_index = torch.arange(B, device=x.device)
+            scan_summary = self.write_scan_memory(scan_view, scan_view_box)
+        if scan_summary is not None:
+            if not self.mode.volume_attention:
+                raise ValueError(f"a scan memory needs memory='full', this net has memory={self.memory!r}.")
+            scan_index = self._slots(scan_summary, scan_index, B, x.device)
         ref = self.encoder_stages[0].volume_tokens
         ctx = self.memory_context(roi_box, B, x.device, x.dtype if ref is None else ref.dtype)
-        writing = scan_memory is not None and not scan_memory.reading
-        if writing and roi_box is not None:
-            ctx = ctx._replace(roi_box=torch.as_tensor(roi_box).to(x.device))
-        return self._forward(x, ctx._replace(scan_memory=scan_memory, scan_index=scan_index), heads=not writing)
+        return self._forward(x, ctx._replace(scan_read=scan_summary, scan_index=scan_index))
 
-    def write_scan_memory(
-        self, scan_view: torch.Tensor, scan_view_box: torch.Tensor | None = None, memory: ScanMemory | None = None
-    ) -> ScanMemory:
-        """Write a scan memory from whole-scan views (one network pass without heads) and return it in read mode.
+    @staticmethod
+    def _slots(summary: ScanSummary, scan_index: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        if scan_index is None:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        scan_index = torch.as_tensor(scan_index)
+        if _eager() and scan_index.device.type == "cpu":
+            summary.check_index(scan_index)
+        return scan_index.to(device).long().reshape(-1)
+
+    def write_scan_memory(self, scan_view: torch.Tensor, scan_view_box: torch.Tensor | None = None) -> ScanSummary:
+        """The scan memory's only writer: one network pass over whole-scan views, without heads, that pools every
+        stage's visual tokens into the memory cells of each view's scan.
+
+        In training mode the pass counts as a visit of the cells its view covers (all of them, for the whole-scan
+        view): every cell's learned volume tokens take part in it and get its gradient, so with a scan memory no cell
+        stays unseen after the first iteration (``docs/design.md``, "the scan memory").
 
         Args:
             scan_view: ``(S, C_in, *roi)`` one view per scan (:py:func:`monai_fine.transforms.scan_view`).
             scan_view_box: ``(S, 2, 3)`` each view's box; None: the whole volume ``[0, 1]^3``.
-            memory: an empty :class:`ScanMemory` with S slots to write into (default: a new one).
 
         Returns:
-            the memory, in read mode; view ``s`` wrote slot ``s``.
+            the :class:`~monai_fine.networks.blocks.memory.ScanSummary`: view ``s`` wrote slot ``s``.
+
+        Raises:
+            ValueError: the network has no V-MSA (``memory`` other than ``"full"``).
         """
-        if not self.volume_attention:
-            raise ValueError(f"scan memory needs memory='full', this net has memory={self.memory!r}.")
+        if not self.mode.volume_attention:
+            raise ValueError(f"a scan memory needs memory='full', this net has memory={self.memory!r}.")
         S = scan_view.shape[0]
         if scan_view_box is None:
             scan_view_box = torch.tensor([[0.0] * 3, [1.0] * 3], device=scan_view.device).expand(S, 2, 3)
-        memory = self.new_scan_memory(S, device=scan_view.device) if memory is None else memory.set_mode("write")
-        self(scan_view, scan_view_box, torch.arange(S, device=scan_view.device), memory)
-        return memory.set_mode("read")
+        scan_view, scan_view_box = self._inputs(scan_view, scan_view_box)
+        ref = self.encoder_stages[0].volume_tokens
+        summary = ScanSummary(S, self.memory_grid, self.num_volume_tokens, self.stage_dims, scan_view.device, ref.dtype)
+        ctx = self.memory_context(scan_view_box, S, scan_view.device, ref.dtype)
+        ctx = ctx._replace(scan_write=summary, scan_index=torch.arange(S, device=scan_view.device))
+        self._forward(scan_view, ctx, heads=False)
+        return summary
 
     def _forward(self, x: torch.Tensor, ctx: MemoryContext, heads: bool = True):
         x = self.patch_embed(x)  # (B, X', Y', Z', C)
@@ -393,31 +410,33 @@ class FINE(nn.Module):
         return out
 
 
-Fine = FINE
-
-
 def _linspace(stop: float, n: int) -> list[float]:
     return [stop * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
 #: Preset settings, one entry per preset: every keyword of :py:class:`FINE` that the preset fixes, including
 #: ``roi_size`` (the training crop / sliding-window size the preset is sized for). Adding a preset is one entry;
-#: the bundle configs and the CLI read ``roi_size`` from here (``PRESETS[@preset]['roi_size']``).
+#: the bundle configs, the CLI, the tests, the experiments and the benchmarks read them from here
+#: (``PRESETS[@preset]['roi_size']``, :func:`create_fine`).
 PRESETS: dict[str, dict] = {
     # the paper's BCV size, for its 64x128x128 z-first crop
     "bcv": dict(feature_size=192, num_heads=(6, 12, 24, 48), patch_size=(4, 4, 2), drop_path_rate=0.2,
                 depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(128, 128, 64)),
-    # a CPU preset for tests and the demo
+    # what the README's demo trains on CPU (on the phantom protocol, monai_fine.data.PHANTOM)
     "tiny": dict(feature_size=24, num_heads=(1, 2, 4, 8), patch_size=(2, 2, 2),
-                 depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(64, 64, 32)),
+                 depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(32, 32, 16)),
+    # the smallest network with every part of FINE, for tests and quick experiments (seconds per training)
+    "test": dict(feature_size=12, num_heads=(1, 2, 2, 4), patch_size=(2, 2, 2),
+                 depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(32, 32, 16)),
 }  # fmt: skip
 
 
 def create_fine(preset: str = "bcv", in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
-    """Build a preset of :data:`PRESETS` by name with keyword overrides; the bundle's ``network_def``.
+    """Build a preset of :data:`PRESETS` by name with keyword overrides: the one way to build a configured FINE
+    (the bundle's ``network_def`` calls it through ``monai_fine.bundle_tools.create_network``).
 
     Args:
-        preset: a key of :data:`PRESETS` (``"bcv"``, ``"tiny"``).
+        preset: a key of :data:`PRESETS` (``"bcv"``, ``"tiny"``, ``"test"``).
         in_channels: input channels.
         out_channels: output channels (classes, background included).
         kwargs: :py:class:`FINE` keywords overriding the preset's (``roi_size=None`` keeps the preset's).
@@ -431,13 +450,3 @@ def create_fine(preset: str = "bcv", in_channels: int = 1, out_channels: int = 1
     cfg.update({k: v for k, v in kwargs.items() if not (k == "roi_size" and v is None)})
     cfg["roi_size"] = tuple(int(r) for r in cfg["roi_size"])
     return FINE(in_channels, out_channels, **cfg)
-
-
-def fine_bcv(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
-    """The paper's BCV size (``PRESETS["bcv"]``): feature 192, heads (6,12,24,48), patch (4,4,2), roi (128,128,64)."""
-    return create_fine("bcv", in_channels, out_channels, **kwargs)
-
-
-def fine_tiny(in_channels: int = 1, out_channels: int = 14, **kwargs) -> FINE:
-    """A CPU preset for tests and the demo (``PRESETS["tiny"]``): feature 24, heads (1,2,4,8), roi (64,64,32)."""
-    return create_fine("tiny", in_channels, out_channels, **kwargs)
