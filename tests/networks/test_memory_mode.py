@@ -64,3 +64,17 @@ def test_stage_memory_drops_the_memory_at_chosen_stages():
     assert net(torch.randn(1, 1, 32, 32, 16)).shape == (1, 14, 32, 32, 16)
     with pytest.raises(ValueError, match="one entry per stage"):
         create_fine("test", stage_memory=["full"])
+
+
+def test_the_bundle_docs_table_lists_the_memory_configurations():
+    """The bundle's README documents exactly the configurations of the table, each with its two tunables."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "bundle" / "docs" / "README.md").read_text()
+    rows = {}
+    for line in text[text.index("**Memory configurations**") :].splitlines()[5:]:
+        if not line.startswith("|"):
+            break
+        name, memory, scan = (c.strip(" `") for c in line.strip("|").split("|")[:3])
+        rows[name] = {"memory": memory, "scan_memory": scan == "true"}
+    assert rows == {name: mode.network_kwargs for name, mode in MEMORY_CONFIGS.items()}
