@@ -5,8 +5,6 @@
   buffer ``network_config`` holding JSON, so it travels in every ``state_dict``/``model.pt``) and, given an existing
   checkpoint, rebuilds the architecture recorded there. MONAI Label instantiates ``network_def`` without overrides and
   loads ``model.pt`` with ``strict=False``: with this, any preset's weights load.
-* :class:`PathSafeSpacingd`: ``Spacingd`` that tolerates non-dictionary ``<key>_*`` entries (MONAI Label adds the
-  string ``image_path``, on which MONAI 1.6's ``Spacingd`` calls ``.update``).
 * :func:`package_bundle`: the Model Zoo zip ``<name>_v<version>.zip`` with the ``monai_fine`` code inside, so that a
   downloaded bundle runs with only its ``required_packages_version`` installed.
 * :func:`rebind_config_modules`: the second half of the configs' ``bundle_code`` step, which makes that shipped copy
@@ -24,12 +22,11 @@ import os
 import shutil
 import warnings
 import zipfile
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.transforms import Spacingd
 
 from monai_fine.data.io import UnsafeCheckpointError, torch_load
 
@@ -37,7 +34,6 @@ __all__ = [
     "BUNDLE_NAME",
     "CONFIG_BUFFER",
     "RUNTIME_ARGS",
-    "PathSafeSpacingd",
     "CONFLICT_ARGS",
     "check_roi_size",
     "create_network",
@@ -57,23 +53,6 @@ CONFIG_BUFFER = "network_config"
 
 RUNTIME_ARGS = ("use_checkpoint", "use_flash_attention", "roi_size", "drop_path_rate")
 """Arguments that do not change the parameters: taken from the caller, not from the recorded config."""
-
-
-class PathSafeSpacingd(Spacingd):
-    """:class:`monai.transforms.Spacingd` that leaves non-dictionary ``<key>_*`` entries alone.
-
-    Since MONAI 1.6, ``Spacingd`` updates every ``<key>_*`` entry of the data with the image metadata; MONAI Label adds
-    ``image_path`` (a string) and inference fails with ``AttributeError: 'str' object has no attribute 'update'``.
-    The entries are set aside during the call and put back unchanged.
-    """
-
-    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
-        d = dict(data)
-        prefixes = tuple(f"{k}_" for k in self.keys)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
-        out = super().__call__(d, lazy=lazy)
-        out.update(aside)
-        return out
 
 
 def _encode(config: Mapping[str, Any]) -> torch.Tensor:
