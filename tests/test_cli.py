@@ -11,7 +11,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nibabel as nib
@@ -44,8 +43,8 @@ DOCUMENTED = [
      {"image": "CT.nii.gz", "weights": "models/model.pt", "center": (256, 250, 60), "out": "map.png"}),
     ("package_bundle --out /work/ext/zip --weights tiny_model.pt", {"out": "/work/ext/zip", "weights": "tiny_model.pt"}),
     ("train --dataset_dir /data/btcv --preset bcv", {"dataset_dir": "/data/btcv", "preset": "bcv"}),
-    ("train --dataset_dir /d --preset tiny --roi_size [32,32,16] --network_def#feature_size 12 --network_def#num_heads "
-     "[1,2,2,4] --max_epochs=2 --resume false --sw_progress True --num-workers 0",
+    (("train --dataset_dir /d --preset tiny --roi_size [32,32,16] --network_def#feature_size 12 --network_def#num_heads "
+      "[1,2,2,4] --max_epochs=2 --resume false --sw_progress True --num-workers 0"),
      {"dataset_dir": "/d", "preset": "tiny", "roi_size": [32, 32, 16], "network_def#feature_size": 12,
       "network_def#num_heads": [1, 2, 2, 4], "max_epochs": 2, "resume": "false", "sw_progress": True, "num_workers": 0}),
     ("evaluate --eval_split test --save_predictions", {"eval_split": "test", "save_predictions": True}),
@@ -78,12 +77,12 @@ def test_documented_command_lines_parse_as_fire_parsed_them(line, expected):
     """Fire's values, except where a parameter's type says more: a bool reads ``false`` as False (Fire passed the
     string on, which the commands then read with ``as_bool``), a ``str`` keeps its text."""
     args = shlex.split(line)
-    name, function, kwargs = cli.parse_command(args)
+    _, function, kwargs = cli.parse_command(args)
     fire_kwargs = _fire_call(function, args[1:])
     hints = cli._hints(function)
-    for key, value in fire_kwargs.items():
+    for key in fire_kwargs:
         if hints.get(key) is bool:
-            fire_kwargs[key] = as_bool(value, key)
+            fire_kwargs[key] = as_bool(fire_kwargs[key], key)
     assert kwargs == fire_kwargs
 
 
@@ -186,7 +185,7 @@ def test_experiments_get_the_remaining_arguments_unparsed():
     from monai_fine.experiments import context_benchmark
 
     args = ["--out", "runs/x", "--configs", "none,full+scan", "--seeds", "0,1,2", "--jobs", "2"]
-    name, function, kwargs = cli.parse_command(["context_benchmark", *args])
+    _, function, kwargs = cli.parse_command(["context_benchmark", *args])
     assert function is context_benchmark.main and kwargs == {"argv": args}
 
 
@@ -200,6 +199,7 @@ def test_main_prints_the_result_and_returns_0(tmp_path, capsys):
 def test_console_script_is_the_cli_main():
     """``[project.scripts] monai-fine`` names :func:`monai_fine.cli.main`, and ``python -m monai_fine`` calls it; the
     script itself (installed by ``pip install -e .``) is run here as the wrapper pip writes would run it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, attr = scripts["monai-fine"].partition(":")
     assert (module, attr) == ("monai_fine.cli", "main")

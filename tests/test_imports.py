@@ -17,6 +17,7 @@ A cycle is reported as ``a -> b -> ... -> a`` with the file and line of each imp
 from __future__ import annotations
 
 import ast
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -115,13 +116,12 @@ def test_the_module_graph_has_no_cycle():
     cycle = find_cycle(graph)
     if cycle:
         modules = _modules()
-        steps = [f"{a} -> {b}  ({modules[a].relative_to(PACKAGE.parent)}:{graph[a][b]})" for a, b in zip(cycle, cycle[1:])]
+        steps = [f"{a} -> {b}  ({modules[a].relative_to(PACKAGE.parent)}:{graph[a][b]})" for a, b in pairwise(cycle)]
         pytest.fail("import cycle in monai_fine:\n  " + "\n  ".join(steps))
 
 
 def test_the_graph_sees_function_level_package_and_relative_imports(tmp_path, monkeypatch):
     """The checker itself: a package with each kind of import, and the cycles it must (and must not) report."""
-    global PACKAGE
     pkg = tmp_path / ROOT
     (pkg / "sub").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")

@@ -50,7 +50,7 @@ def test_a_non_finite_loss_stops_before_the_step_naming_the_cases(bad_value):
 
 
 def test_finite_losses_train_undisturbed():
-    trainer, net, weights = _trainer(bad_iteration=0, bad_value=math.nan)
+    trainer, net, _ = _trainer(bad_iteration=0, bad_value=math.nan)
     trainer.run()
     assert trainer.state.iteration == 2 and torch.isfinite(net.weight).all()
 
