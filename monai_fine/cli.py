@@ -178,10 +178,15 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- signature options
+def _plain(text: str) -> str:
+    """Docstring text without its reST markup (``:py:mod:`x``` and ````x```` -> ``x``), for the terminal."""
+    return re.sub(r"(?::[a-z]+)+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
 def _doc_parts(function: Callable) -> tuple[str, dict[str, str]]:
     """``(description, {parameter: help})`` from a Google-style docstring (``Args:`` entries; ``a, b: text`` is
-    the help of both)."""
-    doc = inspect.getdoc(function) or ""
+    the help of both), reST markup removed."""
+    doc = _plain(inspect.getdoc(function) or "")
     description: list[str] = []
     helps: dict[str, str] = {}
     section = None
