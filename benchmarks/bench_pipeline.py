@@ -57,7 +57,7 @@ TARGET = 1.10  # the bundle loop costs at most ~10 % over the bare step
 #: the settings: a phantom, the bundle overrides beyond the phantom's paths, and the training schedule that amortizes
 #: the once-per-epoch costs (iterations per epoch, epochs per validation)
 SETTINGS: dict[str, dict[str, Any]] = {
-    "demo": {  # monai_fine.cli.demo's own overrides (read from its signature, so they follow it)
+    "demo": {  # monai_fine.demo.demo's own overrides (read from its signature, so they follow it)
         "demo": True, "num_cases": 8, "shape": None, "spacing": (3.0, 3.0, 3.0),
         "overrides": {}, "epoch_length": None, "val_every": None,
     },
@@ -79,8 +79,8 @@ CSV_FIELDS = ("setting", "measure", "median_ms", "p90_ms", "mean_ms", "share_of_
 
 # ---------------------------------------------------------------------------------------------------------- building
 def _demo_defaults() -> dict[str, Any]:
-    """``monai_fine.cli.demo``'s keyword defaults (its training settings)."""
-    from monai_fine.cli import demo
+    """``monai_fine.demo.demo``'s keyword defaults (its training settings)."""
+    from monai_fine.demo import demo
 
     return {k: p.default for k, p in inspect.signature(demo).parameters.items()}
 
@@ -88,7 +88,7 @@ def _demo_defaults() -> dict[str, Any]:
 def setting_overrides(cfg: dict[str, Any], data_dir: Path, root: Path, rounds: int, warmup: int) -> dict[str, Any]:
     """Bundle overrides of a setting: its tunables, the phantom's paths, and one epoch of the measured iterations
     with validation out of the loop (it is timed on its own)."""
-    from monai_fine.cli import _demo_overrides
+    from monai_fine.demo import _demo_overrides
 
     over: dict[str, Any] = {"bundle_root": str(root), "dataset_dir": str(data_dir), "resume": False}
     if cfg["demo"]:
@@ -120,7 +120,7 @@ def build_trainer(overrides: dict[str, Any], device: str | None):
     it) with ``overrides``; ``device`` (e.g. ``"cpu"``) overrides the bundle's choice."""
     from monai.bundle import ConfigWorkflow
 
-    from monai_fine.cli import bundle_dir
+    from monai_fine.bundle_tools import bundle_dir
 
     if device is not None:
         overrides = {**overrides, "device": f"$torch.device('{device}')"}

@@ -450,7 +450,7 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
     from monai.bundle import ConfigWorkflow
     from monai.handlers import from_engine
 
-    from monai_fine.cli import bundle_dir
+    from monai_fine.bundle_tools import bundle_dir
     from monai_fine.data import phantom
 
     b = report.bundle

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from monai_fine.cli import organ_table, run_bundle
+from monai_fine.bundle_tools import run_bundle
+from monai_fine.reports import organ_table
 
 
 def main(argv: list[str] | None = None) -> dict:

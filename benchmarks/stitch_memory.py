@@ -16,9 +16,8 @@ import time
 import torch
 from monai.data import MetaTensor
 
-from monai_fine.inferers import FINEInferer
+from monai_fine.inferers import CastStitchInferer, FINEInferer
 from monai_fine.networks import create_fine
-from monai_fine.stitching import CastStitchInferer
 
 
 def _status(key: str) -> float:

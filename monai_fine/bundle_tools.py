@@ -1,12 +1,13 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""What the bundle needs to work in the tools MONAI users run: MONAI Label and the Model Zoo.
+"""The glue between the package and its MONAI bundle, and what the bundle needs to work in the tools MONAI users
+run (MONAI Label and the Model Zoo).
 
+* :func:`bundle_dir`, :func:`run_bundle`: the bundle folder, and its configs run as a MONAI ``ConfigWorkflow`` with id
+  overrides; :func:`train`, :func:`evaluate`, :func:`infer` and :func:`verify` are the package CLI's bundle commands.
 * :func:`create_network`: the bundle's ``network_def``. It records the network arguments in the weights (a ``uint8``
   buffer ``network_config`` holding JSON, so it travels in every ``state_dict``/``model.pt``) and, given an existing
   checkpoint, rebuilds the architecture recorded there. MONAI Label instantiates ``network_def`` without overrides and
   loads ``model.pt`` with ``strict=False``: with this, any preset's weights load.
-* :class:`PathSafeSpacingd`: ``Spacingd`` that tolerates non-dictionary ``<key>_*`` entries (MONAI Label adds the
-  string ``image_path``, on which MONAI 1.6's ``Spacingd`` calls ``.update``).
 * :func:`package_bundle`: the Model Zoo zip ``<name>_v<version>.zip`` with the ``monai_fine`` code inside, so that a
   downloaded bundle runs with only its ``required_packages_version`` installed.
 * :func:`rebind_config_modules`: the second half of the configs' ``bundle_code`` step, which makes that shipped copy
@@ -24,20 +25,24 @@ import os
 import shutil
 import warnings
 import zipfile
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.transforms import Spacingd
 
 from monai_fine.data.io import UnsafeCheckpointError, torch_load
 
 __all__ = [
+    "bundle_dir",
+    "run_bundle",
+    "train",
+    "evaluate",
+    "infer",
+    "verify",
     "BUNDLE_NAME",
     "CONFIG_BUFFER",
     "RUNTIME_ARGS",
-    "PathSafeSpacingd",
     "CONFLICT_ARGS",
     "check_roi_size",
     "create_network",
@@ -59,21 +64,58 @@ RUNTIME_ARGS = ("use_checkpoint", "use_flash_attention", "roi_size", "drop_path_
 """Arguments that do not change the parameters: taken from the caller, not from the recorded config."""
 
 
-class PathSafeSpacingd(Spacingd):
-    """:class:`monai.transforms.Spacingd` that leaves non-dictionary ``<key>_*`` entries alone.
+def bundle_dir() -> Path:
+    """The MONAI bundle folder: ``$MONAI_FINE_BUNDLE`` or ``bundle/`` beside the package."""
+    path = Path(os.environ.get("MONAI_FINE_BUNDLE", Path(__file__).resolve().parents[1] / "bundle"))
+    if not (path / "configs" / "metadata.json").is_file():
+        raise FileNotFoundError(f"MONAI bundle not found at {path} (set MONAI_FINE_BUNDLE to the bundle folder).")
+    return path
 
-    Since MONAI 1.6, ``Spacingd`` updates every ``<key>_*`` entry of the data with the image metadata; MONAI Label adds
-    ``image_path`` (a string) and inference fails with ``AttributeError: 'str' object has no attribute 'update'``.
-    The entries are set aside during the call and put back unchanged.
-    """
 
-    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
-        d = dict(data)
-        prefixes = tuple(f"{k}_" for k in self.keys)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
-        out = super().__call__(d, lazy=lazy)
-        out.update(aside)
-        return out
+def run_bundle(configs: list[str], workflow_type: str, **override: Any) -> Any:
+    """Run ``configs`` (file names in ``bundle/configs``) as a MONAI ``ConfigWorkflow`` with id overrides."""
+    from monai.bundle import ConfigWorkflow
+
+    cfg = bundle_dir() / "configs"
+    override.setdefault("bundle_root", str(bundle_dir()))
+    workflow = ConfigWorkflow(
+        config_file=[str(cfg / c) for c in configs],
+        meta_file=str(cfg / "metadata.json"),
+        logging_file=str(cfg / "logging.conf"),
+        workflow_type=workflow_type,
+        **override,
+    )
+    workflow.initialize()
+    out = workflow.run()
+    workflow.finalize()
+    return out
+
+
+def train(**override: Any) -> None:
+    """Train with ``bundle/configs/train.json``; e.g. ``--dataset_dir /data/btcv --preset bcv``."""
+    run_bundle(["train.json"], "train", **override)
+
+
+def evaluate(**override: Any) -> None:
+    """Evaluate ``models/model.pt`` (per-case, per-organ Dice and HD95 in mm, CSVs in ``output_dir``)."""
+    run_bundle(["train.json", "evaluate.json"], "eval", **override)
+
+
+def infer(**override: Any) -> None:
+    """Segment every ``dataset_dir/imagesTs/*.nii.gz`` and DICOM series folder into ``output_dir`` (input grid and
+    affine); see :py:mod:`monai_fine.data.dicom` for the DICOM layout."""
+    run_bundle(["inference.json"], "infer", **override)
+
+
+def verify(**override: Any) -> str:
+    """``monai.bundle verify_net_in_out`` on the inference config (network input/output against the metadata)."""
+    from monai.bundle import verify_net_in_out
+
+    cfg = bundle_dir() / "configs"
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(cfg / "metadata.json"), config_file=str(cfg / "inference.json"), **override
+    )
+    return "verify_net_in_out: passed"
 
 
 def _encode(config: Mapping[str, Any]) -> torch.Tensor:
@@ -302,7 +344,7 @@ def package_bundle(
         out: output folder (created).
         weights: a ``model.pt`` to ship (optional).
         weights_url: where the weights will be hosted; required when ``weights`` is over ``max_file_mb``.
-        bundle: the bundle folder (default: :func:`monai_fine.cli.bundle_dir`).
+        bundle: the bundle folder (default: :func:`bundle_dir`).
         max_file_mb: the largest file put in the zip.
 
     Returns:
@@ -313,7 +355,6 @@ def package_bundle(
         ValueError: ``weights`` is too large and no ``weights_url`` is given.
     """
     import monai_fine
-    from monai_fine.cli import bundle_dir
 
     src = Path(bundle) if bundle is not None else bundle_dir()
     meta = json.loads((src / "configs" / "metadata.json").read_text())

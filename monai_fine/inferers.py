@@ -7,6 +7,18 @@ predictor gets the slices of every window and turns them into the window's ``roi
 ``scan_memory=True`` it first writes a per-scan memory from the scan view (the whole input at the window size, one
 network pass; :py:mod:`monai_fine.transforms.scan_view`), then segments every window while reading it, so a voxel's
 prediction can use image content anywhere in the scan, exactly as the network was trained.
+
+:class:`CastStitchInferer` runs such an inferer with the stitched output in half precision, for whole-scan
+inference in bounded host memory. MONAI's ``sliding_window_inference`` stitches into a buffer of the input's dtype,
+``num_classes`` channels at the full preprocessed size: 14 x 512 x 512 x 200 float32 is 2.9 GB. It hands the inner
+inferer the volume in ``float16`` (so the stitching buffer, the count map and the importance map are half precision:
+1.5 GB) while every window still runs through the network in ``float32`` and its logits are cast back to ``float16``
+for blending. The bundle then takes the argmax on the preprocessed grid (:class:`monai_fine.transforms.ArgmaxUint8d`)
+and inverts it with nearest-neighbour interpolation, so no other ``num_classes``-channel volume is ever allocated.
+
+Accuracy trade-off: the input is rounded to float16 (intensities scaled to [0, 1]: a step of <= 2**-11, i.e. 0.2 HU
+for the [-175, 250] HU window) and the blended logits carry float16 rounding (relative 2**-11); labels can change only
+where two classes' logits are within that rounding. ``dtype="float32"`` restores MONAI's behaviour.
 """
 
 from __future__ import annotations
@@ -18,14 +30,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.inferers import SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import PytorchPadMode, ensure_tuple_rep, look_up_option
 
 from monai_fine.networks.blocks.memory import check_roi_box
 from monai_fine.transforms.location import trace_operations
 from monai_fine.transforms.scan_view import scan_view, whole_box
 
-__all__ = ["FINEInferer", "input_frames", "window_roi_boxes"]
+__all__ = ["FINEInferer", "CastStitchInferer", "input_frames", "window_roi_boxes"]
 
 
 def input_frames(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,3 +233,41 @@ class FINEInferer(SlidingWindowInferer):
             return out
 
         return run
+
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class _CastWindows:
+    """Calls ``module`` on float32 windows and returns its output in ``dtype``; ``.module`` exposes the network."""
+
+    def __init__(self, module: Callable[..., torch.Tensor], compute_dtype: torch.dtype, dtype: torch.dtype) -> None:
+        self.module, self.compute_dtype, self.dtype = module, compute_dtype, dtype
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.module(x.to(self.compute_dtype), *args, **kwargs)
+        return out.to(self.dtype)
+
+
+class CastStitchInferer(Inferer):
+    """Run ``inferer`` with the volume and the stitched output in ``dtype``, the network in the input's dtype.
+
+    Args:
+        inferer: the sliding-window inferer, called as ``inferer(inputs, network)`` (e.g. ``FINEInferer``).
+        dtype: ``"float16"`` (default), ``"bfloat16"`` or ``"float32"`` (no cast: MONAI's behaviour).
+
+    Raises:
+        ValueError: for another ``dtype``.
+    """
+
+    def __init__(self, inferer: Inferer, dtype: str = "float16") -> None:
+        super().__init__()
+        if str(dtype) not in _DTYPES:
+            raise ValueError(f"stitch_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        self.inferer, self.dtype = inferer, _DTYPES[str(dtype)]
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        if self.dtype == inputs.dtype:
+            return self.inferer(inputs, network, *args, **kwargs)
+        wrapped = _CastWindows(getattr(network, "module", network), inputs.dtype, self.dtype)
+        return self.inferer(inputs.to(self.dtype), wrapped, *args, **kwargs)

@@ -212,7 +212,7 @@ def crop_memory_map(
 
 
 def parse_center(center: str | Sequence[Any]) -> tuple[int, int, int]:
-    """``"x,y,z"`` (or a sequence of three, what ``fire`` makes of ``--center 1,2,3``) as three ints.
+    """``"x,y,z"`` (or a sequence of three, what the command line makes of ``--center 1,2,3``) as three ints.
 
     Raises:
         ValueError: not three integers, naming the value.
@@ -264,7 +264,7 @@ def _preprocessing(pixdim: Sequence[float] | None, hu_window: Sequence[float] | 
     """The ``preprocessing`` of ``bundle/configs/inference.json`` (with ``pixdim``/``hu_window`` overrides)."""
     from monai.bundle import ConfigParser
 
-    from monai_fine.cli import bundle_dir
+    from monai_fine.bundle_tools import bundle_dir
 
     parser = ConfigParser()
     parser.read_config(str(bundle_dir() / "configs" / "inference.json"))

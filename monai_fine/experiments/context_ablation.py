@@ -259,7 +259,7 @@ def bundle_overrides(args: argparse.Namespace, config: str, seed: int, dataset_d
 
 def train_and_evaluate(args: argparse.Namespace, config: str, seed: int, dataset_dir: Path, root: Path) -> dict:
     """Train one config into ``root`` (its bundle_root), evaluate its final model; returns the wall times."""
-    from monai_fine.cli import run_bundle
+    from monai_fine.bundle_tools import run_bundle
 
     common = bundle_overrides(args, config, seed, dataset_dir, root)
     final = root / "models" / "model_final.pt"

@@ -136,7 +136,7 @@ def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -
     import torch
     from monai.bundle import ConfigParser
 
-    from monai_fine.cli import bundle_dir
+    from monai_fine.bundle_tools import bundle_dir
     from monai_fine.inferers import FINEInferer
 
     root = _run_dir(args, config, seed)
@@ -228,7 +228,7 @@ def memory_swap_flips(args: argparse.Namespace, net, preprocess, pairs: int = 4)
 
 
 def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, Any]:
-    from monai_fine.cli import run_bundle
+    from monai_fine.bundle_tools import run_bundle
 
     root = _run_dir(args, config, seed)
     result_file = root / "result.json"

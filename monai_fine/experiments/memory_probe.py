@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
-from monai_fine.cli import bundle_dir
+from monai_fine.bundle_tools import bundle_dir
 from monai_fine.data.io import torch_load
 from monai_fine.inferers import FINEInferer
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS

@@ -19,8 +19,7 @@ bundle:
   between checkpoints restarts from the last one.
 
 :class:`BestModelSaver` writes ``model.pt`` atomically when the validator reports a new best metric, never from
-non-finite weights; :class:`NonFiniteLossGuard` stops training before the optimizer step of a batch whose loss is
-NaN/inf, naming the case files; :class:`CaseErrorReporter` makes an inference failure name the case.
+non-finite weights.
 """
 
 from __future__ import annotations
@@ -30,35 +29,17 @@ import math
 import random
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.engines.utils import IterationEvents
 from monai.transforms import Compose, Randomizable
-from monai.utils import CommonKeys as Keys
 
-from monai_fine.data.io import (
-    TMP_TAG,
-    UnsafeCheckpointError,
-    WriteFailedError,
-    atomic_write,
-    take_write_failure,
-    torch_load,
-    torch_save,
-)
+from monai_fine.data.io import TMP_TAG, UnsafeCheckpointError, atomic_write, torch_load, torch_save
 
-__all__ = [
-    "ResumableCheckpointSaver",
-    "BestModelSaver",
-    "NonFiniteLossGuard",
-    "CaseErrorReporter",
-    "checkpoint_files",
-    "checkpoint_name",
-    "batch_case_names",
-]
+__all__ = ["ResumableCheckpointSaver", "BestModelSaver", "checkpoint_files", "checkpoint_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,23 +116,6 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def batch_case_names(batch: Any, key: str = "image") -> list[str]:
-    """The distinct source file names of a (collated) batch, read from the MetaTensor metadata; ``[]`` if unknown."""
-    if isinstance(batch, Mapping):
-        batch = [batch]
-    names: list[str] = []
-    for item in batch if isinstance(batch, (list, tuple)) else []:
-        if not isinstance(item, Mapping):
-            continue
-        image = item.get(key)
-        meta = getattr(image, "meta", None) or item.get(f"{key}_meta_dict") or {}
-        files = meta.get("filename_or_obj", [])
-        for f in [files] if isinstance(files, (str, Path)) else list(files):
-            if str(f) not in names:
-                names.append(str(f))
-    return names
 
 
 def _unwrap(obj: Any) -> Any:
@@ -499,67 +463,3 @@ class BestModelSaver:
             return
         with atomic_write(self.path) as tmp:
             torch_save(_unwrap(self.network).state_dict(), tmp)
-
-
-class NonFiniteLossGuard:
-    """Stop training before the optimizer step when a batch's loss is NaN/inf, naming the case files of the batch.
-
-    Attached at MONAI's ``IterationEvents.LOSS_COMPLETED`` (after the loss, before backward), so non-finite values
-    never reach the weights; the checkpoints already written stay the last good state.
-
-    Args:
-        image_key: batch key whose metadata holds the source file names.
-    """
-
-    def __init__(self, image_key: str = "image") -> None:
-        self.image_key = image_key
-
-    def attach(self, engine: Any) -> None:
-        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
-
-    def __call__(self, engine: Any) -> None:
-        loss = engine.state.output[Keys.LOSS]
-        if bool(torch.isfinite(loss.detach()).all()):
-            return
-        names = batch_case_names(engine.state.batch, self.image_key) or ["<unknown: no file metadata in the batch>"]
-        raise FloatingPointError(
-            f"non-finite training loss ({loss.detach().flatten()[0].item()}) at epoch {engine.state.epoch}, iteration "
-            f"{engine.state.iteration}; stopped before the optimizer step (weights unchanged). The batch came from: "
-            + ", ".join(names)
-            + ". Check them with `python -m monai_fine check` (NaN/inf intensities?) or lower the learning rate."
-        )
-
-
-class CaseErrorReporter:
-    """Re-raise an exception of an inference/evaluation run with the name of the case being processed.
-
-    Args:
-        data: the dataset's item list (used when the failure happens while loading, before a batch exists; the
-            loader must not shuffle and have ``batch_size=1``).
-        image_key: key of the image path in the items and the batch.
-    """
-
-    def __init__(self, data: Sequence[Any] | None = None, image_key: str = "image") -> None:
-        self.data, self.image_key = list(data or []), image_key
-
-    def attach(self, engine: Any) -> None:
-        """Register first among the ``EXCEPTION_RAISED`` handlers (MONAI's ``StatsHandler`` re-raises as is)."""
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
-        handlers = getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED)
-        if handlers and len(handlers) > 1:
-            handlers.insert(0, handlers.pop())
-
-    def __call__(self, engine: Any, e: Exception) -> None:
-        names = batch_case_names(engine.state.batch, self.image_key) if engine.state.batch is not None else []
-        if not names and self.data:
-            index = engine.state.iteration if engine.state.batch is None else engine.state.iteration - 1
-            if 0 <= index < len(self.data):
-                item = self.data[index]
-                names = [str(item[self.image_key] if isinstance(item, Mapping) else item)]
-        where = ", ".join(names) if names else "<unknown case>"
-        failure = take_write_failure()
-        if failure is not None:  # MONAI's SaveImage hid it behind "cannot find a suitable writer"
-            raise WriteFailedError(failure.errno, f"failed on case {where}: {failure.strerror}", failure.filename) from e
-        raise RuntimeError(f"failed on case {where}: {type(e).__name__}: {e}") from e

@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
-from monai_fine.transforms.array import CropLocation
+from monai_fine.transforms.array import ArgmaxUint8, CropLocation
 from monai_fine.transforms.dictionary import (
+    ArgmaxUint8D,
+    ArgmaxUint8d,
+    ArgmaxUint8Dict,
     CropLocationD,
     CropLocationd,
     CropLocationDict,
+    PathSafeSpacingD,
+    PathSafeSpacingd,
+    PathSafeSpacingDict,
     ScanViewD,
     ScanViewd,
     ScanViewDict,
@@ -16,11 +22,18 @@ from monai_fine.transforms.location import CropTrace, crop_box_from_meta, scan_i
 from monai_fine.transforms.scan_view import scan_view, scan_view_and_box, whole_box
 
 __all__ = [
+    "ArgmaxUint8",
+    "ArgmaxUint8d",
+    "ArgmaxUint8D",
+    "ArgmaxUint8Dict",
     "CropLocation",
     "CropLocationd",
     "CropLocationD",
     "CropLocationDict",
     "CropTrace",
+    "PathSafeSpacingd",
+    "PathSafeSpacingD",
+    "PathSafeSpacingDict",
     "ScanViewd",
     "ScanViewD",
     "ScanViewDict",

@@ -30,9 +30,8 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from monai.transforms import LoadImaged, Orientationd, Spacingd
 
-from monai_fine.bundle_tools import BUNDLE_NAME, CONFIG_BUFFER, PathSafeSpacingd, create_network, load_network, package_bundle
+from monai_fine.bundle_tools import BUNDLE_NAME, CONFIG_BUFFER, create_network, load_network, package_bundle
 from monai_fine.data import make_phantom_dataset
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
@@ -52,20 +51,6 @@ def _tiny_weights(path: Path, **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(create_network(**{**TINY, **kw}).state_dict(), path)
     return path
-
-
-def test_spacingd_with_image_path_string(totalseg_dir):
-    """MONAI 1.6 ``Spacingd`` calls ``.update`` on every ``image_*`` entry; MONAI Label adds the string image_path."""
-    data = LoadImaged("image", ensure_channel_first=True)({"image": str(totalseg_dir / "example_ct_sm.nii.gz")})
-    data = Orientationd("image", axcodes="RAS")(data)
-    data["image_path"] = str(totalseg_dir / "example_ct_sm.nii.gz")
-    with pytest.raises(AttributeError, match="update"):
-        Spacingd("image", pixdim=(6.0, 6.0, 6.0))(dict(data))  # the bug, as MONAI 1.6.1 has it
-    out = PathSafeSpacingd("image", pixdim=(6.0, 6.0, 6.0))(dict(data))
-    ref = Spacingd("image", pixdim=(6.0, 6.0, 6.0))({"image": data["image"]})
-    assert out["image_path"] == data["image_path"]
-    assert torch.equal(out["image"].as_tensor(), ref["image"].as_tensor())
-    assert np.allclose(out["image"].affine, ref["image"].affine)
 
 
 def test_network_rebuilt_from_recorded_weights(tmp_path):

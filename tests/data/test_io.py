@@ -22,7 +22,6 @@ from monai_fine.data import (
     check_writable_dir,
     load_datalist,
 )
-from monai_fine.handlers import checkpoint_files, checkpoint_name
 
 
 def test_atomic_write_replaces_only_when_complete(tmp_path):
@@ -52,16 +51,6 @@ def test_atomic_nifti_writer_keeps_the_extension_and_the_data(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["case_seg.nii.gz"]
     with open(tmp_path / "case_seg.nii.gz", "rb") as f:
         assert f.read(2) == b"\x1f\x8b"  # gzip, chosen from the final extension
-
-
-def test_mid_epoch_checkpoints_sort_between_their_epoch_ends(tmp_path):
-    names = ["last_checkpoint_epoch=2.pt", "last_checkpoint_epoch=2_iter=5.pt", "last_checkpoint_epoch=2_iter=12.pt",
-             "last_checkpoint_epoch=3.pt", "last_checkpoint_epoch=10_iter=1.pt"]  # fmt: skip
-    for name in reversed(names):
-        (tmp_path / name).write_bytes(b"x")
-    assert [p.name for _, p in checkpoint_files(tmp_path)] == names[::-1]
-    assert [e for e, _ in checkpoint_files(tmp_path)] == [10, 3, 2, 2, 2]  # epochs done
-    assert checkpoint_name("last", 2, 5) == names[1] and checkpoint_name("last", 3) == names[3]
 
 
 def test_outputs_are_readable_by_others_as_the_umask_allows(tmp_path):
@@ -143,12 +132,6 @@ def test_a_checkpoint_holding_a_pickled_callable_is_refused_before_it_runs(tmp_p
     assert torch_load(tmp_path / "ok.pt")["rng"][0] == "MT19937"
 
 
-def test_checkpoints_are_ordered_by_number_not_time(tmp_path):
-    for epoch in (10, 2, 9):  # written last: 9, so the newest by modification time is not the highest epoch
-        (tmp_path / f"last_checkpoint_epoch={epoch}.pt").write_bytes(b"x")
-    (tmp_path / ".last_checkpoint_epoch=11.tmp-abc.pt").write_bytes(b"x")
-    (tmp_path / "model.pt").write_bytes(b"x")
-    assert [e for e, _ in checkpoint_files(tmp_path)] == [10, 9, 2]
 
 
 def test_output_name_clashes_are_listed(tmp_path):

@@ -239,3 +239,17 @@ def test_phantom_command_returns_json_path(tmp_path):
     assert isinstance(path, str) and Path(path).name == "dataset_0.json"
     d = json.loads(Path(path).read_text())
     assert (d["numTraining"], d["numValidation"], d["numTest"]) == (1, 1, 1)
+
+
+def test_the_phantom_protocol_is_what_the_demo_and_the_tiny_preset_use():
+    import inspect
+
+    from monai_fine import demo
+    from monai_fine.data import PHANTOM, make_phantom_dataset
+    from monai_fine.networks import PRESETS
+
+    defaults = {k: v.default for k, v in inspect.signature(demo.demo).parameters.items()}
+    assert (defaults["shape"], defaults["roi_size"], defaults["preset"]) == (PHANTOM.shape, PHANTOM.roi_size, "tiny")
+    assert tuple(PRESETS["tiny"]["roi_size"]) == PHANTOM.roi_size
+    signature = inspect.signature(make_phantom_dataset).parameters
+    assert (signature["shape"].default, signature["spacing"].default) == (PHANTOM.shape, PHANTOM.spacing)
