@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, ROI_BOX, device_name, fine_network, platform_cpu, timed_calls, write_csv
 
-__all__ = ["FIELDS", "worker", "main"]
+__all__ = ["FIELDS", "main", "worker"]
 
 FIELDS = (
     "preset", "memory", "phase", "roi", "batch", "device", "device_name", "threads", "torch", "backend",
@@ -98,7 +98,8 @@ def worker(args: argparse.Namespace) -> dict:
     eager_step = _make_step(net, net, args.phase, x, y, box)
     compiled_step = _make_step(compiled, net, args.phase, x, y, box)
     if args.phase == "train":
-        row["compile_s"] = timed_calls(compiled_step, 1, sync)[0][0]  # training graph (forward + backward) compiles here
+        # the training graph (forward + backward) compiles here
+        row["compile_s"] = timed_calls(compiled_step, 1, sync)[0][0]
     else:
         row["compile_s"] = first_eval_s
     timed_calls(compiled_step, max(args.warmup - 1, 0), sync)
@@ -158,7 +159,9 @@ def main(argv=None) -> int:
             rows.append(row)
     out = Path(args.out)
     write_csv(out, FIELDS, rows, extrasaction="ignore")
-    print("\n| memory | phase | eager s | compiled s | speed-up | compile s | max abs diff |\n|---|---|---|---|---|---|---|")
+    print(
+        "\n| memory | phase | eager s | compiled s | speed-up | compile s | max abs diff |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         if r.get("status") != "ok":
             print(f"| {r['memory']} | {r['phase']} | {r['status']} | | | | |")

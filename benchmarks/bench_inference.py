@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, counted_flops, platform_cpu, proc_status_kib, write_csv
 
-__all__ = ["FIELDS", "parse_sizes", "matmul_peak_gflops", "write_scan", "overrides", "peak_rss_bytes", "main"]
+__all__ = ["FIELDS", "main", "matmul_peak_gflops", "overrides", "parse_sizes", "peak_rss_bytes", "write_scan"]
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 DEFAULT_SIZES = "128x128x50,256x256x100,512x512x200"

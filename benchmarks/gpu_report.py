@@ -45,7 +45,7 @@ from benchmarks.gpu_report_sections import (
     train_configs,
 )
 
-__all__ = ["main", "parse_args", "Report", "train_configs", "num_windows"]
+__all__ = ["Report", "main", "num_windows", "parse_args", "train_configs"]
 
 # share of --budget_s by which each section must be done (unused time carries over to the next section)
 SECTION_END = {"train": 0.55, "infer": 0.75, "bundle": 1.0}
@@ -132,7 +132,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-
 def _environment(args, dev: Device) -> dict:
     """The device's description, with the fp32 precision the run sets (CUDA: TF32 and cuDNN's autotuner)."""
     import torch
@@ -212,7 +211,7 @@ class _Run:
                     self.skip(self.report.train, base, label)
                     continue
                 print(f"[gpu_report] {label} ...", flush=True)
-                run = lambda: run_train(cfg, amp, args, self.dev, end, self.t0)  # noqa: E731
+                run = lambda c=cfg, a=amp: run_train(c, a, args, self.dev, end, self.t0)
                 self.guarded(label, run, base, self.report.train)
 
     def infer(self) -> None:
@@ -225,7 +224,7 @@ class _Run:
                 self.skip(self.report.infer, base, label)
                 continue
             print(f"[gpu_report] {label} ...", flush=True)
-            run = lambda: run_infer(scan_memory, infer_args, self.dev, end, self.t0, shared)  # noqa: E731
+            run = lambda s=scan_memory: run_infer(s, infer_args, self.dev, end, self.t0, shared)
             self.guarded(label, run, base, self.report.infer)
         shared.clear()
         self.dev.cleanup()

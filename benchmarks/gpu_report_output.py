@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.common import write_csv
 
-__all__ = ["TRAIN_FIELDS", "INFER_FIELDS", "BUNDLE_FIELDS", "FILES", "Tee", "Report", "dims", "train_ratios"]
+__all__ = ["BUNDLE_FIELDS", "FILES", "INFER_FIELDS", "TRAIN_FIELDS", "Report", "Tee", "dims", "train_ratios"]
 
 TRAIN_FIELDS = (
     "config", "model", "amp", "amp_dtype", "batch", "roi", "params_m", "status", "train_s", "train_s_min",

@@ -19,7 +19,16 @@ from benchmarks.common import ROI_BOX, PeakMemory, build_model, cpu_name, fine_n
 from benchmarks.gpu_report_output import Report, dims
 from benchmarks.peers import nnunet_plan
 
-__all__ = ["Device", "num_windows", "environment", "train_configs", "run_train", "run_infer", "bundle_overrides", "run_bundle_training"]
+__all__ = [
+    "Device",
+    "bundle_overrides",
+    "environment",
+    "num_windows",
+    "run_bundle_training",
+    "run_infer",
+    "run_train",
+    "train_configs",
+]
 
 
 class Device:
@@ -57,7 +66,6 @@ class Device:
 
     def autocast(self, enabled: bool, dtype):
         return self.torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
-
 
 
 def num_windows(image_size, roi_size, overlap: float) -> int:

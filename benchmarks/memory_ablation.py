@@ -46,7 +46,7 @@ from benchmarks.common import (
     train_step,
 )
 
-__all__ = ["ARMS", "arm_memory", "interleaved", "run", "run_stage", "markdown", "stage_markdown", "main"]
+__all__ = ["ARMS", "arm_memory", "interleaved", "main", "markdown", "run", "run_stage", "stage_markdown"]
 
 ARMS = ("none", "full", "full, no V-MSA", "full, no V-MSA, no G-MSA", "full, no memory where V > visual")
 

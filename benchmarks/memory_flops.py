@@ -37,7 +37,7 @@ from benchmarks.common import (
     stage_inputs,
 )
 
-__all__ = ["closed_form_extra", "stage_flops", "markdown", "main"]
+__all__ = ["closed_form_extra", "main", "markdown", "stage_flops"]
 
 
 def closed_form_extra(

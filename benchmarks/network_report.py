@@ -8,7 +8,7 @@ import statistics
 
 from benchmarks.common import interval_verdict, paired_ratio, roi_str
 
-__all__ = ["CSV_FIELDS", "PAIRED_KEY", "aggregate", "summarize", "verdict", "print_summary", "sweep_markdown"]
+__all__ = ["CSV_FIELDS", "PAIRED_KEY", "aggregate", "print_summary", "summarize", "sweep_markdown", "verdict"]
 
 CSV_FIELDS = (
     "config", "model", "memory", "scan_memory", "batch", "roi", "device", "device_name", "threads", "torch", "monai",
@@ -124,7 +124,10 @@ def summarize(rows: list[dict], preset: str, paired: dict[str, list[float]] | No
     if paired and "full" in paired and "none" in paired:
         out["paired train_s"] = {m: round(statistics.median(t), 4) for m, t in paired.items()}
         pr = paired_ratio(paired)
-        out["paired full/none"] = {**pr, "verdict": interval_verdict(pr["low"], pr["high"], float(PAIRED_KEY.split()[-1]))}
+        out["paired full/none"] = {
+            **pr,
+            "verdict": interval_verdict(pr["low"], pr["high"], float(PAIRED_KEY.split()[-1])),
+        }
         targets[PAIRED_KEY] = pr["ratio"]
     if full and none:
         targets["full/none train_s <= 1.05"] = _ratio(full["train_s"], none["train_s"])
@@ -243,5 +246,3 @@ def sweep_markdown(rows: list[dict], summaries: dict[str, dict], preset: str, co
         )
     warnings = [f"{roi}: {s['warning']}" for roi, s in summaries.items() if "warning" in s]
     return "\n".join(lines + [""] + [f"WARNING {w}" for w in warnings]) + "\n"
-
-

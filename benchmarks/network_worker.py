@@ -8,6 +8,8 @@ one model's allocations cannot pollute the next one's memory peak.
 
 from __future__ import annotations
 
+import importlib
+
 from benchmarks.common import (
     PeakMemory,
     build_model,
@@ -19,7 +21,7 @@ from benchmarks.common import (
     train_step,
 )
 
-__all__ = ["run_worker", "run_paired"]
+__all__ = ["run_paired", "run_worker"]
 
 # the forward keywords of the scan-memory row that make it a two-pass forward (the scan view's write pass first)
 SCAN_KWARGS = ("scan_index", "scan_view")
@@ -32,11 +34,8 @@ def _setup(cfg: dict):
 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    import monai  # noqa: F401
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: F401
-
-    from monai_fine.config import use_fused_attn  # noqa: F401
-
+    for module in ("monai", "torch.utils.flop_counter", "monai_fine.config"):  # imported before the baseline
+        importlib.import_module(module)
     register_cpu_sdpa_flops()
     torch.manual_seed(0)
     device = torch.device(cfg["device"])

@@ -24,7 +24,9 @@ from benchmarks.common import platform_cpu
 from monai_fine.cli import organ_table, run_bundle
 
 
-def _summary(argv: list[str], args, epochs: int, minutes: float, rows: list[dict], mean: float, present: int) -> list[str]:
+def _summary(
+    argv: list[str], args, epochs: int, minutes: float, rows: list[dict], mean: float, present: int
+) -> list[str]:
     """The per-organ table of ``summary.md``."""
     lines = [
         "# Overfitting one real CT (example_ct, train = evaluation scan)",
@@ -80,8 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = max(1, args.iterations // args.epoch_length)
     t0 = time.time()
     run_bundle(
-        ["train.json"], "train", max_epochs=epochs, epoch_length=args.epoch_length, val_interval=epochs,
-        optimizer_name=args.optimizer_name, learning_rate=args.learning_rate, crop_sampler=args.crop_sampler, **common,
+        ["train.json"],
+        "train",
+        max_epochs=epochs,
+        epoch_length=args.epoch_length,
+        val_interval=epochs,
+        optimizer_name=args.optimizer_name,
+        learning_rate=args.learning_rate,
+        crop_sampler=args.crop_sampler,
+        **common,
     )
     minutes = (time.time() - t0) / 60
     run_bundle(["train.json", "evaluate.json"], "eval", checkpoint=str(out / "models" / "model_final.pt"), **common)

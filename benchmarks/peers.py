@@ -40,12 +40,12 @@ from collections.abc import Sequence
 
 __all__ = [
     "BTCV_SPACING",
-    "nnunet_plan",
-    "nnunet_dynunet",
-    "swinunetr",
-    "ds_outputs",
     "ds_loss_weights",
+    "ds_outputs",
+    "nnunet_dynunet",
+    "nnunet_plan",
     "permute_rearrange",
+    "swinunetr",
 ]
 
 BTCV_SPACING = (0.76, 0.76, 3.0)  # mm, x y z: the BTCV median spacing nnU-Net resamples to

@@ -44,7 +44,6 @@ def _measures(parts: tuple[str, ...], per_it: dict[str, int], setting: str) -> l
 @pytest.mark.slow
 def test_quick_table_has_every_setting_part_and_ratio(quick_run):
     from benchmarks.bench_pipeline import PARTS
-
     from monai_fine.engines import default_num_workers
 
     rows, lines, md = quick_run

@@ -108,8 +108,9 @@ def test_error_in_one_configuration_is_recorded_and_the_run_goes_on(tmp_path):
     [((40, 30, 20), (16, 16, 8), 0.5), ((512, 100, 70), (128, 64, 64), 0.25), ((8, 8, 8), (16, 16, 8), 0.5)],
 )
 def test_num_windows_matches_monai_sliding_window(image, roi, overlap):
-    from benchmarks.gpu_report_sections import num_windows
     from monai.inferers import sliding_window_inference
+
+    from benchmarks.gpu_report_sections import num_windows
 
     calls = []
 
@@ -148,6 +149,7 @@ def test_swinunetr_without_einops(monkeypatch):
     reference output needs einops, which is not a dependency of this project: skipped without it)."""
     einops = pytest.importorskip("einops")
     from monai.networks.nets import swin_unetr
+
     from benchmarks.peers import permute_rearrange, swinunetr
 
     x = torch.randn(2, 3, 4, 5, 6)

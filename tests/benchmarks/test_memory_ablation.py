@@ -7,6 +7,7 @@ from __future__ import annotations
 
 def test_arms_save_the_closed_form_flops_of_what_they_switch_off():
     import torch
+
     from benchmarks.memory_ablation import ARMS, markdown, run
     from benchmarks.memory_flops import stage_flops
 
