@@ -1,3 +1,3 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Benchmarks of monai_fine (run from the repository root: ``python -m benchmarks.bench_pipeline``; the older
-scripts also run as ``python benchmarks/<name>.py``)."""
+"""Benchmarks of monai_fine. Each runs from the repository root as ``python -m benchmarks.<name>`` (see
+``benchmarks/README.md``); :py:mod:`benchmarks.common` holds what several of them share."""

@@ -7,8 +7,8 @@ the next. A phase builds the net (memory cells all marked as visited, as after t
 ``compile_s``), then ``--steps`` timed steps; the median is reported. The compiled model's output is compared with
 the eager model's on the same weights and input (``max_abs_diff``).
 
-    python benchmarks/bench_compile.py                                   # fine_bcv at 128x128x64, CPU
-    python benchmarks/bench_compile.py --preset tiny --roi 32 32 16 --steps 1 --backend aot_eager   # smoke check
+    python -m benchmarks.bench_compile                             # fine_bcv at 128x128x64, CPU
+    python -m benchmarks.bench_compile --preset tiny --roi 32 32 16 --steps 1 --backend aot_eager   # smoke check
 
 Writes ``--out`` (CSV, one row per configuration and phase, device named) and prints a markdown table.
 """
@@ -16,117 +16,105 @@ Writes ``--out`` (CSV, one row per configuration and phase, device named) and pr
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ROI_BOX = ((0.1, 0.1, 0.25), (0.6, 0.6, 0.75))
+from benchmarks.common import REPO_ROOT, ROI_BOX, device_name, fine_network, platform_cpu, timed_calls, write_csv
+
+__all__ = ["FIELDS", "main", "worker"]
+
 FIELDS = (
     "preset", "memory", "phase", "roi", "batch", "device", "device_name", "threads", "torch", "backend",
     "eager_s", "compiled_s", "speedup", "compile_s", "max_abs_diff", "status",
 )  # fmt: skip
 
 
-def _device_name(device) -> str:
+def _make_step(model, net, phase: str, x, y, box):
+    """One step of ``model`` (eager ``net`` or its compiled form): a training step (SGD on ``net``'s parameters,
+    cross-entropy) or a no-grad inference forward."""
     import torch
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    if phase == "train":
+        model.train()
+        opt = torch.optim.SGD(net.parameters(), lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x, box), y[:, 0])
+            loss.backward()
+            opt.step()
+            return loss
+
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                return model(x, box)
+
+    return step
 
 
-def _sync(device) -> None:
+def _parity(net, compiled, x, box, sync) -> tuple[float, float]:
+    """The compiled model's largest deviation from the eager one on the initial weights, and the seconds of its first
+    (compiling) inference forward."""
     import torch
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    net.eval()
+    with torch.no_grad():
+        ref = net(x, box)
+        out, seconds = None, 0.0
+
+        def first() -> None:
+            nonlocal out
+            out = compiled(x, box)
+
+        seconds = timed_calls(first, 1, sync)[0][0]
+    return float((ref - out).abs().max()), seconds
 
 
 def worker(args: argparse.Namespace) -> dict:
     """Measure one (memory mode, phase): eager and compiled step times, compile time, parity."""
     import torch
 
-    from monai_fine.networks import create_fine
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    net = create_fine(args.preset, 1, 14, memory=args.memory, deep_supervision=False, roi_size=args.roi).to(device)
-    if hasattr(net, "memory_visits"):
-        net.memory_visits.fill_(1.0)
+    net = fine_network(args.preset, args.memory, args.roi, deep_supervision=False).to(device)
     x = torch.randn(args.batch, 1, *args.roi, device=device)
     y = torch.randint(0, 14, (args.batch, 1, *args.roi), device=device)
     box = torch.tensor([ROI_BOX] * args.batch, device=device)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def make_step(model):
-        if args.phase == "train":
-            model.train()
-            opt = torch.optim.SGD(net.parameters(), lr=1e-4)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x, box), y[:, 0])
-                loss.backward()
-                opt.step()
-                return loss
-
-        else:
-            model.eval()
-
-            def step():
-                with torch.no_grad():
-                    return model(x, box)
-
-        return step
-
-    def timed(step, n):
-        times = []
-        for _ in range(n):
-            _sync(device)
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        return times
 
     row = {"status": "ok"}
     # parity first, on the initial weights (training steps change them)
     compiled = torch.compile(net, backend=args.backend)
-    net.eval()
-    with torch.no_grad():
-        ref = net(x, box)
-        _sync(device)
-        t0 = time.perf_counter()
-        out = compiled(x, box)
-        _sync(device)
-        first_eval_s = time.perf_counter() - t0
-    row["max_abs_diff"] = float((ref - out).abs().max())
-    eager_step, compiled_step = make_step(net), make_step(compiled)
+    row["max_abs_diff"], first_eval_s = _parity(net, compiled, x, box, sync)
+    eager_step = _make_step(net, net, args.phase, x, y, box)
+    compiled_step = _make_step(compiled, net, args.phase, x, y, box)
     if args.phase == "train":
-        row["compile_s"] = timed(compiled_step, 1)[0]  # training graph (forward + backward) compiles here
+        # the training graph (forward + backward) compiles here
+        row["compile_s"] = timed_calls(compiled_step, 1, sync)[0][0]
     else:
         row["compile_s"] = first_eval_s
-    timed(compiled_step, max(args.warmup - 1, 0))
-    timed(eager_step, args.warmup)
+    timed_calls(compiled_step, max(args.warmup - 1, 0), sync)
+    timed_calls(eager_step, args.warmup, sync)
     # interleave eager and compiled steps so that a drift in background load hits both alike
     eager_t, comp_t = [], []
     for _ in range(args.steps):
-        eager_t += timed(eager_step, 1)
-        comp_t += timed(compiled_step, 1)
+        eager_t += timed_calls(eager_step, 1, sync)[0]
+        comp_t += timed_calls(compiled_step, 1, sync)[0]
     row["eager_s"] = statistics.median(eager_t)
     row["compiled_s"] = statistics.median(comp_t)
     row["speedup"] = row["eager_s"] / row["compiled_s"]
     row.update(
         preset=args.preset, memory=args.memory, phase=args.phase, roi="x".join(map(str, args.roi)), batch=args.batch,
-        device=str(device), device_name=_device_name(device), threads=torch.get_num_threads(),
+        device=str(device), device_name=device_name(device, platform_cpu), threads=torch.get_num_threads(),
         torch=torch.__version__, backend=args.backend,
     )  # fmt: skip
     return row
@@ -156,7 +144,7 @@ def main(argv=None) -> int:
     rows = []
     for memory in args.modes:
         for phase in args.phases:
-            cmd = [sys.executable, __file__, "--worker", "--memory", memory, "--phase", phase]
+            cmd = [sys.executable, "-m", "benchmarks.bench_compile", "--worker", "--memory", memory, "--phase", phase]
             for k in ("preset", "batch", "device", "threads", "backend", "warmup", "steps"):
                 cmd += [f"--{k}", str(getattr(args, k))]
             cmd += ["--roi", *map(str, args.roi)]
@@ -170,12 +158,10 @@ def main(argv=None) -> int:
             print(json.dumps(row), flush=True)
             rows.append(row)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print("\n| memory | phase | eager s | compiled s | speed-up | compile s | max abs diff |\n|---|---|---|---|---|---|---|")
+    write_csv(out, FIELDS, rows, extrasaction="ignore")
+    print(
+        "\n| memory | phase | eager s | compiled s | speed-up | compile s | max abs diff |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         if r.get("status") != "ok":
             print(f"| {r['memory']} | {r['phase']} | {r['status']} | | | | |")

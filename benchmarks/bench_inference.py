@@ -15,9 +15,9 @@ chosen preset (timing and memory do not depend on the weights). Reported per (sc
 - ``gflops``: forward FLOPs of one window (``torch.utils.flop_counter.FlopCounterMode``) x windows;
 - ``peak_fraction``: achieved GFLOP/s over the fp32 matmul peak measured in the same run (best of 2048^3 matmuls).
 
-    python benchmarks/bench_inference.py --preset tiny                 # 3 sizes up to 512x512x200 at 0.76x0.76x3 mm
-    python benchmarks/bench_inference.py --preset bcv --overlap 0.5 --out benchmarks/results
-    python benchmarks/bench_inference.py --quick                       # a seconds-long smoke run
+    python -m benchmarks.bench_inference --preset tiny               # 3 sizes up to 512x512x200 at 0.76x0.76x3 mm
+    python -m benchmarks.bench_inference --preset bcv --overlap 0.5 --out benchmarks/results
+    python -m benchmarks.bench_inference --quick                     # a seconds-long smoke run
 
 Writes ``bench_inference_<preset>.csv`` and ``.md`` into ``--out``.
 """
@@ -25,10 +25,7 @@ Writes ``bench_inference_<preset>.csv`` and ``.md`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -36,7 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO_ROOT, counted_flops, platform_cpu, proc_status_kib, write_csv
+
+__all__ = ["FIELDS", "main", "matmul_peak_gflops", "overrides", "parse_sizes", "peak_rss_bytes", "write_scan"]
+
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 DEFAULT_SIZES = "128x128x50,256x256x100,512x512x200"
 FIELDS = (
@@ -84,10 +84,16 @@ def write_scan(path: Path, size: tuple[int, int, int], spacing: tuple[float, flo
     nib.save(nib.Nifti1Image(data, affine), str(path))
 
 
+#: the window of each preset (the ``tiny`` preset's own crop is smaller: this benchmark keeps 64x64x32)
+ROI = {"bcv": [128, 128, 64], "tiny": [64, 64, 32]}
+
+
 def overrides(preset: str, quick: bool) -> dict:
-    base = {"preset": preset, "num_workers": 0, "device": "$torch.device('cpu')", "sw_batch_size": 2}
+    """The bundle overrides of the inference runs (``--quick``: the ``test`` preset, the smallest FINE)."""
+    base = {"preset": preset, "num_workers": 0, "device": "$torch.device('cpu')", "sw_batch_size": 2,
+            "roi_size": ROI[preset]}  # fmt: skip
     if quick:
-        base.update({"roi_size": [32, 32, 16], "network_def#feature_size": 12, "network_def#num_heads": [1, 2, 2, 4]})
+        base.update({"preset": "test", "roi_size": [32, 32, 16]})
     return base
 
 
@@ -108,6 +114,14 @@ def child(args: argparse.Namespace) -> None:
     roi = tuple(wf.parser.get_parsed_content("roi_size"))
     windows = [0]
     network.register_forward_pre_hook(lambda m, a: windows.__setitem__(0, windows[0] + int(a[0].shape[0])))
+    if hasattr(network, "write_scan_memory"):  # the scan view's pass is not a forward call: count it too
+        write = network.write_scan_memory
+
+        def counted_write(view, *rest, **kwargs):
+            windows[0] += int(view.shape[0])
+            return write(view, *rest, **kwargs)
+
+        network.write_scan_memory = counted_write
     t0 = time.perf_counter()
     wf.run()
     seconds = time.perf_counter() - t0
@@ -124,10 +138,8 @@ def peak_rss_bytes() -> int:
     the child's, so a child started by a parent that held 4 GiB reports at least that much.
     """
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+        return proc_status_kib("VmHWM") * 1024
+    except (OSError, ValueError):
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
@@ -136,16 +148,14 @@ def peak_rss_bytes() -> int:
 def window_flops(model, roi) -> int:
     """Forward FLOPs of one window, counted in the parent process (so the children's peak RSS is the pipeline's)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
-    with FlopCounterMode(display=False) as counter:  # (under no_grad the counter's module tracker asserts)
-        box = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
-        model(torch.zeros(1, 1, *roi), roi_box=box)
-    return counter.get_total_flops()
+    box = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+    # (not under no_grad: there the counter's module tracker asserts)
+    return counted_flops(lambda: model(torch.zeros(1, 1, *roi), roi_box=box))
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=["tiny", "bcv"], default="tiny")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated XxYxZ (default {DEFAULT_SIZES})")
@@ -158,16 +168,74 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--scan_memory", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _save_models(work: Path, over: dict, passes: list[str]) -> int:
+    """Random weights of the network (and of its scan-memory form) into ``work/models``; returns the FLOPs of one
+    window."""
+    import torch
+
+    from monai_fine.networks import create_fine
+
+    (work / "models").mkdir()
+    preset, roi = over["preset"], over["roi_size"]
+    model = create_fine(preset, 1, 14, roi_size=roi, deep_supervision=True)
+    torch.save(model.state_dict(), work / "models" / "model.pt")
+    if "two" in passes:  # a scan-memory net has its memory encoder: its own random weights
+        scan_model = create_fine(preset, 1, 14, roi_size=roi, deep_supervision=True, memory="full+scan")
+        torch.save(scan_model.state_dict(), work / "models" / "model_scan.pt")
+        del scan_model
+    return window_flops(model, roi)
+
+
+def _measure(args, work: Path, over: dict, size, p: str, flops_window: int, peak_gflops: float) -> dict:
+    """One inference run (scan ``size``, pass ``p``) in a fresh child process: its row."""
+    import torch
+
+    cmd = [sys.executable, "-m", "benchmarks.bench_inference", "--child", "--work", str(work), "--overlap",
+           str(args.overlap), "--scan_memory", str(int(p == "two")), "--overrides", json.dumps(over),
+           "--spacing", *map(str, args.spacing)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
+    row = {"preset": args.preset, "size": "x".join(map(str, size)), "spacing": "x".join(map(str, args.spacing)),
+           "pass": p, "overlap": args.overlap, "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "machine": platform_cpu(), "matmul_peak_gflops_per_s": round(peak_gflops, 1)}  # fmt: skip
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not result:
+        row["status"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+        return row
+    r = json.loads(result[-1][len("RESULT "):])
+    gflops = flops_window * r["windows"] / 1e9
+    row.update({"roi": r["roi"], "seconds": round(r["seconds"], 2), "peak_rss_gib": round(r["peak_rss"] / 2**30, 3),
+                "windows": r["windows"], "gflops_window": round(flops_window / 1e9, 3), "gflops": round(gflops, 1),
+                "gflops_per_s": round(gflops / r["seconds"], 1),
+                "peak_fraction": round(gflops / r["seconds"] / peak_gflops, 3), "status": "ok"})  # fmt: skip
+    return row
+
+
+def _write(args, rows: list[dict], peak_gflops: float) -> None:
+    """``bench_inference_<preset>.csv`` and ``.md`` into ``--out``."""
+    import torch
+
+    out = Path(args.out)
+    stem = out / f"bench_inference_{args.preset}{'_quick' if args.quick else ''}"
+    write_csv(stem.with_suffix(".csv"), FIELDS, rows)
+    cols = ["size", "pass", "seconds", "peak_rss_gib", "windows", "gflops", "gflops_per_s", "peak_fraction", "status"]
+    lines = [f"Whole-scan inference, preset `{args.preset}`, spacing {args.spacing} mm, overlap {args.overlap}, "
+             f"{torch.get_num_threads()} threads, fp32 matmul peak {peak_gflops:.1f} GFLOP/s (measured in this run).",
+             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.md')}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = _parser().parse_args(argv)
     if args.child:
         child(args)
         return []
     if args.quick:
         args.sizes, args.spacing = "40x36x24", [4.0, 4.0, 4.0]
-    import torch
-
-    from monai_fine.networks import create_fine
-
     sizes = parse_sizes(args.sizes)
     passes = [p.strip() for p in args.passes.split(",") if p.strip()]
     if not set(passes) <= {"one", "two"}:
@@ -177,56 +245,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         work = Path(tmp)
-        (work / "models").mkdir()
-        kw = {k.split("#")[1]: v for k, v in over.items() if k.startswith("network_def#")}
-        roi = over.get("roi_size", [128, 128, 64] if args.preset == "bcv" else [64, 64, 32])
-        model = create_fine(args.preset, 1, 14, roi_size=roi, deep_supervision=True, **kw)
-        torch.save(model.state_dict(), work / "models" / "model.pt")
-        if "two" in passes:  # a scan-memory net has its memory encoder: its own random weights
-            scan_model = create_fine(args.preset, 1, 14, roi_size=roi, deep_supervision=True, scan_memory=True, **kw)
-            torch.save(scan_model.state_dict(), work / "models" / "model_scan.pt")
-            del scan_model
-        flops_window = window_flops(model, roi)
-        del model
+        flops_window = _save_models(work, over, passes)
         for size in sizes:
             write_scan(work / "scan.nii.gz", size, tuple(args.spacing))
             for p in passes:
-                cmd = [sys.executable, __file__, "--child", "--work", str(work), "--overlap", str(args.overlap),
-                       "--scan_memory", str(int(p == "two")), "--overrides", json.dumps(over),
-                       "--spacing", *map(str, args.spacing)]
-                env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                row = {"preset": args.preset, "size": "x".join(map(str, size)), "spacing": "x".join(map(str, args.spacing)),
-                       "pass": p, "overlap": args.overlap, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "machine": platform.processor() or platform.machine(),
-                       "matmul_peak_gflops_per_s": round(peak_gflops, 1)}
-                result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-                if proc.returncode != 0 or not result:
-                    row["status"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
-                else:
-                    r = json.loads(result[-1][len("RESULT "):])
-                    gflops = flops_window * r["windows"] / 1e9
-                    row.update({"roi": r["roi"], "seconds": round(r["seconds"], 2),
-                                "peak_rss_gib": round(r["peak_rss"] / 2**30, 3), "windows": r["windows"],
-                                "gflops_window": round(flops_window / 1e9, 3), "gflops": round(gflops, 1),
-                                "gflops_per_s": round(gflops / r["seconds"], 1),
-                                "peak_fraction": round(gflops / r["seconds"] / peak_gflops, 3), "status": "ok"})
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench_inference_{args.preset}{'_quick' if args.quick else ''}"
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    cols = ["size", "pass", "seconds", "peak_rss_gib", "windows", "gflops", "gflops_per_s", "peak_fraction", "status"]
-    lines = [f"Whole-scan inference, preset `{args.preset}`, spacing {args.spacing} mm, overlap {args.overlap}, "
-             f"{torch.get_num_threads()} threads, fp32 matmul peak {peak_gflops:.1f} GFLOP/s (measured in this run).",
-             "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {stem.with_suffix('.csv')} and {stem.with_suffix('.md')}")
+                rows.append(_measure(args, work, over, size, p, flops_window, peak_gflops))
+                print(json.dumps(rows[-1]), flush=True)
+    _write(args, rows, peak_gflops)
     return rows
 
 

@@ -9,7 +9,7 @@ network, loss and optimizer (copies, so the bundle's training is not perturbed) 
 the batch's shape and one on the same tensors as ``MetaTensor`` (what the network and loss would cost if the batch's
 metadata travelled with them). The three alternate in one process (their order rotated every round) so that a drift
 of the machine's speed hits them alike; the ratio bundle/bare is the median of the per-round ratios with its
-distribution-free interval (``bench_network.paired_ratio``).
+distribution-free interval (``common.paired_ratio``).
 
 Parts of a bundle iteration (their means add up to the total's mean; ``other`` is the rest: Ignite's loop and MONAI's
 bookkeeping between the events; a handler of one of the trainer's ``IterationEvents`` counts in the part it ends):
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import inspect
 import json
 import statistics
@@ -47,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_network import RESULTS_DIR, cpu_name, interval_verdict, paired_ratio
+from benchmarks.common import RESULTS_DIR, cpu_name, interval_verdict, paired_ratio, timed_calls, write_csv
 
 __all__ = ["CSV_FIELDS", "PARTS", "QUICK", "SETTINGS", "BareSteps", "LoopTimer", "build_trainer", "main", "markdown",
            "measure", "setting_overrides", "summarize"]  # fmt: skip
@@ -66,11 +65,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "overrides": {"preset": "bcv", "roi_size": [128, 128, 64]}, "epoch_length": 18, "val_every": 10,
     },
 }  # fmt: skip
-#: --quick: both settings with the tiny test network on small volumes
+#: --quick: both settings with the ``test`` preset (the smallest FINE) on small volumes
 QUICK: dict[str, dict[str, Any]] = {
     name: {**cfg, "num_cases": 4, "shape": (48, 48, 32), "spacing": (4.0, 4.0, 4.0),
-           "overrides": {**cfg["overrides"], "preset": "tiny", "roi_size": [32, 32, 16], "network_def#feature_size": 12,
-                         "network_def#num_heads": [1, 2, 2, 4], "pixdim": [4.0, 4.0, 4.0]}}
+           "overrides": {**cfg["overrides"], "preset": "test", "roi_size": [32, 32, 16], "pixdim": [4.0, 4.0, 4.0]}}
     for name, cfg in SETTINGS.items()
 }  # fmt: skip
 CSV_FIELDS = ("setting", "measure", "median_ms", "p90_ms", "mean_ms", "share_of_bundle", "n", "ratio", "low", "high",
@@ -88,12 +86,12 @@ def _demo_defaults() -> dict[str, Any]:
 def setting_overrides(cfg: dict[str, Any], data_dir: Path, root: Path, rounds: int, warmup: int) -> dict[str, Any]:
     """Bundle overrides of a setting: its tunables, the phantom's paths, and one epoch of the measured iterations
     with validation out of the loop (it is timed on its own)."""
-    from monai_fine.demo import _demo_overrides
+    from monai_fine.demo import demo_overrides
 
     over: dict[str, Any] = {"bundle_root": str(root), "dataset_dir": str(data_dir), "resume": False}
     if cfg["demo"]:
         d = _demo_defaults()
-        over.update(_demo_overrides(root, data_dir, roi_size=d["roi_size"], device=None, preset=d["preset"],
+        over.update(demo_overrides(root, data_dir, roi_size=d["roi_size"], device=None, preset=d["preset"],
                                     memory=d["memory"], scan_memory=d["scan_memory"], num_workers=d["num_workers"],
                                     seed=d["seed"]))  # fmt: skip
         over.update(num_samples=d["num_samples"], crop_sampler=d["crop_sampler"], optimizer_name=d["optimizer_name"],
@@ -253,14 +251,6 @@ def _arming_prepare(engine, bare: BareSteps) -> None:
     engine.prepare_batch = arm_once
 
 
-def _timed_once(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
-
-
 def measure(cfg: dict[str, Any], rounds: int, warmup: int, device: str | None, work: Path) -> dict[str, Any]:
     """Run one setting: ``warmup + rounds`` bundle iterations interleaved with the bare steps, then one validation;
     returns the per-iteration times (warm-up dropped) and the once-per-epoch costs."""
@@ -287,7 +277,7 @@ def measure(cfg: dict[str, Any], rounds: int, warmup: int, device: str | None, w
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _e: epoch_end.setdefault("t1", time.perf_counter()))
     trainer.run()
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
-    validation_s = _timed_once(lambda: evaluator.run(), sync)
+    validation_s = timed_calls(lambda: evaluator.run(), 1, sync)[0][0]
     rows = timer.rows[warmup:]
     n = min(len(rows), len(bare.times["bare"]) - warmup, len(bare.times["bare_meta"]) - warmup)
     return {"rows": rows[:n], "bare": bare.times["bare"][warmup:warmup + n],
@@ -425,11 +415,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print("BENCH_PIPELINE " + json.dumps({"setting": name, "rows": at, "times_s": times}), flush=True)
         rows += at
     out = Path(args.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out, CSV_FIELDS, rows)
     md = markdown(rows, "python -m benchmarks.bench_pipeline " + " ".join(sys.argv[1:] if argv is None else argv))
     out.with_suffix(".md").write_text(md + "\n")
     print(md)

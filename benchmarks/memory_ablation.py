@@ -11,16 +11,17 @@ Arms (one network each, steps interleaved, order rotated every round, as ``bench
   stage has volume tokens, which run as ``none`` (a design option for small crops; the arm is left out when no stage
   qualifies, e.g. ``fine_bcv`` at 96x96x64 and larger).
 
-The arms switch the flags :class:`~monai_fine.networks.blocks.transformer.FineBlock` resolves in ``__init__``; they
-are ablations for a benchmark, not configurations of the package. Each row gives the training-step FLOPs and the
-median of the per-round time ratios to ``none`` with its distribution-free 95 % interval.
+Each arm is a network built for it (:func:`arm_memory`): a memory configuration of ``MEMORY_CONFIGS`` with parts
+switched off (``MEMORY_CONFIGS["full"].without(...)``) or a memory per stage (``stage_memory``). Each row gives the
+training-step FLOPs and the median of the per-round time ratios to ``none`` with its distribution-free 95 %
+interval.
 
 ``--stage I`` times encoder stage ``I`` alone instead (forward and backward of the stage on random visual tokens,
 first four arms), which separates a stage's few-token products from the rest of the step; ``--own-projections``
 builds ``share_memory_attention=False`` (V-MSA and G-MSA with their own weights, the official design).
 
-    python benchmarks/memory_ablation.py --roi 64x64x32 --rounds 24
-    python benchmarks/memory_ablation.py --roi 64x64x32 --stage 3 --rounds 40
+    python -m benchmarks.memory_ablation --roi 64x64x32 --rounds 24
+    python -m benchmarks.memory_ablation --roi 64x64x32 --stage 3 --rounds 40
 """
 
 from __future__ import annotations
@@ -28,48 +29,47 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_network import (
+from benchmarks.common import (
     ROI_BOX,
-    _parse_roi,
-    _register_cpu_sdpa_flops,
-    _roi_str,
+    counted_flops,
     cpu_name,
+    fine_model,
+    fine_network,
+    interleaved_times,
+    markdown_table,
     median_interval,
+    parse_roi,
+    register_cpu_sdpa_flops,
+    roi_str,
+    stage_inputs,
     train_step,
 )
-from memory_flops import fine_model, stage_inputs, table
+
+__all__ = ["ARMS", "arm_memory", "interleaved", "main", "markdown", "run", "run_stage", "stage_markdown"]
 
 ARMS = ("none", "full", "full, no V-MSA", "full, no V-MSA, no G-MSA", "full, no memory where V > visual")
 
 
-def _switch_off(net, arm: str, x, fwd_kwargs: dict) -> list[str]:
-    """Switch off the parts ``arm`` leaves out; returns the stages run without memory (last arm)."""
-    from monai_fine.networks.blocks.transformer import FineBlock
+def arm_memory(arm: str, stage_shapes: dict[str, tuple[int, ...]] | None = None, memory_size: int = 0):
+    """The network keywords of ``arm`` and the stages it runs without memory (the last arm: every encoder stage, and
+    with it its decoder stage, whose ``stage_shapes`` (visual tokens of the ``full`` network, :func:`stage_inputs`)
+    hold fewer tokens than the ``memory_size`` volume tokens of a stage)."""
+    from monai_fine.networks import MEMORY_CONFIGS
 
-    for blk in net.modules():
-        if isinstance(blk, FineBlock):
-            if arm in ("full, no V-MSA", "full, no V-MSA, no G-MSA"):
-                blk.volume_attention = False
-            if arm == "full, no V-MSA, no G-MSA":
-                blk.global_attention = False
-    dropped = []
-    if arm == "full, no memory where V > visual":
-        for name, shape in stage_inputs(net.eval(), x, fwd_kwargs).items():
-            stage = net.get_submodule(name)
-            if math.prod(shape[1:4]) < stage.memory_size:
-                stage.window_tokens = stage.volume_tokens = None  # the stage then runs as "none"
-                stage.num_window_tokens = 0
-                for blk in stage.blocks:
-                    blk.volume_attention = blk.global_attention = False
-                dropped.append(name)
-    return dropped
+    full = MEMORY_CONFIGS["full"]
+    if arm == "none":
+        return {"memory": "none"}, []
+    if arm == "full":
+        return {"memory": "full"}, []
+    if arm == "full, no V-MSA":
+        return {"memory": full.without("volume_attention")}, []
+    if arm == "full, no V-MSA, no G-MSA":
+        return {"memory": full.without("volume_attention", "global_attention")}, []
+    dropped = [name for name, shape in (stage_shapes or {}).items() if math.prod(shape[1:4]) < memory_size]
+    encoders = sorted(n for n in stage_shapes or {} if n.startswith("encoder_stages."))
+    stage_memory = ["none" if name in dropped else "full" for name in encoders]
+    return {"memory": "full", "stage_memory": stage_memory}, dropped
 
 
 def interleaved(calls: dict, rounds: int, warmup: int) -> dict[str, dict]:
@@ -79,16 +79,9 @@ def interleaved(calls: dict, rounds: int, warmup: int) -> dict[str, dict]:
     for _ in range(max(0, warmup)):
         for call in calls.values():
             call()
-    arms = list(calls)
-    times: dict[str, list[float]] = {a: [] for a in arms}
-    for i in range(rounds):
-        k = i % len(arms)
-        for arm in arms[k:] + arms[:k]:
-            start = time.perf_counter()
-            calls[arm]()
-            times[arm].append(time.perf_counter() - start)
+    times = interleaved_times(calls, rounds, "rotate")
     out = {}
-    for arm in arms:
+    for arm in calls:
         ratio, low, high, _ = median_interval([t / b for t, b in zip(times[arm], times["none"])])
         out[arm] = {"median_s": statistics.median(times[arm]), "ratio": ratio, "low": low, "high": high}
     return out
@@ -98,23 +91,21 @@ def run(preset: str, roi: tuple[int, int, int], rounds: int, warmup: int = 2) ->
     """Rows per arm: ``arm``, ``flops_train_step`` (and ``gflops_train_step``), ``dropped`` stages and the timing of
     :func:`interleaved`."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    _register_cpu_sdpa_flops()
+    register_cpu_sdpa_flops()
     torch.manual_seed(0)
     x = torch.randn(1, 1, *roi)
     label = torch.randint(0, 14, (1, 1, *roi)).float()
-    steps, rows = {}, {}
+    steps, rows, shapes, memory_size = {}, {}, None, 0
     for arm in ARMS:
-        mode = "none" if arm == "none" else "full"
-        net, loss_fn, kwargs = fine_model(preset, mode, roi)
-        dropped = _switch_off(net, arm, x, kwargs)
+        memory, dropped = arm_memory(arm, shapes, memory_size)
         if arm == ARMS[-1] and not dropped:
             continue
+        net, loss_fn, kwargs = fine_model(preset, **memory, roi=roi)
+        if arm == "full":  # the visual tokens per stage, for the last arm
+            shapes, memory_size = stage_inputs(net.eval(), x, kwargs), net.memory_size
         steps[arm] = train_step(net.train(), loss_fn, kwargs, x, label)
-        with FlopCounterMode(display=False) as counter:
-            steps[arm]()
-        flops = counter.get_total_flops()
+        flops = counted_flops(steps[arm])
         rows[arm] = {"arm": arm, "flops_train_step": flops, "gflops_train_step": flops / 1e9, "dropped": dropped}
     timed = interleaved(steps, rounds, warmup - 1)  # the FLOP count was the first warm-up step
     return [{**rows[arm], **timed[arm]} for arm in steps]
@@ -132,18 +123,13 @@ def run_stage(
     backward, and the paired time ratio to ``none``; ``shape`` its visual tokens."""
     import torch
 
-    from monai_fine.networks.nets.fine import fine_bcv, fine_tiny
-
-    factory = fine_bcv if preset == "bcv" else fine_tiny
     torch.manual_seed(0)
     x = torch.randn(1, 1, *roi)
     box = torch.tensor([ROI_BOX])
     calls, shape = {}, None
     for arm in ARMS[:4]:
-        net = factory(1, 14, memory="none" if arm == "none" else "full", roi_size=roi,
-                      share_memory_attention=not own_projections)  # fmt: skip
-        net.memory_visits.fill_(1)  # every cell seen, as in bench_network.build_model
-        _switch_off(net, arm, x, {"roi_box": box})
+        memory, _ = arm_memory(arm)
+        net = fine_network(preset, memory["memory"], roi, share_memory_attention=not own_projections)
         if shape is None:  # the same in every arm: one forward finds it
             shape = stage_inputs(net.eval(), x, {"roi_box": box})[f"encoder_stages.{stage_index}"]
         stage = net.encoder_stages[stage_index].train()
@@ -164,7 +150,7 @@ def stage_markdown(preset: str, roi, stage_index: int, rounds: int, own: bool, r
     shape = rows[0]["shape"]
     tokens = "x".join(map(str, shape[1:4]))
     title = (
-        f"fine_{preset} at {_roi_str(roi)}: encoder stage {stage_index} alone ({tokens} tokens, C {shape[4]}), forward "
+        f"fine_{preset} at {roi_str(roi)}: encoder stage {stage_index} alone ({tokens} tokens, C {shape[4]}), forward "
         f"and backward, {rounds} rounds, {cpu_name()}, {torch.get_num_threads()} threads"
         + (", own V-MSA/G-MSA projections" if own else "")
     )
@@ -173,7 +159,7 @@ def stage_markdown(preset: str, roi, stage_index: int, rounds: int, own: bool, r
     cells = [
         [r["arm"], f"{1000 * r['median_s']:.1f}", f"{1000 * (r['median_s'] - base):.1f}", _ratio_cell(r)] for r in rows
     ]
-    return "\n".join([title, ""] + table(header, cells))
+    return "\n".join([title, ""] + markdown_table(header, cells))
 
 
 def _ratio_cell(row: dict) -> str:
@@ -185,7 +171,7 @@ def markdown(preset: str, roi: tuple[int, int, int], rounds: int, rows: list[dic
 
     none = rows[0]["gflops_train_step"]
     threads = torch.get_num_threads()
-    title = f"fine_{preset} at {_roi_str(roi)}, batch 1, {rounds} rounds, {cpu_name()}, {threads} threads"
+    title = f"fine_{preset} at {roi_str(roi)}, batch 1, {rounds} rounds, {cpu_name()}, {threads} threads"
     header = ["arm", "train-step GFLOPs", "FLOPs / none", "median step s",
               "time / none: median per-round ratio [95 % interval]"]  # fmt: skip
     cells = [
@@ -198,13 +184,13 @@ def markdown(preset: str, roi: tuple[int, int, int], rounds: int, rows: list[dic
         ]
         for r in rows
     ]
-    return "\n".join([title, ""] + table(header, cells))
+    return "\n".join([title, ""] + markdown_table(header, cells))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
-    parser.add_argument("--roi", type=_parse_roi, default=(64, 64, 32), metavar="XxYxZ")
+    parser.add_argument("--roi", type=parse_roi, default=(64, 64, 32), metavar="XxYxZ")
     parser.add_argument("--rounds", type=int, default=24, help="interleaved rounds (one step per arm each)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm (the first counts FLOPs)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

@@ -18,45 +18,26 @@ backward, one more ``V^2 C`` and ``S^2 C`` per block. None of the terms depends 
 crop the V-MSA and G-MSA of the deep stages (``C`` up to 1536 with ``fine_bcv``) are a fixed cost beside a handful of
 visual tokens.
 
-    python benchmarks/memory_flops.py                                    # fine_bcv, the sweep's three crops
-    python benchmarks/memory_flops.py --preset tiny --rois 64x64x32 128x128x64
+    python -m benchmarks.memory_flops                                  # fine_bcv, the sweep's three crops
+    python -m benchmarks.memory_flops --preset tiny --rois 64x64x32 128x128x64
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (
+    SWEEP_ROIS,
+    fine_model,
+    markdown_table,
+    parse_roi,
+    register_cpu_sdpa_flops,
+    roi_str,
+    stage_inputs,
+)
 
-from bench_network import SWEEP_ROIS, _parse_roi, _register_cpu_sdpa_flops, _roi_str, build_model
-
-
-def stage_inputs(net, x, fwd_kwargs: dict) -> dict[str, tuple[int, ...]]:
-    """``{stage name: (B, X, Y, Z, C)}``: the visual tokens each FINE stage receives in one forward of ``net``."""
-    import torch
-
-    from monai_fine.networks.blocks.transformer import FineStage
-
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def record(name: str):
-        def hook(module, args, output) -> None:  # returns None: the output stays as it is
-            shapes[name] = tuple(int(s) for s in args[0].shape)
-
-        return hook
-
-    hooks = [m.register_forward_hook(record(name)) for name, m in net.named_modules() if isinstance(m, FineStage)]
-    try:
-        with torch.no_grad():
-            net(x, **fwd_kwargs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
+__all__ = ["closed_form_extra", "main", "markdown", "stage_flops"]
 
 
 def closed_form_extra(
@@ -100,12 +81,6 @@ def closed_form_extra(
     return 2 * B * train_macs
 
 
-def fine_model(preset: str, mode: str, roi: tuple[int, int, int]):
-    """``bench_network.build_model`` for one FINE crop of batch 1: network, loss, forward keyword arguments."""
-    net, loss_fn, kwargs, _ = build_model({"model": "fine", "preset": preset, "memory": mode, "batch": 1, "roi": roi})
-    return net, loss_fn, kwargs
-
-
 def stage_flops(preset: str, roi: tuple[int, int, int]) -> list[dict]:
     """Per FINE stage at ``roi`` (batch 1, the benchmark's inputs): training-step FLOPs of ``none`` and ``full``
     counted by ``FlopCounterMode``, and the closed-form extra; the last row is the whole step."""
@@ -114,7 +89,7 @@ def stage_flops(preset: str, roi: tuple[int, int, int]) -> list[dict]:
 
     from monai_fine.networks.blocks.window import window_geometry
 
-    _register_cpu_sdpa_flops()
+    register_cpu_sdpa_flops()
     counted: dict[str, dict[str, int]] = {}
     for mode in ("none", "full"):
         torch.manual_seed(0)
@@ -151,11 +126,6 @@ def stage_flops(preset: str, roi: tuple[int, int, int]) -> list[dict]:
     return rows
 
 
-def table(header: list[str], cells: list[list[str]]) -> list[str]:
-    """Markdown table lines."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(c) + " |" for c in cells]
-
-
 def markdown(preset: str, roi: tuple[int, int, int], rows: list[dict]) -> str:
     step = rows[-1]["none"]
     header = ["stage", "tokens", "C", "windows", "volume tokens", "none GFLOPs", "full GFLOPs", "extra counted",
@@ -176,14 +146,14 @@ def markdown(preset: str, roi: tuple[int, int, int], rows: list[dict]) -> str:
         ]
         for r in rows
     ]
-    title = f"fine_{preset} at {_roi_str(roi)}, batch 1: training-step GFLOPs (FlopCounterMode) and what `full` adds"
-    return "\n".join([title, ""] + table(header, cells))
+    title = f"fine_{preset} at {roi_str(roi)}, batch 1: training-step GFLOPs (FlopCounterMode) and what `full` adds"
+    return "\n".join([title, ""] + markdown_table(header, cells))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
-    parser.add_argument("--rois", nargs="+", type=_parse_roi, default=list(SWEEP_ROIS), metavar="XxYxZ")
+    parser.add_argument("--rois", nargs="+", type=parse_roi, default=list(SWEEP_ROIS), metavar="XxYxZ")
     args = parser.parse_args(argv)
     for roi in args.rois:
         rows = stage_flops(args.preset, tuple(roi))

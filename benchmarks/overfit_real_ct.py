@@ -6,14 +6,13 @@ on the same scan, so the Dice it reaches says that data loading, orientation, sp
 sliding-window inference and the inversion back onto the scan's grid fit together. The scan is one patient; never
 read it as generalisation.
 
-    python benchmarks/overfit_real_ct.py --data ../shared/data/totalseg_ct --out runs/overfit_real_ct --iterations 800
+    python -m benchmarks.overfit_real_ct --data ../shared/data/totalseg_ct --out runs/overfit_real_ct --iterations 800
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -21,8 +20,28 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import platform_cpu
 from monai_fine.bundle_tools import run_bundle
 from monai_fine.reports import organ_table
+
+
+def _summary(
+    argv: list[str], args, epochs: int, minutes: float, rows: list[dict], mean: float, present: int
+) -> list[str]:
+    """The per-organ table of ``summary.md``."""
+    lines = [
+        "# Overfitting one real CT (example_ct, train = evaluation scan)",
+        "",
+        f"Command: `python -m benchmarks.overfit_real_ct {' '.join(argv)}`",
+        f"Machine: {platform_cpu()}, torch threads {torch.get_num_threads()}; "
+        f"{args.iterations} iterations ({epochs} x {args.epoch_length}), training {minutes:.1f} min",
+        "",
+        "| label | organ | Dice | HD95 mm |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['label']} | {r['organ']} | {r['dice']:.3f} | {r['hd95_mm']:.1f} |" for r in rows]
+    lines.append(f"| | mean over the {present} organs present | {mean:.3f} | |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,26 +83,22 @@ def main(argv: list[str] | None = None) -> dict:
     epochs = max(1, args.iterations // args.epoch_length)
     t0 = time.time()
     run_bundle(
-        ["train.json"], "train", max_epochs=epochs, epoch_length=args.epoch_length, val_interval=epochs,
-        optimizer_name=args.optimizer_name, learning_rate=args.learning_rate, crop_sampler=args.crop_sampler, **common,
+        ["train.json"],
+        "train",
+        max_epochs=epochs,
+        epoch_length=args.epoch_length,
+        val_interval=epochs,
+        optimizer_name=args.optimizer_name,
+        learning_rate=args.learning_rate,
+        crop_sampler=args.crop_sampler,
+        **common,
     )
     minutes = (time.time() - t0) / 60
     run_bundle(["train.json", "evaluate.json"], "eval", checkpoint=str(out / "models" / "model_final.pt"), **common)
     rows = organ_table(out / "eval")
     present = [r for r in rows if r["dice"] == r["dice"]]
     mean = sum(r["dice"] for r in present) / len(present)
-    lines = [
-        "# Overfitting one real CT (example_ct, train = evaluation scan)",
-        "",
-        f"Command: `python benchmarks/overfit_real_ct.py {' '.join(argv)}`",
-        f"Machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "
-        f"{args.iterations} iterations ({epochs} x {args.epoch_length}), training {minutes:.1f} min",
-        "",
-        "| label | organ | Dice | HD95 mm |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {r['label']} | {r['organ']} | {r['dice']:.3f} | {r['hd95_mm']:.1f} |" for r in rows]
-    lines.append(f"| | mean over the {len(present)} organs present | {mean:.3f} | |")
+    lines = _summary(argv, args, epochs, minutes, rows, mean, len(present))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return {"mean_dice": mean, "minutes": minutes, "rows": rows}

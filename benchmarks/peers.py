@@ -40,15 +40,41 @@ from collections.abc import Sequence
 
 __all__ = [
     "BTCV_SPACING",
-    "nnunet_plan",
-    "nnunet_dynunet",
-    "swinunetr",
-    "ds_outputs",
     "ds_loss_weights",
+    "ds_outputs",
+    "nnunet_dynunet",
+    "nnunet_plan",
     "permute_rearrange",
+    "swinunetr",
 ]
 
 BTCV_SPACING = (0.76, 0.76, 3.0)  # mm, x y z: the BTCV median spacing nnU-Net resamples to
+
+
+def _pooling(patch_size: Sequence[int], spacing: Sequence[float], min_edge: int) -> tuple[list, list]:
+    """nnU-Net's pooling steps (module docstring, item 2): the kernel and the stride of every stage but the
+    bottleneck, ``strides[0]`` being ``[1, 1, 1]``."""
+    dim = len(spacing)
+    cur_spacing, cur_size = [float(s) for s in spacing], [float(p) for p in patch_size]
+    kernel = [1] * dim
+    kernels, strides = [], [[1] * dim]
+    while True:
+        axes = [a for a in range(dim) if cur_size[a] >= 2 * min_edge]
+        if not axes:
+            break
+        finest = min(cur_spacing[a] for a in axes)
+        axes = [a for a in axes if cur_spacing[a] / finest < 2]
+        if len(axes) == 1 and cur_size[axes[0]] < 3 * min_edge:
+            break
+        finest_all = min(cur_spacing)
+        kernel = [3 if kernel[a] == 3 or cur_spacing[a] / finest_all < 2 else 1 for a in range(dim)]
+        stride = [2 if a in axes else 1 for a in range(dim)]
+        for a in axes:
+            cur_spacing[a] *= 2
+            cur_size[a] = -(-cur_size[a] // 2)
+        kernels.append(list(kernel))
+        strides.append(stride)
+    return kernels, strides
 
 
 def nnunet_plan(
@@ -77,25 +103,7 @@ def nnunet_plan(
     if len(patch_size) != len(spacing) or min(patch_size) < 1 or min(spacing) <= 0:
         raise ValueError(f"patch_size {tuple(patch_size)} and spacing {tuple(spacing)}: need equal lengths, > 0.")
     dim = len(spacing)
-    cur_spacing, cur_size = [float(s) for s in spacing], [float(p) for p in patch_size]
-    kernel = [1] * dim
-    kernels, strides = [], [[1] * dim]
-    while True:
-        axes = [a for a in range(dim) if cur_size[a] >= 2 * min_edge]
-        if not axes:
-            break
-        finest = min(cur_spacing[a] for a in axes)
-        axes = [a for a in axes if cur_spacing[a] / finest < 2]
-        if len(axes) == 1 and cur_size[axes[0]] < 3 * min_edge:
-            break
-        finest_all = min(cur_spacing)
-        kernel = [3 if kernel[a] == 3 or cur_spacing[a] / finest_all < 2 else 1 for a in range(dim)]
-        stride = [2 if a in axes else 1 for a in range(dim)]
-        for a in axes:
-            cur_spacing[a] *= 2
-            cur_size[a] = -(-cur_size[a] // 2)
-        kernels.append(list(kernel))
-        strides.append(stride)
+    kernels, strides = _pooling(patch_size, spacing, min_edge)
     kernels.append([3] * dim)  # the bottleneck
     total = [1] * dim
     for s in strides:

@@ -1,32 +1,33 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """Peak RSS of the sliding window alone: ``FINEInferer`` (+ the bundle's float16 ``CastStitchInferer``) over a
-random 512x512x200 MetaTensor with the ``tiny`` preset (random weights), overlap 0; prints RSS and VmHWM in GiB.
+random 512x512x200 MetaTensor with the ``tiny`` preset (random weights, windows of 64x64x32), overlap 0; prints RSS
+and VmHWM in GiB.
 
-    python benchmarks/stitch_memory.py [float16|float32]
+    python -m benchmarks.stitch_memory [float16|float32]
 
-The whole bundle pipeline (load, preprocessing, post-processing, writing) is measured by ``bench_inference.py``.
+The whole bundle pipeline (load, preprocessing, post-processing, writing) is measured by ``bench_inference``.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 
 import torch
 from monai.data import MetaTensor
 
-from monai_fine.inferers import CastStitchInferer, FINEInferer
+from benchmarks.common import proc_status_kib
+from monai_fine.inferers import FINEInferer
 from monai_fine.networks import create_fine
 
 
 def _status(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{key}:\s+(\d+)", f.read()).group(1)) / 2**20
+    """``VmRSS`` or ``VmHWM`` in GiB."""
+    return proc_status_kib(key) / 2**20
 
 
 def main(dtype: str = "float16") -> None:
-    net = create_fine("tiny", 1, 14).eval()
+    net = create_fine("tiny", 1, 14, roi_size=(64, 64, 32)).eval()
     x = MetaTensor(torch.rand(1, 1, 512, 512, 200))
     print(f"input ready: RSS {_status('VmRSS'):.2f} GiB, peak {_status('VmHWM'):.2f} GiB", flush=True)
     inferer = CastStitchInferer(FINEInferer(roi_size=net.roi_size, overlap=0.0, sw_batch_size=2), dtype=dtype)

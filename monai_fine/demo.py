@@ -16,7 +16,7 @@ from monai_fine.bundle_tools import run_bundle
 from monai_fine.data.phantom import PHANTOM, phantom
 from monai_fine.reports import case_name, format_organ_table, nanmean, organ_table, overlay_png, training_png
 
-__all__ = ["demo"]
+__all__ = ["demo", "demo_overrides"]
 
 
 def demo(
@@ -69,7 +69,7 @@ def demo(
     t0 = time.time()
     out_dir = Path(out).resolve()
     data_dir = _demo_data(out_dir, num_cases=num_cases, seed=seed, shape=shape)
-    common = _demo_overrides(out_dir, data_dir, preset=preset, memory=memory, scan_memory=scan_memory,
+    common = demo_overrides(out_dir, data_dir, preset=preset, memory=memory, scan_memory=scan_memory,
                              num_workers=num_workers, seed=seed, roi_size=roi_size, device=device)
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
     val_interval = max_epochs if val_interval is None else min(int(val_interval), max_epochs)  # at least one validation
@@ -92,7 +92,7 @@ def _demo_data(out_dir: Path, num_cases: int, seed: int, shape: Sequence[int]) -
     return data_dir
 
 
-def _demo_overrides(out_dir: Path, data_dir: Path, roi_size: Sequence[int], device: str | None, **tunables: Any) -> dict:
+def demo_overrides(out_dir: Path, data_dir: Path, roi_size: Sequence[int], device: str | None, **tunables: Any) -> dict:
     """Bundle overrides shared by the demo's training, evaluation and inference (phantom spacing 3 mm)."""
     common: dict[str, Any] = dict(bundle_root=str(out_dir), dataset_dir=str(data_dir), pixdim=list(PHANTOM.spacing))
     common.update({k: v for k, v in tunables.items() if v is not None})  # None: the bundle's default

@@ -31,8 +31,7 @@ With ``--dataset_dir`` (e.g. BTCV with ``dataset_0.json``) the same runs use tha
     python -m monai_fine context_ablation --dataset_dir /data/btcv --preset bcv --roi 128 128 64 \\
         --pixdim 0.76 0.76 3.0 --iterations 250000 --epoch_length 250 --device cuda --num_workers 8
 
-Also ``python benchmarks/context_ablation.py`` (a thin entry point). See ``benchmarks/README.md`` (section
-``context_ablation.py``).
+See ``benchmarks/README.md`` (section "The context ablation").
 """
 
 from __future__ import annotations

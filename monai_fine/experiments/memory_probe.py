@@ -13,8 +13,6 @@ If removing a part changes nothing, the network learned not to rely on it.
 
     python -m monai_fine memory_probe --run runs/context_ablation/runs/situs/seed0/full_scan \\
         --data runs/context_ablation/data_situs --memory full --scan_memory
-
-(``python benchmarks/memory_probe.py`` is a thin entry point to the same.)
 """
 
 from __future__ import annotations

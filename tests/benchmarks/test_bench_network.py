@@ -1,5 +1,5 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``benchmarks/bench_network.py --quick``: the crop-size sweep with the peers, end to end at tiny sizes."""
+"""``python -m benchmarks.bench_network --quick``: the crop-size sweep with the peers, end to end at tiny sizes."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow
 def test_quick_sweep(tmp_path):
     out = tmp_path / "sweep.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    script = ROOT / "benchmarks" / "bench_network.py"
-    cmd = [sys.executable, str(script), "--quick", "--threads", "1", "--paired", "3", "--csv", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_network", "--quick", "--threads", "1", "--paired", "3", "--csv", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out, newline="") as f:
@@ -40,7 +38,7 @@ def test_quick_sweep(tmp_path):
             assert float(r[key]) > 0, (r["config"], key, r[key])
 
     # the DynUNet rows are nnU-Net's plan at each crop, with the filters asked for
-    from peers import nnunet_dynunet
+    from benchmarks.peers import nnunet_dynunet
 
     for r in rows:
         if r["config"].startswith("dynunet"):
@@ -93,7 +91,7 @@ def _coverage_by_enumeration(n: int, k: int) -> float:
     [(6, 1), (10, 2), (20, 6), (30, 10)],
 )
 def test_median_interval_picks_the_tabulated_order_statistics(n, k):
-    from bench_network import median_interval
+    from benchmarks.common import median_interval
 
     values = [float(v) for v in range(100, 100 - n, -1)]  # unsorted input: descending
     med, low, high, coverage = median_interval(values)
@@ -109,7 +107,7 @@ def test_median_interval_picks_the_tabulated_order_statistics(n, k):
 
 
 def test_paired_verdict_reads_the_interval():
-    from bench_network import interval_verdict, paired_ratio
+    from benchmarks.common import interval_verdict, paired_ratio
 
     none = [10.0] * 10
     close = paired_ratio({"none": none, "full": [10.0 * r for r in (1.0, 1.02, 1.03, 1.04, 1.04, 1.05, 1.06, 1.08, 1.1, 1.2)]})

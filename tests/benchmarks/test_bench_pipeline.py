@@ -43,8 +43,7 @@ def _measures(parts: tuple[str, ...], per_it: dict[str, int], setting: str) -> l
 
 @pytest.mark.slow
 def test_quick_table_has_every_setting_part_and_ratio(quick_run):
-    from bench_pipeline import PARTS
-
+    from benchmarks.bench_pipeline import PARTS
     from monai_fine.engines import default_num_workers
 
     rows, lines, md = quick_run
@@ -66,7 +65,7 @@ def test_quick_table_has_every_setting_part_and_ratio(quick_run):
 
 @pytest.mark.slow
 def test_quick_parts_add_up_to_at_most_the_iteration(quick_run):
-    from bench_network import interval_verdict, median_interval
+    from benchmarks.common import interval_verdict, median_interval
 
     rows, lines, _ = quick_run
     for line in lines:

@@ -1,5 +1,5 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``benchmarks/gpu_report.py`` end to end in its ``--tiny`` CPU mode (so the prepared GPU run cannot rot), its time
+"""``python -m benchmarks.gpu_report`` end to end in its ``--tiny`` CPU mode (so the prepared GPU run cannot rot), its time
 budget and its error guard, and the nnU-Net plan the peers are built from."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_report.py"
 FILES = {
     "gpu_report.md",
     "gpu_report.json",
@@ -25,12 +24,11 @@ FILES = {
     "gpu_report_bundle.csv",
     "gpu_report.log",
 }
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(SCRIPT), "--out", str(out), "--tiny", *extra]
+    cmd = [sys.executable, "-m", "benchmarks.gpu_report", "--out", str(out), "--tiny", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -110,8 +108,9 @@ def test_error_in_one_configuration_is_recorded_and_the_run_goes_on(tmp_path):
     [((40, 30, 20), (16, 16, 8), 0.5), ((512, 100, 70), (128, 64, 64), 0.25), ((8, 8, 8), (16, 16, 8), 0.5)],
 )
 def test_num_windows_matches_monai_sliding_window(image, roi, overlap):
-    from gpu_report import num_windows
     from monai.inferers import sliding_window_inference
+
+    from benchmarks.gpu_report_sections import num_windows
 
     calls = []
 
@@ -126,7 +125,7 @@ def test_num_windows_matches_monai_sliding_window(image, roi, overlap):
 
 def test_nnunet_plan_for_btcv():
     """nnU-Net's 3d_fullres topology at the paper's crop, worked out by hand from nnU-Net v2's planner rules."""
-    from peers import ds_loss_weights, nnunet_dynunet, nnunet_plan
+    from benchmarks.peers import ds_loss_weights, nnunet_dynunet, nnunet_plan
 
     plan = nnunet_plan((128, 128, 64), (0.76, 0.76, 3.0))
     assert plan["strides"] == [[1, 1, 1], [2, 2, 1]] + [[2, 2, 2]] * 4
@@ -150,7 +149,8 @@ def test_swinunetr_without_einops(monkeypatch):
     reference output needs einops, which is not a dependency of this project: skipped without it)."""
     einops = pytest.importorskip("einops")
     from monai.networks.nets import swin_unetr
-    from peers import permute_rearrange, swinunetr
+
+    from benchmarks.peers import permute_rearrange, swinunetr
 
     x = torch.randn(2, 3, 4, 5, 6)
     for pattern in ("b c d h w -> b d h w c", "b d h w c -> b c d h w", "n c h w -> n h w c"):

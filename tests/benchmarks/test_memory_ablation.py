@@ -1,20 +1,15 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``benchmarks/memory_ablation.py``: each arm switches off what it says, checked by the FLOPs it saves against the
-closed form of ``benchmarks/memory_flops.py``."""
+"""``benchmarks.memory_ablation``: each arm switches off what it says, checked by the FLOPs it saves against the
+closed form of ``benchmarks.memory_flops``."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def test_arms_save_the_closed_form_flops_of_what_they_switch_off():
     import torch
-    from memory_ablation import ARMS, markdown, run
-    from memory_flops import stage_flops
+
+    from benchmarks.memory_ablation import ARMS, markdown, run
+    from benchmarks.memory_flops import stage_flops
 
     roi = (32, 32, 16)  # fine_tiny: the bottleneck has 2x2x1 = 4 visual tokens beside 16 volume tokens
     threads = torch.get_num_threads()
@@ -42,7 +37,7 @@ def test_arms_save_the_closed_form_flops_of_what_they_switch_off():
 
 
 def test_stage_timing_runs_the_first_four_arms_on_the_stage_alone():
-    from memory_ablation import ARMS, run_stage, stage_markdown
+    from benchmarks.memory_ablation import ARMS, run_stage, stage_markdown
 
     rows = run_stage("tiny", (32, 32, 16), 3, rounds=2, warmup=1, own_projections=True)
     assert [r["arm"] for r in rows] == list(ARMS[:4])

@@ -1,18 +1,12 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``benchmarks/memory_flops.py``: the closed form of what ``full`` adds to a training step, stage by stage, against
+"""``benchmarks.memory_flops``: the closed form of what ``full`` adds to a training step, stage by stage, against
 torch's ``FlopCounterMode`` counting the real forward and backward."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
 
 def test_closed_form_equals_the_counted_flops_in_every_stage():
-    from memory_flops import markdown, stage_flops
+    from benchmarks.memory_flops import markdown, stage_flops
 
     # 48x48x16 with fine_tiny: stage 2 (6x6x2) is padded to whole windows, the bottleneck (3x3x1) has one clipped
     # window; the shallow stages run the window tokens' MLP as its own call, the deep ones join it to the visual tokens

@@ -25,8 +25,8 @@ def test_one_view_per_scan_keeps_first_views_and_maps_crops():
     batch = {"image": torch.zeros(2, 1, 4, 4, 4), "label": torch.zeros(2, 1, 4, 4, 4), "roi_box": torch.zeros(2, 2, 3),
              "scan_id": torch.tensor([3, 3]), "scan_view": views[:2], "scan_view_box": boxes[:2]}
     _, _, args, kwargs = PrepareScanBatch()(batch, torch.device("cpu"))
-    assert args == () and set(kwargs) == {"roi_box", "scan_view", "scan_view_box", "scan_id"}
-    assert kwargs["scan_view"].shape == (1, 1, 2, 2, 2) and kwargs["scan_id"].tolist() == [0, 0]
+    assert args == () and set(kwargs) == {"roi_box", "scan_view", "scan_view_box", "scan_index"}
+    assert kwargs["scan_view"].shape == (1, 1, 2, 2, 2) and kwargs["scan_index"].tolist() == [0, 0]
     without = {k: v for k, v in batch.items() if not k.startswith("scan")}
     assert set(PrepareScanBatch()(without, torch.device("cpu"))[3]) == {"roi_box"}
 
