@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="--rois " + " ".join(roi_str(r) for r in SWEEP_ROIS) + " (the crop-size sweep)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke check of the script: tiny preset, 2 small crops, none/full, small peers, 1 step")
-    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
+    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every worker")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps (>= 1; the first counts FLOPs)")

@@ -79,7 +79,7 @@ def _watchdog(report: Report, hard_s: float, t0: float) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    p.add_argument("--tiny", action="store_true", help="CPU smoke run: fine_tiny, small crops, 1 step, 2 epochs")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke run: the tiny preset, small crops, 1 step, 2 epochs")
     p.add_argument("--device", default=None, help="default cuda (cpu with --tiny)")
     p.add_argument("--budget_s", type=float, default=420.0, help="time budget; what no longer fits is skipped")
     p.add_argument("--grace_s", type=float, default=50.0, help="hard stop at budget + grace (a hung step)")

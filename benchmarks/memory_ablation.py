@@ -189,7 +189,7 @@ def markdown(preset: str, roi: tuple[int, int, int], rounds: int, rows: list[dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
+    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS")
     parser.add_argument("--roi", type=parse_roi, default=(64, 64, 32), metavar="XxYxZ")
     parser.add_argument("--rounds", type=int, default=24, help="interleaved rounds (one step per arm each)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm (the first counts FLOPs)")

@@ -152,7 +152,7 @@ def markdown(preset: str, roi: tuple[int, int, int], rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="fine_bcv or fine_tiny")
+    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS")
     parser.add_argument("--rois", nargs="+", type=parse_roi, default=list(SWEEP_ROIS), metavar="XxYxZ")
     args = parser.parse_args(argv)
     for roi in args.rois:

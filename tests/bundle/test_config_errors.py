@@ -55,11 +55,11 @@ def _weights(root: Path, **kw) -> Path:
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"preset": "huge"}, "preset must be one of ['bcv', 'tiny'], got 'huge'."),
+        ({"preset": "huge"}, "preset must be one of ['bcv', 'test', 'tiny'], got 'huge'."),
         ({"memory": "fulll"}, "memory must be one of ('none', 'window', 'released', 'full'), got 'fulll'."),
         ({"crop_sampler": "random"}, "crop_sampler must be one of ['posneg', 'classes'], got 'random'."),
         ({"roi_size": [30, 32, 16]}, ("roi_size must be 3 positive multiples of the network stride [16, 16, 16] "
-                                      "(patch_size [2, 2, 2] x 2**3 for preset 'tiny'), got [30, 32, 16]; the nearest "
+                                      "(patch_size [2, 2, 2] x 2**3 for preset 'test'), got [30, 32, 16]; the nearest "
                                       "larger size it takes is [32, 32, 16].")),
         ({"roi_size": [32, 32]}, "roi_size must be 3 positive multiples of the network stride"),
         ({"scan_memory": "maybe"}, "scan_memory must be a boolean (true/True/1 or false/False/0), got 'maybe'"),

@@ -62,12 +62,12 @@ def test_network_rebuilt_from_recorded_weights(tmp_path):
         state = torch.load(weights, weights_only=True)
         net.load_state_dict(state)  # strict: same architecture as recorded
         assert net.memory == "window"
-        assert parser.get_parsed_content("preset") == "tiny" and list(parser.get_parsed_content("roi_size")) == [32, 32, 16]
+        assert parser.get_parsed_content("preset") == "test" and list(parser.get_parsed_content("roi_size")) == [32, 32, 16]
         # the recorded config travels on in the weights a training run writes
         assert torch.equal(net.state_dict()[CONFIG_BUFFER], state[CONFIG_BUFFER])
-    # no weights: the config decides (default preset bcv is too large to build here; tiny by override)
+    # no weights: the config decides (default preset bcv is too large to build here; test by override)
     parser = _parser("inference.json", tmp_path / "empty")
-    parser.config.update({"preset": "tiny"})
+    parser.config.update({"preset": "test"})
     assert parser.get_parsed_content("network_def").memory == "full"
     # runtime arguments follow the config, the architecture follows the weights
     net = load_network(weights, use_checkpoint=True)

@@ -82,7 +82,7 @@ def test_mlflow_run_has_losses_metrics_params_and_config(tracked_run, tmp_path):
     assert len(configs) == 1, artifacts
     local = client.download_artifacts(run.info.run_id, configs[0], str(tmp_path))
     config = json.loads(Path(local).read_text())
-    assert config["preset"] == "tiny" and config["max_epochs"] == 2 and config["roi_size"] == [32, 32, 16]
+    assert config["preset"] == "test" and config["max_epochs"] == 2 and config["roi_size"] == [32, 32, 16]
 
 
 def test_tensorboard_events_hold_training_loss_and_validation_dice(tracked_run):

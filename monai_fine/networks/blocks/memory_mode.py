@@ -98,8 +98,8 @@ MEMORY_CONFIGS: dict[str, MemoryMode] = {
 
 
 def memory_mode(memory: str | MemoryMode = "full", scan_memory: bool = False) -> MemoryMode:
-    """Resolve a ``memory`` argument (a mode of :data:`MEMORY_MODES`, a name of :data:`MEMORY_CONFIGS` or a
-    :class:`MemoryMode`) and ``scan_memory`` into one :class:`MemoryMode`.
+    """Resolve a ``memory`` argument (a mode of :data:`MEMORY_MODES`, a name of :data:`MEMORY_CONFIGS` such as
+    ``"full+scan"``, or a :class:`MemoryMode`) and ``scan_memory`` into one :class:`MemoryMode`.
 
     Raises:
         ValueError: an unknown name, or ``scan_memory=True`` with a mode other than ``"full"``, naming the value.
@@ -109,7 +109,7 @@ def memory_mode(memory: str | MemoryMode = "full", scan_memory: bool = False) ->
     elif memory in MEMORY_CONFIGS:
         mode = MEMORY_CONFIGS[memory]
     else:
-        raise ValueError(f"memory must be one of {MEMORY_MODES} (or a configuration of {sorted(MEMORY_CONFIGS)}), got {memory!r}.")
+        raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}.")
     if scan_memory and not mode.scan_memory:
         if not mode.volume_attention:
             raise ValueError(f"scan_memory=True needs memory='full', got memory={mode.memory!r}.")
