@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from monai_fine.networks.blocks.attention import AttentionRecorder
+from monai_fine.optional import require
 from monai_fine.networks.blocks.window import window_layout, window_partition, window_reverse
 
 __all__ = [
@@ -297,7 +298,7 @@ def draw_memory_map(
     """Axial and coronal slices of ``image`` ``(X, Y, Z)`` (RAS, voxel size ``spacing``) through ``center``, the
     per-cell map ``cells`` ``(gx, gy, gz)`` over them with each cell's value written in it, the cell grid, and the crop
     ``[start, stop)`` outlined in blue (as in the paper's Fig. 4); written as a PNG."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the memory-map picture")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

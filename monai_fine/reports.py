@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from monai_fine.labels import BTCV_LABELS, PROTOCOLS
+from monai_fine.optional import require
 
 __all__ = [
     "EVAL_METRIC_NAMES", "case_name", "format_organ_table", "label_colours", "nanmean", "organ_table", "overlay_png",
@@ -98,7 +99,7 @@ def format_organ_table(rows: list[dict[str, Any]], synapse8_rows: list[dict[str,
 def label_colours(num_classes: int = 14) -> np.ndarray:
     """RGBA colour of each label (row ``i`` for label ``i``; row 0, background, is transparent): matplotlib's tab20
     without its two greys, so no organ looks like CT grey. The overlay and its legend both index this table."""
-    import matplotlib
+    matplotlib = require("matplotlib", "the organ colours of the overlay picture")
 
     tab20 = [c for i, c in enumerate(matplotlib.colormaps["tab20"].colors) if i not in (14, 15)]
     colours = np.ones((num_classes, 4))
@@ -131,7 +132,7 @@ def overlay_png(
     Returns:
         ``{"slices": {"axial": z, "coronal": y}, "legend": [(label, organ, rgba), ...]}``: what was drawn.
     """
-    import matplotlib
+    matplotlib = require("matplotlib", "the overlay picture")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -184,7 +185,8 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     Raises:
         FileNotFoundError: ``log_dir`` holds no event file.
     """
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    events = require("tensorboard.backend.event_processing.event_accumulator", "reading the training curve")
+    SCALARS, EventAccumulator = events.SCALARS, events.EventAccumulator
 
     log_dir = Path(log_dir)
     if not log_dir.is_dir() or not any(p.name.startswith("events.out.tfevents") for p in log_dir.iterdir()):
@@ -220,7 +222,7 @@ def training_png(
     Raises:
         FileNotFoundError: no event files; ``ValueError``: the loss tag was not logged.
     """
-    import matplotlib
+    matplotlib = require("matplotlib", "the training-curve picture")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

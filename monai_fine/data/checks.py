@@ -18,13 +18,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
-from monai.utils import optional_import
 
 from monai_fine.data.dicom import check_series, pixel_problems
 
-nib, _ = optional_import("nibabel")
 
 __all__ = [
     "check_datalist",

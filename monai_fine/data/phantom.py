@@ -33,15 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
-from monai.utils import optional_import
+from scipy import interpolate, ndimage, spatial
 
 from monai_fine.labels import BTCV_LABELS
 
-nib, _ = optional_import("nibabel")
-ndimage, _ = optional_import("scipy.ndimage")
-spatial, _ = optional_import("scipy.spatial")
-interpolate, _ = optional_import("scipy.interpolate")
 
 __all__ = ["BTCV_LABELS", "PHANTOM", "PhantomProtocol", "make_phantom_case", "make_phantom_dataset", "phantom"]
 

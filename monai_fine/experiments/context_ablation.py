@@ -53,6 +53,7 @@ from typing import Any
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS, SYNAPSE8_ORGANS
 from monai_fine.data.phantom import PHANTOM
 from monai_fine.networks import MEMORY_CONFIGS, PRESETS, MemoryMode
+from monai_fine.optional import require
 from monai_fine.reports import case_name as _case_name
 from monai_fine.reports import nanmean as _nanmean
 from monai_fine.reports import read_metric_csv as read_raw
@@ -520,7 +521,7 @@ def summary_markdown(
 
 
 def plot(agg: dict, path: Path, title: str = "") -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "the ablation plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
