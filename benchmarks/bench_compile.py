@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     write_csv(out, FIELDS, rows, extrasaction="ignore")
     print(
-        "\n| memory | phase | eager s | compiled s | speed-up | compile s | max abs diff |\n|---|---|---|---|---|---|---|"
+        "\n| memory | phase | eager s | compiled s | speed-up | compile s | max abs diff |"
+        "\n|---|---|---|---|---|---|---|"
     )
     for r in rows:
         if r.get("status") != "ok":

@@ -3,7 +3,8 @@
 
 Every run is a fresh subprocess that runs the bundle's own inference pipeline (``bundle/configs/inference.json``:
 LoadImaged -> Orientationd -> Spacingd -> ScaleIntensityRanged -> FINE sliding window -> argmax -> Invertd ->
-SaveImaged) on a real NIfTI CT-like scan written to a temporary folder, with a randomly initialised ``model.pt`` (``model_scan.pt`` with
+SaveImaged) on a real NIfTI CT-like scan written to a temporary folder, with a randomly initialised ``model.pt``
+(``model_scan.pt`` with
 scan memory) of the
 chosen preset (timing and memory do not depend on the weights). Reported per (scan size, one pass / ``two``: with
 ``scan_memory``, the scan view's write pass, then the windows reading it):
@@ -104,10 +105,17 @@ def child(args: argparse.Namespace) -> None:
     work = Path(args.work)
     over = json.loads(args.overrides)
     wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), workflow_type="infer",
-        bundle_root=str(work), datalist=[str(work / "scan.nii.gz")], output_dir=str(work / "out"),
-        scan_memory=args.scan_memory, overlap=args.overlap, pixdim=list(args.spacing),
-        checkpoint=str(work / "models" / ("model_scan.pt" if args.scan_memory else "model.pt")), **over,
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="infer",
+        bundle_root=str(work),
+        datalist=[str(work / "scan.nii.gz")],
+        output_dir=str(work / "out"),
+        scan_memory=args.scan_memory,
+        overlap=args.overlap,
+        pixdim=list(args.spacing),
+        checkpoint=str(work / "models" / ("model_scan.pt" if args.scan_memory else "model.pt")),
+        **over,
     )
     wf.initialize()
     network = wf.parser.get_parsed_content("network")
@@ -127,8 +135,11 @@ def child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     wf.finalize()
     peak = peak_rss_bytes()
-    print("RESULT " + json.dumps({"seconds": seconds, "peak_rss": peak, "windows": windows[0],
-                                  "roi": "x".join(map(str, roi))}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps({"seconds": seconds, "peak_rss": peak, "windows": windows[0], "roi": "x".join(map(str, roi))}),
+        flush=True,
+    )
 
 
 def peak_rss_bytes() -> int:
@@ -161,7 +172,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated XxYxZ (default {DEFAULT_SIZES})")
     parser.add_argument("--spacing", type=float, nargs=3, default=[0.76, 0.76, 3.0], help="mm, also the pixdim")
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--passes", default="one,two", help="one (single pass), two (scan_memory: scan view + one pass), or both")
+    parser.add_argument(
+        "--passes", default="one,two", help="one (single pass), two (scan_memory: scan view + one pass), or both"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 40x36x24 at 4 mm, a 12-feature tiny network")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -204,7 +217,7 @@ def _measure(args, work: Path, over: dict, size, p: str, flops_window: int, peak
     if proc.returncode != 0 or not result:
         row["status"] = "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
         return row
-    r = json.loads(result[-1][len("RESULT "):])
+    r = json.loads(result[-1][len("RESULT ") :])
     gflops = flops_window * r["windows"] / 1e9
     row.update({"roi": r["roi"], "seconds": round(r["seconds"], 2), "peak_rss_gib": round(r["peak_rss"] / 2**30, 3),
                 "windows": r["windows"], "gflops_window": round(flops_window / 1e9, 3), "gflops": round(gflops, 1),

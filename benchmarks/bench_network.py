@@ -112,37 +112,80 @@ def _worker(payload: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", nargs="+", choices=FINE_MODES, default=list(FINE_MODES),
-                        help="FINE memory modes; 'scan' is memory='full' with scan_memory=True on 2 crops of one scan")
-    parser.add_argument("--roi", nargs=3, type=int, default=(128, 128, 64), metavar=("X", "Y", "Z"),
-                        help="crop size (SwinUNETR needs multiples of 32)")
-    parser.add_argument("--rois", nargs="+", type=parse_roi, default=None, metavar="XxYxZ",
-                        help="several crops side by side in one run (replaces --roi)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="--rois " + " ".join(roi_str(r) for r in SWEEP_ROIS) + " (the crop-size sweep)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke check of the script: tiny preset, 2 small crops, none/full, small peers, 1 step")
-    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=FINE_MODES,
+        default=list(FINE_MODES),
+        help="FINE memory modes; 'scan' is memory='full' with scan_memory=True on 2 crops of one scan",
+    )
+    parser.add_argument(
+        "--roi",
+        nargs=3,
+        type=int,
+        default=(128, 128, 64),
+        metavar=("X", "Y", "Z"),
+        help="crop size (SwinUNETR needs multiples of 32)",
+    )
+    parser.add_argument(
+        "--rois",
+        nargs="+",
+        type=parse_roi,
+        default=None,
+        metavar="XxYxZ",
+        help="several crops side by side in one run (replaces --roi)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="--rois " + " ".join(roi_str(r) for r in SWEEP_ROIS) + " (the crop-size sweep)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check of the script: tiny preset, 2 small crops, none/full, small peers, 1 step",
+    )
+    parser.add_argument(
+        "--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in every worker")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps (>= 1; the first counts FLOPs)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps; the median is reported")
     parser.add_argument("--repeats", type=int, default=1, help="passes over all configurations, alternating order")
-    parser.add_argument("--paired", type=int, default=0, metavar="N",
-                        help="also time N interleaved training steps of every FINE mode in one process per crop "
-                        "(the targets then list the paired time ratio, the median of the per-round ratios with its "
-                        "95 %% interval, beside the separate-process one)")
-    parser.add_argument("--flops-only", action="store_true",
-                        help="only parameters, forward FLOPs and one inference forward (no training step)")
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N interleaved training steps of every FINE mode in one process per crop "
+        "(the targets then list the paired time ratio, the median of the per-round ratios with its "
+        "95 %% interval, beside the separate-process one)",
+    )
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="only parameters, forward FLOPs and one inference forward (no training step)",
+    )
     parser.add_argument("--tf32", action="store_true", help="CUDA: TF32 in matmuls and convolutions (default: neither)")
     parser.add_argument("--skip-swinunetr", action="store_true", help="leave out the SwinUNETR anchor")
     parser.add_argument("--skip-dynunet", action="store_true", help="leave out DynUNet (nnU-Net's plan)")
     parser.add_argument("--swin-feature-size", type=int, default=48, help="SwinUNETR feature_size (default 48)")
-    parser.add_argument("--dynunet-filters", nargs=2, type=int, default=None, metavar=("BASE", "MAX"),
-                        help="DynUNet filters min(BASE * 2**stage, MAX) (default nnU-Net's 32, 320)")
-    parser.add_argument("--csv", type=Path, default=None,
-                        help="default benchmarks/results/bench_network_<device>.csv (_tiny_ for --preset tiny, "
-                        "_sweep_ for several crops); the markdown goes beside it (.md)")
+    parser.add_argument(
+        "--dynunet-filters",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("BASE", "MAX"),
+        help="DynUNet filters min(BASE * 2**stage, MAX) (default nnU-Net's 32, 320)",
+    )
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="default benchmarks/results/bench_network_<device>.csv (_tiny_ for --preset tiny, "
+        "_sweep_ for several crops); the markdown goes beside it (.md)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one configuration as JSON  # fmt: skip
     return parser
 

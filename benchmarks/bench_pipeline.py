@@ -354,8 +354,8 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
             f"{first['device_name']} ({first['device']}), {first['threads']} threads, num_workers "
             f"{first['num_workers']}, torch {first['torch']}, MONAI {first['monai']}"
         )
-        out += [f"## {setting}", "", head, "",
-                "| measure | median ms | p90 ms | mean ms | share of bundle | n |", "|---|---|---|---|---|---|"]  # fmt: skip
+        out += [f"## {setting}", "", head, "", "| measure | median ms | p90 ms | mean ms | share of bundle | n |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
         out += [f"| {r['measure']} | {r['median_ms']} | {r['p90_ms']} | {r['mean_ms']} | {_cell(r['share_of_bundle'])} "
                 f"| {r['n']} |" for r in at if r.get("ratio") is None]  # fmt: skip
         out += [

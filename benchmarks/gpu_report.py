@@ -14,7 +14,8 @@ on), under one time budget (``--budget_s``) that skips what no longer fits and s
    and MONAI ``DynUNet`` as nnU-Net's 3d_fullres plan for BTCV (``peers.py``). DiceCE loss (with deep supervision
    where the network has it), SGD step.
 2. **infer**: ``FINEInferer`` (roi 128x128x64, overlap 0.5, ``--sw_batch_size``) over a synthetic 512x512x200 scan
-   with ``fine_bcv`` ``memory="full"``, one pass and with scan memory (scan view, then one pass), AMP on, windows and stitching on the GPU.
+   with ``fine_bcv`` ``memory="full"``, one pass and with scan memory (scan view, then one pass), AMP on, windows and
+   stitching on the GPU.
 3. **bundle**: ``bundle/configs/train.json`` through MONAI's ``ConfigWorkflow`` on a phantom generated on the fly,
    loss per epoch, first vs last epoch.
 
@@ -27,6 +28,7 @@ printed). The files are rewritten after every configuration, so a run cut short 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import threading
@@ -211,7 +213,7 @@ class _Run:
                     self.skip(self.report.train, base, label)
                     continue
                 print(f"[gpu_report] {label} ...", flush=True)
-                run = lambda c=cfg, a=amp: run_train(c, a, args, self.dev, end, self.t0)
+                run = functools.partial(run_train, cfg, amp, args, self.dev, end, self.t0)
                 self.guarded(label, run, base, self.report.train)
 
     def infer(self) -> None:
@@ -224,7 +226,7 @@ class _Run:
                 self.skip(self.report.infer, base, label)
                 continue
             print(f"[gpu_report] {label} ...", flush=True)
-            run = lambda s=scan_memory: run_infer(s, infer_args, self.dev, end, self.t0, shared)
+            run = functools.partial(run_infer, scan_memory, infer_args, self.dev, end, self.t0, shared)
             self.guarded(label, run, base, self.report.infer)
         shared.clear()
         self.dev.cleanup()
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "gpu_report.log", "w")
+    log = open(args.out / "gpu_report.log", "w")  # noqa: SIM115 (open for the whole run, behind the Tee)
     sys.stdout = Tee(sys.__stdout__, log)
     sys.stderr = Tee(sys.__stderr__, log)
     dev = Device(args.device)

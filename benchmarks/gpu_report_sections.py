@@ -119,7 +119,7 @@ def train_configs(tiny: bool) -> list[dict]:
     dyn = {"config": "DynUNet (nnU-Net 3d_fullres plan)", "model": "dynunet", "build": {"model": "dynunet"}}
     if tiny:
         dyn["config"], dyn["build"]["dynunet_filters"] = "DynUNet (nnU-Net plan, filters 8-32)", (8, 32)
-    return configs + [dyn]
+    return [*configs, dyn]
 
 
 def run_train(cfg: dict, amp: bool, args, dev: Device, section_end: float, t0: float) -> dict:

@@ -159,7 +159,7 @@ def stage_markdown(preset: str, roi, stage_index: int, rounds: int, own: bool, r
     cells = [
         [r["arm"], f"{1000 * r['median_s']:.1f}", f"{1000 * (r['median_s'] - base):.1f}", _ratio_cell(r)] for r in rows
     ]
-    return "\n".join([title, ""] + markdown_table(header, cells))
+    return "\n".join([title, "", *markdown_table(header, cells)])
 
 
 def _ratio_cell(row: dict) -> str:
@@ -184,12 +184,14 @@ def markdown(preset: str, roi: tuple[int, int, int], rounds: int, rows: list[dic
         ]
         for r in rows
     ]
-    return "\n".join([title, ""] + markdown_table(header, cells))
+    return "\n".join([title, "", *markdown_table(header, cells)])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS")
+    parser.add_argument(
+        "--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS"
+    )
     parser.add_argument("--roi", type=parse_roi, default=(64, 64, 32), metavar="XxYxZ")
     parser.add_argument("--rounds", type=int, default=24, help="interleaved rounds (one step per arm each)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per arm (the first counts FLOPs)")

@@ -147,12 +147,14 @@ def markdown(preset: str, roi: tuple[int, int, int], rows: list[dict]) -> str:
         for r in rows
     ]
     title = f"fine_{preset} at {roi_str(roi)}, batch 1: training-step GFLOPs (FlopCounterMode) and what `full` adds"
-    return "\n".join([title, ""] + markdown_table(header, cells))
+    return "\n".join([title, "", *markdown_table(header, cells)])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS")
+    parser.add_argument(
+        "--preset", choices=("bcv", "tiny"), default="bcv", help="a preset of monai_fine.networks.PRESETS"
+    )
     parser.add_argument("--rois", nargs="+", type=parse_roi, default=list(SWEEP_ROIS), metavar="XxYxZ")
     args = parser.parse_args(argv)
     for roi in args.rois:

@@ -58,7 +58,7 @@ def _pooled_times(row: dict, ok: list[dict], batch: int) -> None:
 def aggregate(cfg: dict, runs: list[dict], repeats: int) -> dict:
     """One row per configuration: timed steps pooled over repeats (median), memory peaks the max over repeats."""
     ok = [r for r in runs if r.get("status", "ok") == "ok"]
-    row = {k: None for k in CSV_FIELDS}
+    row = dict.fromkeys(CSV_FIELDS)
     row.update(
         config=cfg["config"],
         model=cfg["model"],
@@ -137,15 +137,14 @@ def summarize(rows: list[dict], preset: str, paired: dict[str, list[float]] | No
         targets["swinunetr/full train_s >= 1.5"] = out["swinunetr/full"]["train_s"]
     if full and dyn:
         out["dynunet/full"] = {k: _ratio(dyn[k], full[k]) for k in keys}
-    if scan:
-        if full:  # training iteration with scan memory (2 crops + their scan view) over one plain pass of the 2 crops
-            targets["scan/plain train_s per iteration <= 1.6"] = _ratio(scan["train_s_per_crop"], full["train_s"])
-            out["scan per crop / full"] = {
-                "train_s": _ratio(scan["train_s_per_crop"], full["train_s"]),
-                "infer_s": _ratio(scan["infer_s_per_crop"], full["infer_s"]),
-                "gflops_fwd": _ratio(scan["gflops_fwd_per_crop"], full["gflops_fwd"]),
-                "train_peak_mb (B=2 vs B=1)": _ratio(scan["train_peak_mb"], full["train_peak_mb"]),
-            }
+    if scan and full:  # training iteration with scan memory (2 crops + their scan view) over one plain pass of 2 crops
+        targets["scan/plain train_s per iteration <= 1.6"] = _ratio(scan["train_s_per_crop"], full["train_s"])
+        out["scan per crop / full"] = {
+            "train_s": _ratio(scan["train_s_per_crop"], full["train_s"]),
+            "infer_s": _ratio(scan["infer_s_per_crop"], full["infer_s"]),
+            "gflops_fwd": _ratio(scan["gflops_fwd_per_crop"], full["gflops_fwd"]),
+            "train_peak_mb (B=2 vs B=1)": _ratio(scan["train_peak_mb"], full["train_peak_mb"]),
+        }
     out["targets"] = targets
     waits = [r[k] for r in by.values() for k in ("train_runq_wait", "infer_runq_wait") if r.get(k) is not None]
     if waits and max(waits) > 0.05:

@@ -69,17 +69,17 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.copy(Path(args.data) / "example_ct_label_btcv13.nii.gz", data / "labelsTr" / "example_ct.nii.gz")
     item = {"image": "imagesTr/example_ct.nii.gz", "label": "labelsTr/example_ct.nii.gz"}
     (data / "dataset_0.json").write_text(json.dumps({"training": [item], "validation": [item], "test": []}))
-    common = dict(
-        bundle_root=str(out),
-        dataset_dir=str(data),
-        preset=args.preset,
-        memory=args.memory,
-        roi_size=list(args.roi),
-        pixdim=list(args.pixdim),
-        num_workers=0,
-        seed=args.seed,
-        resume=False,
-    )
+    common = {
+        "bundle_root": str(out),
+        "dataset_dir": str(data),
+        "preset": args.preset,
+        "memory": args.memory,
+        "roi_size": list(args.roi),
+        "pixdim": list(args.pixdim),
+        "num_workers": 0,
+        "seed": args.seed,
+        "resume": False,
+    }
     epochs = max(1, args.iterations // args.epoch_length)
     t0 = time.time()
     run_bundle(

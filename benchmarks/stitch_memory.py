@@ -17,7 +17,7 @@ import torch
 from monai.data import MetaTensor
 
 from benchmarks.common import proc_status_kib
-from monai_fine.inferers import FINEInferer
+from monai_fine.inferers import CastStitchInferer, FINEInferer
 from monai_fine.networks import create_fine
 
 

@@ -138,7 +138,10 @@ def _read_cached(path: str, mtime: float) -> dict[str, Any]:
     except UnsafeCheckpointError:  # refused, not unreadable: the user must decide about this file
         raise
     except Exception as e:  # not a torch checkpoint (or a truncated one): the weight loader reports it with its name
-        warnings.warn(f"cannot read the network record of {path} ({type(e).__name__}: {e}); using the config's network.")
+        warnings.warn(
+            f"cannot read the network record of {path} ({type(e).__name__}: {e}); using the config's network.",
+            stacklevel=2,
+        )
         return {}
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else {}
     record = state.get(CONFIG_BUFFER) if isinstance(state, Mapping) else None
@@ -207,7 +210,8 @@ def create_network(
             raise ValueError(
                 f"the weights in {checkpoint} are of another network configuration than the one asked for: "
                 + "; ".join(
-                    f"{_CONFIG_IDS.get(k, 'network_def#' + k)}={a!r}, the weights have {b!r}" for k, (a, b) in conflicts.items()
+                    f"{_CONFIG_IDS.get(k, 'network_def#' + k)}={a!r}, the weights have {b!r}"
+                    for k, (a, b) in conflicts.items()
                 )
                 + ". Drop the override (the bundle's ids follow the network recorded in the weights), or train in "
                 "another bundle_root / ckpt_dir, or move the weights away."
@@ -238,7 +242,9 @@ def _effective(args: Mapping[str, Any]) -> dict[str, Any]:
     """Every FINE argument of ``args`` with the preset's and the class's defaults filled in, JSON-plain."""
     from monai_fine.networks import FINE, PRESETS
 
-    defaults = {k: p.default for k, p in inspect.signature(FINE.__init__).parameters.items() if p.default is not p.empty}
+    defaults = {
+        k: p.default for k, p in inspect.signature(FINE.__init__).parameters.items() if p.default is not p.empty
+    }
     preset = PRESETS.get(args.get("preset", "bcv"), {})
     return {k: _plain(v) for k, v in {**defaults, **preset, **args}.items()}
 

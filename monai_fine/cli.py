@@ -313,7 +313,7 @@ def signature_kwargs(
     free = [p for p in _parameters(function) if p.name not in given]
     values = list(namespace._positional)
     if len(values) > len(free):
-        parser.error(f"unrecognized arguments: {' '.join(values[len(free):])}")
+        parser.error(f"unrecognized arguments: {' '.join(values[len(free) :])}")
     hints = _hints(function)
     for p, text in zip(free, values):
         option = f"--{p.name}"
@@ -323,7 +323,9 @@ def signature_kwargs(
             parser.error(f"argument {p.name} (positional): {e}")
     missing = [p.name for p in _parameters(function) if p.default is p.empty and p.name not in given]
     if missing:
-        parser.error("the following arguments are required: " + ", ".join(f"{m} (--{m} or positional)" for m in missing))
+        parser.error(
+            "the following arguments are required: " + ", ".join(f"{m} (--{m} or positional)" for m in missing)
+        )
     return given
 
 
@@ -359,17 +361,20 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, dict
         description, _ = _doc_parts(function)
         summary = re.split(r"\.\s+(?=[A-Z])", description.split("\n\n")[0].replace("\n", " "))[0]
         summary = summary.rstrip(".") + "."
-        kwargs: dict[str, Any] = dict(
-            help=summary.replace("%", "%%"), description=description, allow_abbrev=False,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "help": summary.replace("%", "%%"), "description": description, "allow_abbrev": False,
+            "formatter_class": argparse.RawDescriptionHelpFormatter,
+        }  # fmt: skip
         if name in BUNDLE_COMMANDS:
-            kwargs.update(usage=f"{prog} {name} [-h] [--<id> VALUE | --<id>=VALUE ...]", epilog=_bundle_epilog(BUNDLE_COMMANDS[name]))
+            kwargs.update(
+                usage=f"{prog} {name} [-h] [--<id> VALUE | --<id>=VALUE ...]",
+                epilog=_bundle_epilog(BUNDLE_COMMANDS[name]),
+            )
         sub = subparsers.add_parser(name, **kwargs)
         if name not in BUNDLE_COMMANDS:
             add_signature_options(sub, function)
         subs[name] = sub
-    for name, (module, summary) in ARGV_COMMANDS.items():
+    for name, (_module, summary) in ARGV_COMMANDS.items():
         subs[name] = subparsers.add_parser(
             name, help=summary, add_help=False, description=f"{summary} Options: `{prog} {name} --help`."
         )

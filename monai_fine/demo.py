@@ -69,13 +69,31 @@ def demo(
     t0 = time.time()
     out_dir = Path(out).resolve()
     data_dir = _demo_data(out_dir, num_cases=num_cases, seed=seed, shape=shape)
-    common = demo_overrides(out_dir, data_dir, preset=preset, memory=memory, scan_memory=scan_memory,
-                             num_workers=num_workers, seed=seed, roi_size=roi_size, device=device)
+    common = demo_overrides(
+        out_dir,
+        data_dir,
+        preset=preset,
+        memory=memory,
+        scan_memory=scan_memory,
+        num_workers=num_workers,
+        seed=seed,
+        roi_size=roi_size,
+        device=device,
+    )
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
     val_interval = max_epochs if val_interval is None else min(int(val_interval), max_epochs)  # at least one validation
-    run_bundle(["train.json"], "train", max_epochs=max_epochs, epoch_length=epoch_length, val_interval=val_interval,
-               num_samples=num_samples, crop_sampler=crop_sampler, optimizer_name=optimizer_name,
-               learning_rate=learning_rate, **common)
+    run_bundle(
+        ["train.json"],
+        "train",
+        max_epochs=max_epochs,
+        epoch_length=epoch_length,
+        val_interval=val_interval,
+        num_samples=num_samples,
+        crop_sampler=crop_sampler,
+        optimizer_name=optimizer_name,
+        learning_rate=learning_rate,
+        **common,
+    )
     t_train = time.time() - t0
     print("[demo] evaluating the held-out cases", flush=True)
     run_bundle(["train.json", "evaluate.json"], "eval", save_predictions=True, **common)
@@ -94,7 +112,11 @@ def _demo_data(out_dir: Path, num_cases: int, seed: int, shape: Sequence[int]) -
 
 def demo_overrides(out_dir: Path, data_dir: Path, roi_size: Sequence[int], device: str | None, **tunables: Any) -> dict:
     """Bundle overrides shared by the demo's training, evaluation and inference (phantom spacing 3 mm)."""
-    common: dict[str, Any] = dict(bundle_root=str(out_dir), dataset_dir=str(data_dir), pixdim=list(PHANTOM.spacing))
+    common: dict[str, Any] = {
+        "bundle_root": str(out_dir),
+        "dataset_dir": str(data_dir),
+        "pixdim": list(PHANTOM.spacing),
+    }
     common.update({k: v for k, v in tunables.items() if v is not None})  # None: the bundle's default
     common["roi_size"] = [int(r) for r in roi_size]
     if device is not None:
@@ -117,9 +139,14 @@ def _demo_report(out_dir: Path, data_dir: Path, t_train: float, t_total: float, 
         out_dir / "overlay.png",
     )
     training_png(out_dir / "eval" / "tensorboard", out_dir / "training.png", epoch_length=epoch_length)
-    print(f"\n[demo] held-out phantom cases: {rows[0]['cases']}; training {t_train / 60:.1f} min, total {t_total / 60:.1f} min")
+    print(
+        f"\n[demo] held-out phantom cases: {rows[0]['cases']}; training {t_train / 60:.1f} min, "
+        f"total {t_total / 60:.1f} min"
+    )
     print(format_organ_table(rows, organ_table(out_dir / "eval", protocol="synapse8")))
-    print(f"[demo] wrote {out_dir / 'metrics.csv'}, {out_dir / 'overlay.png'}, {out_dir / 'training.png'}, "
-          f"{out_dir / 'predictions'}")
+    print(
+        f"[demo] wrote {out_dir / 'metrics.csv'}, {out_dir / 'overlay.png'}, {out_dir / 'training.png'}, "
+        f"{out_dir / 'predictions'}"
+    )
     mean_dice, mean_hd = nanmean([r["dice"] for r in rows]), nanmean([r["hd95_mm"] for r in rows])
     return f"mean Dice {mean_dice:.3f}, mean HD95 {mean_hd:.1f} mm"

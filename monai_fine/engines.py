@@ -67,7 +67,8 @@ def one_view_per_scan(
 class PrepareScanBatch(PrepareBatchExtraInput):
     """``prepare_batch`` of a FINE trainer: the image, the label, each crop's ``roi_box`` and, when the batch holds
     scan views (:py:class:`monai_fine.transforms.ScanViewd`), one view per scan with ``scan_index`` mapping crops to
-    views (from the data's ``scan_id``), so the network writes its scan memory once per scan (:py:meth:`monai_fine.networks.FINE.forward`).
+    views (from the data's ``scan_id``), so the network writes its scan memory once per scan
+    (:py:meth:`monai_fine.networks.FINE.forward`).
 
     Everything it returns is a plain ``torch.Tensor`` (:func:`plain`): the network and the loss need no metadata, and
     a ``MetaTensor`` would make each of their operations pay its dispatch. The batch itself (``engine.state.batch``)
@@ -88,7 +89,10 @@ class PrepareScanBatch(PrepareBatchExtraInput):
         self.scan_id_key, self.view_key, self.view_box_key = scan_id_key, view_key, view_box_key
 
     def __call__(
-        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         image, label, args, extra = super().__call__(batchdata, device, non_blocking, **kwargs)

@@ -193,13 +193,16 @@ class FINEInferer(SlidingWindowInferer):
             if getattr(net, "scan_memory", True) is False:
                 warnings.warn(
                     "FINEInferer(scan_memory=True) with a network built without scan_memory: it has no memory encoder "
-                    "and was not trained to read a scan memory, so its output is not what it was trained for."
+                    "and was not trained to read a scan memory, so its output is not what it was trained for.",
+                    stacklevel=2,
                 )
             device = self.sw_device or inputs.device
             # the unpadded input: its own box, as in training; in the network's dtype (the volume may be stitched in
             # half precision, see CastStitchInferer)
             param = next(iter(net.parameters()), None) if isinstance(net, torch.nn.Module) else None
-            views = scan_view(plain, self.roi_size).to(device=device, dtype=plain.dtype if param is None else param.dtype)
+            views = scan_view(plain, self.roi_size).to(
+                device=device, dtype=plain.dtype if param is None else param.dtype
+            )
             summary = write(views, check_roi_box(view_boxes.float()).to(device))
         out = super().__call__(volume, self._predictor(network, start, size, summary), *args, **kwargs)
         if volume is not plain:

@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 from monai_fine.networks.blocks.attention import AttentionRecorder
-from monai_fine.optional import require
 from monai_fine.networks.blocks.window import window_layout, window_partition, window_reverse
+from monai_fine.optional import require
 
 __all__ = [
     "MemoryMap",
@@ -357,7 +357,8 @@ def memory_map_png(
     roi_size: Sequence[int] | None = None,
     device: str = "cpu",
 ) -> str:
-    """Draw where the crop at ``center`` reads the scan's memory (the paper's Fig. 4; see :py:mod:`monai_fine.memory_map`).
+    """Draw where the crop at ``center`` reads the scan's memory (the paper's Fig. 4; see
+    :py:mod:`monai_fine.memory_map`).
 
     Args:
         image: a CT volume MONAI's ``LoadImage`` reads (NIfTI, ...).

@@ -50,11 +50,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
-
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.metrics import CumulativeIterationMetric, compute_hausdorff_distance
@@ -83,7 +82,7 @@ EMPTY_RULES: tuple[str, ...] = ("nan", "synapse")
 REDUCTIONS: tuple[str, ...] = ("mean", "mean_batch", "none")
 
 # a spacing argument: one number (isotropic), one number per spatial axis, or one such entry per batch item
-SpacingLike = Union[float, Sequence[float], Sequence[Union[float, Sequence[float]]]]
+SpacingLike = float | Sequence[float] | Sequence[float | Sequence[float]]
 
 
 def _check_empty(empty: str) -> str:
@@ -341,7 +340,8 @@ class HausdorffDistance95Metric(_OrganMetric):
     """Cumulative per-case, per-organ HD95 in millimetres, see :py:func:`compute_organ_hd95`.
 
     The spacing of each case is, in order of precedence: the ``spacing`` keyword of the call, the ``spacing`` given
-    here, or :py:func:`spacing_from_meta` of the ground-truth ``MetaTensor`` of that case. A plain tensor without either raises a
+    here, or :py:func:`spacing_from_meta` of the ground-truth ``MetaTensor`` of that case. A plain tensor without
+    either raises a
     ``ValueError``: the metric never falls back to 1 mm on its own. A ``MetaTensor`` whose affine is the identity
     (MONAI's default when no affine was set) triggers a warning, since it reads as 1 mm.
 
@@ -381,8 +381,7 @@ class HausdorffDistance95Metric(_OrganMetric):
         """Compute a list of channel-first items one by one, each with its own spacing."""
         if y is None or len(y_pred) != len(y):
             raise ValueError(
-                f"y_pred and y must be lists of the same length, got {len(y_pred)} and "
-                f"{None if y is None else len(y)}."
+                f"y_pred and y must be lists of the same length, got {len(y_pred)} and {None if y is None else len(y)}."
             )
         spacing = kwargs.get("spacing", self.spacing)
         if spacing is not None:

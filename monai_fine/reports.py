@@ -18,8 +18,16 @@ from monai_fine.labels import BTCV_LABELS, PROTOCOLS
 from monai_fine.optional import require
 
 __all__ = [
-    "EVAL_METRIC_NAMES", "case_name", "format_organ_table", "label_colours", "nanmean", "organ_table", "overlay_png",
-    "read_metric_csv", "read_scalars", "training_png",
+    "EVAL_METRIC_NAMES",
+    "case_name",
+    "format_organ_table",
+    "label_colours",
+    "nanmean",
+    "organ_table",
+    "overlay_png",
+    "read_metric_csv",
+    "read_scalars",
+    "training_png",
 ]
 
 #: protocol -> (Dice, HD95) metric names of ``bundle/configs/evaluate.json`` (CSV ``<prefix>_<name>_raw.csv``)
@@ -150,11 +158,13 @@ def overlay_png(
         ("axial", z, lambda v: v[:, :, z].T, sy / sx),
         ("coronal", y, lambda v: v[:, y, :].T, sz / sx),
     ]
-    # panel heights follow the views' physical aspect, so the figure holds no empty band (about 3.9 inches per panel width)
+    # panel heights follow the views' physical aspect, so the figure holds no empty band (about 3.9 inches per panel
+    # width)
     heights = [img.shape[1] * sy / (img.shape[0] * sx), img.shape[2] * sz / (img.shape[0] * sx)]
     legend_in = 0.7
-    fig, axes = plt.subplots(2, 3, figsize=(12, 3.9 * sum(heights) + 1.0 + legend_in),
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        2, 3, figsize=(12, 3.9 * sum(heights) + 1.0 + legend_in), gridspec_kw={"height_ratios": heights}
+    )
     for row, (view, index, cut, aspect) in enumerate(views):
         for ax, (title, mask) in zip(axes[row], [("image", None), ("ground truth", lab), ("prediction", seg)]):
             ax.imshow(np.clip(cut(img), -175, 250), cmap="gray", origin="lower", aspect=aspect)
@@ -239,10 +249,24 @@ def training_png(
         per_epoch.setdefault((step - 1) // epoch_length + 1, []).append(value)
     dice = scalars.get(dice_tag, [])
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot([s / epoch_length for s, _ in loss], [v for _, v in loss], lw=0.6, alpha=0.45, color="tab:blue",
-                 label="iteration", gid="loss_iteration")
-    ax_loss.plot(list(per_epoch), [sum(v) / len(v) for v in per_epoch.values()], "o-", ms=3, color="tab:blue",
-                 label="epoch mean", gid="loss_epoch")
+    ax_loss.plot(
+        [s / epoch_length for s, _ in loss],
+        [v for _, v in loss],
+        lw=0.6,
+        alpha=0.45,
+        color="tab:blue",
+        label="iteration",
+        gid="loss_iteration",
+    )
+    ax_loss.plot(
+        list(per_epoch),
+        [sum(v) / len(v) for v in per_epoch.values()],
+        "o-",
+        ms=3,
+        color="tab:blue",
+        label="epoch mean",
+        gid="loss_epoch",
+    )
     ax_loss.set(xlabel="epoch", ylabel=loss_tag, title="training loss")
     ax_loss.legend(frameon=False)
     ax_dice.plot([s for s, _ in dice], [v for _, v in dice], "o-", color="tab:green", gid="dice")

@@ -8,8 +8,21 @@ import pytest
 from monai_fine.bools import as_bool, check_bools
 
 
-@pytest.mark.parametrize("word,value", [(True, True), ("true", True), ("True", True), ("1", True), (1, True),
-                                        (False, False), ("false", False), ("False", False), ("0", False), (0, False)])
+@pytest.mark.parametrize(
+    "word,value",
+    [
+        (True, True),
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        (1, True),
+        (False, False),
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        (0, False),
+    ],
+)
 def test_as_bool_accepts(word, value):
     assert as_bool(word, "resume") is value
 

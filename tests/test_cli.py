@@ -41,14 +41,16 @@ DOCUMENTED = [
     ("demo --scan_memory false --learning_rate 2e-3", {"scan_memory": False, "learning_rate": 0.002}),
     ("memory_map --image CT.nii.gz --weights models/model.pt --center 256,250,60 --out map.png",
      {"image": "CT.nii.gz", "weights": "models/model.pt", "center": (256, 250, 60), "out": "map.png"}),
-    ("package_bundle --out /work/ext/zip --weights tiny_model.pt", {"out": "/work/ext/zip", "weights": "tiny_model.pt"}),
+    ("package_bundle --out /work/ext/zip --weights m.pt", {"out": "/work/ext/zip", "weights": "m.pt"}),
     ("train --dataset_dir /data/btcv --preset bcv", {"dataset_dir": "/data/btcv", "preset": "bcv"}),
-    (("train --dataset_dir /d --preset tiny --roi_size [32,32,16] --network_def#feature_size 12 --network_def#num_heads "
-      "[1,2,2,4] --max_epochs=2 --resume false --sw_progress True --num-workers 0"),
+    (("train --dataset_dir /d --preset tiny --roi_size [32,32,16] --network_def#feature_size 12 "
+      "--network_def#num_heads [1,2,2,4] --max_epochs=2 --resume false --sw_progress True --num-workers 0"),
      {"dataset_dir": "/d", "preset": "tiny", "roi_size": [32, 32, 16], "network_def#feature_size": 12,
-      "network_def#num_heads": [1, 2, 2, 4], "max_epochs": 2, "resume": "false", "sw_progress": True, "num_workers": 0}),
+      "network_def#num_heads": [1, 2, 2, 4], "max_epochs": 2, "resume": "false", "sw_progress": True,
+      "num_workers": 0}),
     ("evaluate --eval_split test --save_predictions", {"eval_split": "test", "save_predictions": True}),
-    ("infer --output_dir /o --load_pretrain 'no way' --noamp", {"output_dir": "/o", "load_pretrain": "no way", "amp": False}),
+    ("infer --output_dir /o --load_pretrain 'no way' --noamp",
+     {"output_dir": "/o", "load_pretrain": "no way", "amp": False}),
     ("verify --preset tiny", {"preset": "tiny"}),
 ]  # fmt: skip
 
@@ -114,7 +116,8 @@ def test_values_independently_of_fire():
     [
         (["--a", "1", "--b=2", "--c"], {"a": 1, "b": 2, "c": True}),
         (["--flag", "--noamp", "--x", "-3"], {"flag": True, "amp": False, "x": -3}),
-        (["--network_def#num_heads=[1,2,2,4]", "--num-workers", "0"], {"network_def#num_heads": [1, 2, 2, 4], "num_workers": 0}),
+        (["--network_def#num_heads=[1,2,2,4]", "--num-workers", "0"],
+         {"network_def#num_heads": [1, 2, 2, 4], "num_workers": 0}),
         (["--a", "1", "--a", "2", "--device", "$torch.device('cpu')"], {"a": 2, "device": "$torch.device('cpu')"}),
     ],
 )  # fmt: skip
@@ -141,7 +144,7 @@ def test_demo_help_shows_the_options_with_defaults(capsys):
         cli.main(["demo", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for name, p in inspect.signature(demo).parameters.items():
+    for name, _p in inspect.signature(demo).parameters.items():
         assert f"--{name}" in out, name
     flat = " ".join(out.split())
     assert "--num_cases NUM_CASES, --num-cases NUM_CASES labelled phantom cases (20 % held out" in flat
@@ -212,9 +215,23 @@ def test_console_script_is_the_cli_main():
 def test_phantom_command_from_the_command_line(tmp_path):
     out = tmp_path / "ph"
     res = subprocess.run(
-        [sys.executable, "-m", "monai_fine", "phantom", "--out", str(out), "--num-cases", "3", "--seed", "5",
-         "--shape", "[48,48,32]"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "monai_fine",
+            "phantom",
+            "--out",
+            str(out),
+            "--num-cases",
+            "3",
+            "--seed",
+            "5",
+            "--shape",
+            "[48,48,32]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == str(out / "dataset_0.json")  # the result is printed
@@ -226,16 +243,24 @@ def test_phantom_command_from_the_command_line(tmp_path):
 
 def test_check_command_names_the_bad_file(tmp_path):
     out = tmp_path / "ph"
-    subprocess.run([sys.executable, "-m", "monai_fine", "phantom", "--out", str(out), "--num-cases", "2",
-                    "--shape", "[32,32,24]"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "monai_fine", "phantom", "--out", str(out), "--num-cases", "2", "--shape", "[32,32,24]"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     datalist = json.loads((out / "dataset_0.json").read_text())
     bad = out / datalist["training"][0]["image"]
     img = nib.load(bad)
     data = np.asarray(img.dataobj).astype(np.float32)
     data[3, 3, 3] = np.nan
     nib.save(nib.Nifti1Image(data, img.affine), str(bad))
-    res = subprocess.run([sys.executable, "-m", "monai_fine", "check", str(out / "dataset_0.json")],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "monai_fine", "check", str(out / "dataset_0.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode != 0 and bad.name in res.stderr and "NaN" in res.stderr
 
 
@@ -247,8 +272,15 @@ def test_verify():
 def test_demo_end_to_end_small(tmp_path):
     """The README's main job on a minimal budget: phantom -> train -> evaluate -> infer -> table, CSV, PNG."""
     out = tmp_path / "demo"
-    summary = demo(out=str(out), num_cases=4, max_epochs=1, epoch_length=2, num_workers=0, shape=(48, 48, 32),
-                   roi_size=(32, 32, 16))
+    summary = demo(
+        out=str(out),
+        num_cases=4,
+        max_epochs=1,
+        epoch_length=2,
+        num_workers=0,
+        shape=(48, 48, 32),
+        roi_size=(32, 32, 16),
+    )
     assert summary.startswith("mean Dice")
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -1,5 +1,6 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``monai_fine.engines``: how many loader workers the bundle takes, and what its ``prepare_batch`` hands the network."""
+"""``monai_fine.engines``: how many loader workers the bundle takes, and what its ``prepare_batch`` hands the
+network."""
 
 from __future__ import annotations
 

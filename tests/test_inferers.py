@@ -44,7 +44,13 @@ def test_equals_a_hand_written_loop():
         for sx in starts(size[0], ROI[0], 0.5):
             for sy in starts(size[1], ROI[1], 0.5):
                 for sz in starts(size[2], ROI[2], 0.5):
-                    sl = (slice(None), slice(None), slice(sx, sx + ROI[0]), slice(sy, sy + ROI[1]), slice(sz, sz + ROI[2]))
+                    sl = (
+                        slice(None),
+                        slice(None),
+                        slice(sx, sx + ROI[0]),
+                        slice(sy, sy + ROI[1]),
+                        slice(sz, sz + ROI[2]),
+                    )
                     box = torch.tensor([[[sx, sy, sz], [sx + ROI[0], sy + ROI[1], sz + ROI[2]]]]) / torch.tensor(size)
                     out[sl] += net(x[sl], roi_box=box.float()) * weight
                     count[sl] += weight
@@ -71,7 +77,9 @@ def test_small_volume_is_padded_and_boxes_leave_unit_range():
     out = FINEInferer(ROI, overlap=0.5, mode="constant")(x, rec)
     assert out.shape == (1, 6, 40, 32, 10)
     boxes = torch.cat(rec.boxes)
-    assert torch.allclose(boxes[:, 0, 2], torch.tensor(-3 / 10)) and torch.allclose(boxes[:, 1, 2], torch.tensor(13 / 10))
+    assert torch.allclose(boxes[:, 0, 2], torch.tensor(-3 / 10)) and torch.allclose(
+        boxes[:, 1, 2], torch.tensor(13 / 10)
+    )
     assert sorted({round(float(b), 4) for b in boxes[:, 0, 0]}) == [0.0, 0.2]  # x starts 0 and 8 of 40
     assert torch.allclose(boxes[:, 1, 1], torch.ones(len(boxes)))
 
@@ -172,7 +180,9 @@ def test_training_and_inference_boxes_agree_with_crop_foreground(tmp_path):
         CropForegroundd("image", source_key="image"),
         EnsureTyped("image"),
     ]
-    train = Compose(preprocessing + [SpatialCropd("image", roi_start=(8, 16, 4), roi_end=(24, 32, 12)), CropLocationd("image")])
+    train = Compose(
+        [*preprocessing, SpatialCropd("image", roi_start=(8, 16, 4), roi_end=(24, 32, 12)), CropLocationd("image")]
+    )
     expected = torch.tensor([[18 / 60, 21 / 50, 8 / 30], [34 / 60, 37 / 50, 16 / 30]])  # by hand, in the scan
     torch.testing.assert_close(train({"image": path})["roi_box"], expected)
 
@@ -219,7 +229,7 @@ def test_untraceable_input_is_refused_naming_the_transform():
     img = MetaTensor(torch.zeros(1, 40, 40, 20))
     img[:, 5:35, 5:35, 2:18] = 1.0
     img = Spacing(pixdim=(2.0, 2.0, 2.0))(CropForeground()(img))
-    with pytest.raises(ValueError, match="batch item 0.*`SpatialResample`.*applied after `CropForeground`"):
+    with pytest.raises(ValueError, match=r"batch item 0.*`SpatialResample`.*applied after `CropForeground`"):
         FINEInferer(ROI)(img[None], BoxRecorder())
 
 
@@ -317,7 +327,9 @@ def test_scan_memory_is_written_in_the_network_dtype_under_the_cast():
 @pytest.mark.parametrize("bad", ["float8", "fp16", "int8", None])
 def test_another_dtype_is_refused_naming_it(bad):
     inner = SlidingWindowInferer(roi_size=(16, 16, 8))
-    with pytest.raises(ValueError, match=rf"stitch_dtype must be one of \['bfloat16', 'float16', 'float32'\], got {bad!r}"):
+    with pytest.raises(
+        ValueError, match=rf"stitch_dtype must be one of \['bfloat16', 'float16', 'float32'\], got {bad!r}"
+    ):
         CastStitchInferer(inner, bad)
 
 

@@ -208,7 +208,7 @@ def test_recorder_stores_the_softmax_each_attention_path_used_and_only_while_act
 
 def test_rollout_refuses_a_network_without_all_volume_attention_or_in_training_mode():
     net = small(memory="released")
-    with pytest.raises(ValueError, match="memory='full'.*'released'"):
+    with pytest.raises(ValueError, match=r"memory='full'.*'released'"):
         attention_rollout(net, [], (1, 1, 16, 16, 8), CORNER)
     net = small().train()
     visits = net.memory_visits.clone()
@@ -275,7 +275,7 @@ def test_a_network_without_full_memory_or_with_no_visited_cell_is_refused(tmp_pa
     image = tmp_path / "junk.nii.gz"  # never read: the refusals come first
     image.write_bytes(b"not an image")
     window = _weights(tmp_path, "window.pt", memory="window")
-    with pytest.raises(ValueError, match="memory='full'; .*window.pt has memory='window'"):
+    with pytest.raises(ValueError, match=r"memory='full'; .*window.pt has memory='window'"):
         memory_map_png(str(image), str(window), "1,1,1", grid="preprocessed")
     unvisited = _weights(tmp_path, "fresh.pt", visited=False)
     with pytest.raises(ValueError, match="seen no memory cell in training"):

@@ -15,7 +15,7 @@ def test_paper_sgd_and_adamw():
     group = sgd.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.01, 0.99, True, 3e-5)
     assert isinstance(create_optimizer("adamw", params, 2e-3), torch.optim.AdamW)
-    with pytest.raises(ValueError, match="optimizer_name must be one of.*'adam'"):
+    with pytest.raises(ValueError, match=r"optimizer_name must be one of.*'adam'"):
         create_optimizer("adam", params, 1e-3)
 
 

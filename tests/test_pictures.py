@@ -86,7 +86,9 @@ def _event_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     for path in sorted(log_dir.glob("events.out.tfevents*")):
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
-                number = float(tensor_util.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                number = (
+                    float(tensor_util.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                )
                 out.setdefault(value.tag, []).append((int(event.step), number))
     return out
 

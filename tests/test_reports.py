@@ -8,14 +8,13 @@ import warnings
 import numpy as np
 import pytest
 from ignite.engine import Engine
+from metrics.references import SPACING, affine_for, one_hot, perturb, random_label_map, ref_table
 from monai.data import MetaTensor
 from monai.handlers import MetricsSaver, from_engine
 
 from monai_fine.handlers import HausdorffDistance95, OrganDice
 from monai_fine.labels import BTCV_LABELS, PROTOCOLS
 from monai_fine.reports import format_organ_table, nanmean, organ_table, read_metric_csv
-
-from metrics.references import SPACING, affine_for, one_hot, perturb, random_label_map, ref_table
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
@@ -42,8 +41,12 @@ def test_organ_table_from_metrics_saver_csvs(tmp_path):
         "val_synapse8_hd95": HausdorffDistance95(protocol="synapse8", output_transform=out),
     }.items():
         handler.attach(engine, name)
-    MetricsSaver(save_dir=str(tmp_path), metrics="*", metric_details="*",
-                 batch_transform=lambda batch: [c["label"].meta for c in batch]).attach(engine)
+    MetricsSaver(
+        save_dir=str(tmp_path),
+        metrics="*",
+        metric_details="*",
+        batch_transform=lambda batch: [c["label"].meta for c in batch],
+    ).attach(engine)
     engine.run([cases], max_epochs=1)
 
     raw = read_metric_csv(tmp_path / "val_hd95_raw.csv")
@@ -52,7 +55,9 @@ def test_organ_table_from_metrics_saver_csvs(tmp_path):
         labels = PROTOCOLS[protocol]
         refs = [ref_table(*c["lm"], labels, SPACING, "nan") for c in cases]
         rows = organ_table(tmp_path, protocol=protocol)
-        assert [r["label"] for r in rows] == list(labels) and [r["organ"] for r in rows] == [BTCV_LABELS[i] for i in labels]
+        assert [r["label"] for r in rows] == list(labels) and [r["organ"] for r in rows] == [
+            BTCV_LABELS[i] for i in labels
+        ]
         with warnings.catch_warnings():  # organs absent from every case: all-NaN columns
             warnings.simplefilter("ignore", RuntimeWarning)
             dice_ref = np.nanmean(np.stack([d for d, _ in refs]), axis=0)

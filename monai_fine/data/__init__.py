@@ -33,7 +33,14 @@ from monai_fine.data.io import (
     torch_load,
     torch_save,
 )
-from monai_fine.data.phantom import BTCV_LABELS, PHANTOM, PhantomProtocol, make_phantom_case, make_phantom_dataset, phantom
+from monai_fine.data.phantom import (
+    BTCV_LABELS,
+    PHANTOM,
+    PhantomProtocol,
+    make_phantom_case,
+    make_phantom_dataset,
+    phantom,
+)
 
 __all__ = [
     "BTCV_LABELS",

@@ -24,7 +24,6 @@ from monai.data import load_decathlon_datalist
 
 from monai_fine.data.dicom import check_series, pixel_problems
 
-
 __all__ = [
     "check_datalist",
     "check_datalist_file",
@@ -65,9 +64,7 @@ class _SeriesImage:
 class _Checker:
     """Collects problems of one datalist; ``load`` returns ``None`` (after recording why) for unusable files."""
 
-    def __init__(
-        self, num_classes: int, check_values: bool, affine_atol: float, max_voxels: int | None = None
-    ) -> None:
+    def __init__(self, num_classes: int, check_values: bool, affine_atol: float, max_voxels: int | None = None) -> None:
         self.num_classes, self.check_values, self.affine_atol = num_classes, check_values, affine_atol
         self.max_voxels = max_voxels
         self.problems: list[str] = []
@@ -326,7 +323,11 @@ def check_images(
         raise ValueError("No images to segment: the datalist is empty (is dataset_dir/imagesTs empty or mistyped?).")
     items = [img if isinstance(img, Mapping) else {image_key: str(img)} for img in images]
     return check_datalist(
-        items, image_key=image_key, label_key="__no_label__", check_values=check_values, max_image_voxels=max_image_voxels
+        items,
+        image_key=image_key,
+        label_key="__no_label__",
+        check_values=check_values,
+        max_image_voxels=max_image_voxels,
     )
 
 

@@ -76,7 +76,9 @@ def make_context_case(
         twins.append(sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0)
     marker_x = X / 2 + rng.uniform(-4.0, 4.0)
     marker_y = (Y * 0.25, Y * 0.75)[side] + rng.uniform(-1.0, 1.0)
-    marker = (np.abs(grid[0] - marker_x) <= 8) & (np.abs(grid[1] - marker_y) <= Y * 0.2) & (grid[2] >= 1) & (grid[2] < Z - 1)
+    marker = (
+        (np.abs(grid[0] - marker_x) <= 8) & (np.abs(grid[1] - marker_y) <= Y * 0.2) & (grid[2] >= 1) & (grid[2] < Z - 1)
+    )
     texture = rng.normal(0.0, _HU["noise"], size=(X, Y, Z))
     for mask in twins:
         image[mask] = _HU["twin"] + texture[mask]
@@ -125,8 +127,13 @@ def make_context_dataset(
         nib.save(nib.Nifti1Image(label, affine), str(out / "labelsTr" / name))
         splits[split].append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}"})
         sides[name] = side
-    datalist = {"name": "context-only twins", "rule": rule, "labels": {str(k): v for k, v in LABELS.items()}, **splits,
-                "sides": sides}
+    datalist = {
+        "name": "context-only twins",
+        "rule": rule,
+        "labels": {str(k): v for k, v in LABELS.items()},
+        **splits,
+        "sides": sides,
+    }
     path = out / "dataset_0.json"
     path.write_text(json.dumps(datalist, indent=2) + "\n")
     return path

@@ -47,7 +47,14 @@ __all__ = [
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _INSTALL = "pip install 'monai_fine[dicom]' (or pip install pydicom)"
-_GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "InstanceNumber", "Rows", "Columns")
+_GEOMETRY_TAGS = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+)
 # slice positions may differ from even spacing by this fraction of the slice step (DS values are rounded to 16 chars)
 _SPACING_RTOL = 0.01
 
@@ -157,7 +164,7 @@ def check_series(folder: str | os.PathLike) -> DicomSeries:
     for f in files:
         try:
             datasets.append(pydicom.dcmread(f, stop_before_pixels=True))
-        except Exception as e:  # noqa: BLE001 (pydicom raises many types for damaged files)
+        except Exception as e:
             problems.append(f"unreadable DICOM file {f.name} ({type(e).__name__}: {e})")
     if not datasets:
         return result
@@ -195,7 +202,7 @@ def check_series(folder: str | os.PathLike) -> DicomSeries:
         return result
     order = sorted(datasets, key=lambda ds: int(ds.InstanceNumber))
     first = order[0]
-    row_dir, col_dir = (np.asarray(first.ImageOrientationPatient, dtype=float).reshape(2, 3))
+    row_dir, col_dir = np.asarray(first.ImageOrientationPatient, dtype=float).reshape(2, 3)
     normal = np.cross(row_dir, col_dir)
     positions = np.asarray([ds.ImagePositionPatient for ds in order], dtype=float)
     dr, dc = (float(v) for v in first.PixelSpacing)
@@ -236,7 +243,7 @@ def pixel_problems(files: Sequence[str | os.PathLike]) -> list[str]:
     for f in files:
         try:
             pydicom.dcmread(f).pixel_array  # noqa: B018 (decoding is the check)
-        except Exception as e:  # noqa: BLE001 (pydicom and its pixel handlers raise many types)
+        except Exception as e:
             problems.append(f"unreadable pixel data in {Path(f).name} ({type(e).__name__}: {e})")
     return problems
 

@@ -281,9 +281,7 @@ def check_output_names(items: Sequence[Any], image_key: str = "image", postfix: 
     stems = Counter(_output_stem(p) for p in paths)
     clashes = {s for s, n in stems.items() if n > 1}
     if clashes:
-        lines = [
-            f"{s}_{postfix}: " + ", ".join(str(p) for p in paths if _output_stem(p) == s) for s in sorted(clashes)
-        ]
+        lines = [f"{s}_{postfix}: " + ", ".join(str(p) for p in paths if _output_stem(p) == s) for s in sorted(clashes)]
         raise ValueError(
             f"{len(clashes)} output name(s) would be written by more than one input (one would overwrite the other); "
             "rename the inputs or segment them in separate runs:\n" + "\n".join(lines)

@@ -39,7 +39,6 @@ from scipy import interpolate, ndimage, spatial
 
 from monai_fine.labels import BTCV_LABELS
 
-
 __all__ = ["BTCV_LABELS", "PHANTOM", "PhantomProtocol", "make_phantom_case", "make_phantom_dataset", "phantom"]
 
 
@@ -252,7 +251,7 @@ def _draw_case(
     fit = min(1.0, nx * sx / _FIT_FOV[0], ny * sy / _FIT_FOV[1])
     scale = fit * (1.0 + v * rng.uniform(-0.08, 0.08))
     shift = v * rng.uniform(-12.0, 12.0, size=2) * fit
-    mid2 = int(round((nx - 1) + 2.0 * shift[0] / sx))  # twice the midline voxel index
+    mid2 = round((nx - 1) + 2.0 * shift[0] / sx)  # twice the midline voxel index
     x0, y0 = -(nx - 1) / 2.0 * sx, -(ny - 1) / 2.0 * sy
     body_y = shift[1]
     z_centre = _Z_CENTRE + v * rng.uniform(-z_jitter_mm, z_jitter_mm)

@@ -50,8 +50,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS, SYNAPSE8_ORGANS
 from monai_fine.data.phantom import PHANTOM
+from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS, SYNAPSE8_ORGANS
 from monai_fine.networks import MEMORY_CONFIGS, PRESETS, MemoryMode
 from monai_fine.optional import require
 from monai_fine.reports import case_name as _case_name
@@ -92,45 +92,91 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset_dir", default=None, help="real data (BTCV layout, dataset_0.json); default: phantom")
     p.add_argument("--datalist", default=None, help="datalist JSON (default: DATASET_DIR/dataset_0.json)")
     p.add_argument("--preset", default="tiny", choices=tuple(PRESETS))
-    p.add_argument("--roi", type=int, nargs=3, default=None,
-                   help="crop size (x y z), divisible by the preset stride (tiny 16, bcv 32 32 16); default: "
-                        "32 32 16 on the phantom, the preset's roi_size (monai_fine.networks.PRESETS) with --dataset_dir")
-    p.add_argument("--pixdim", type=float, nargs=3, default=None,
-                   help="training voxel size in mm; default: the phantom spacing, 0.76 0.76 3.0 with --dataset_dir")
+    p.add_argument(
+        "--roi",
+        type=int,
+        nargs=3,
+        default=None,
+        help="crop size (x y z), divisible by the preset stride (tiny 16, bcv 32 32 16); default: "
+        "32 32 16 on the phantom, the preset's roi_size (monai_fine.networks.PRESETS) with --dataset_dir",
+    )
+    p.add_argument(
+        "--pixdim",
+        type=float,
+        nargs=3,
+        default=None,
+        help="training voxel size in mm; default: the phantom spacing, 0.76 0.76 3.0 with --dataset_dir",
+    )
     p.add_argument("--configs", type=_csv_list, default=list(CONFIGS), help="comma-separated, of " + ",".join(CONFIGS))
     p.add_argument("--variants", type=_csv_list, default=list(VARIANTS), help="phantom variants: normal,situs")
     p.add_argument("--iterations", type=int, default=1500, help="training iterations per run (same for every config)")
-    p.add_argument("--epoch_length", type=int, default=None,
-                   help="iterations per epoch (the LR schedule steps per epoch); default 25, 250 for bcv")
+    p.add_argument(
+        "--epoch_length",
+        type=int,
+        default=None,
+        help="iterations per epoch (the LR schedule steps per epoch); default 25, 250 for bcv",
+    )
     p.add_argument("--num_samples", type=int, default=2, help="crops per scan per iteration")
-    p.add_argument("--seeds", type=lambda s: [int(v) for v in _csv_list(s)], default=[0, 1],
-                   help="training seeds (the data stay the same)")
-    p.add_argument("--optimizer", default=None, choices=("bundle", "adamw"),
-                   help="bundle: train.json's SGD (momentum 0.99, nesterov; the paper's recipe); adamw: AdamW "
-                        "(weight decay 0.01), which learns much faster in a short CPU budget. Default: adamw on the "
-                        "phantom, bundle with --dataset_dir")
-    p.add_argument("--learning_rate", type=float, default=None,
-                   help="default 0.01 for the bundle's SGD, 0.002 for AdamW; the poly schedule decays it to 0")
+    p.add_argument(
+        "--seeds",
+        type=lambda s: [int(v) for v in _csv_list(s)],
+        default=[0, 1],
+        help="training seeds (the data stay the same)",
+    )
+    p.add_argument(
+        "--optimizer",
+        default=None,
+        choices=("bundle", "adamw"),
+        help="bundle: train.json's SGD (momentum 0.99, nesterov; the paper's recipe); adamw: AdamW "
+        "(weight decay 0.01), which learns much faster in a short CPU budget. Default: adamw on the "
+        "phantom, bundle with --dataset_dir",
+    )
+    p.add_argument(
+        "--learning_rate",
+        type=float,
+        default=None,
+        help="default 0.01 for the bundle's SGD, 0.002 for AdamW; the poly schedule decays it to 0",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0, ...; default: the bundle's (CUDA if available)")
     p.add_argument("--num_workers", type=int, default=None, help="data-loader workers; default 0 on CPU, 4 on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep finished runs (their run_results.csv) and continue interrupted trainings")
-    p.add_argument("--budget_minutes", type=float, default=None,
-                   help="launch no new run after this many minutes; skipped runs are listed in summary.md")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished runs (their run_results.csv) and continue interrupted trainings",
+    )
+    p.add_argument(
+        "--budget_minutes",
+        type=float,
+        default=None,
+        help="launch no new run after this many minutes; skipped runs are listed in summary.md",
+    )
     # phantom
     p.add_argument("--num_cases", type=int, default=20, help="phantom: labelled cases (training + held-out)")
     p.add_argument("--val_fraction", type=float, default=0.3, help="phantom: fraction of held-out cases")
     p.add_argument("--shape", type=int, nargs=3, default=list(PHANTOM.shape), help="phantom volume size in voxels")
     p.add_argument("--spacing", type=float, nargs=3, default=list(PHANTOM.spacing), help="phantom voxel size in mm")
-    p.add_argument("--situs_fraction", type=float, default=VARIANTS["situs"],
-                   help="phantom 'situs' variant: fraction of situs inversus cases in each split")
+    p.add_argument(
+        "--situs_fraction",
+        type=float,
+        default=VARIANTS["situs"],
+        help="phantom 'situs' variant: fraction of situs inversus cases in each split",
+    )
     p.add_argument("--data_seed", type=int, default=0, help="phantom data set seed")
-    p.add_argument("--override", action="append", default=[], metavar="ID=JSON",
-                   help="extra bundle override, repeatable, e.g. network_def#feature_size=12")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="parallel worker processes of 1 thread each (on a small CPU machine, 2 single-threaded "
-                        "processes on 2 cores do more than one process with 2 threads)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="ID=JSON",
+        help="extra bundle override, repeatable, e.g. network_def#feature_size=12",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="parallel worker processes of 1 thread each (on a small CPU machine, 2 single-threaded "
+        "processes on 2 cores do more than one process with 2 threads)",
+    )
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_t_start", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -400,9 +446,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str
     per_seed: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for (variant, subset, config, _), grp in groups.items():
         per_seed.setdefault((variant, subset, config), []).append(run_metrics(grp))
-    return {
-        key: {m: _mean_std([s[m] for s in seeds]) for m in seeds[0]} for key, seeds in per_seed.items()
-    }
+    return {key: {m: _mean_std([s[m] for s in seeds]) for m in seeds[0]} for key, seeds in per_seed.items()}
 
 
 # --------------------------------------------------------------------------------------------------------- output
@@ -469,8 +513,11 @@ def summary_markdown(
         "```",
         "",
         f"- machine: {info['cpu']}, {info['cpu_cores']} cores, "
-        + (f"{info['jobs']} parallel runs of 1 torch thread each" if info.get("jobs", 1) > 1
-           else f"torch threads {info['torch_threads']} (OMP_NUM_THREADS={info['OMP_NUM_THREADS']})")
+        + (
+            f"{info['jobs']} parallel runs of 1 torch thread each"
+            if info.get("jobs", 1) > 1
+            else f"torch threads {info['torch_threads']} (OMP_NUM_THREADS={info['OMP_NUM_THREADS']})"
+        )
         + f", device {info['device']}"
         + (f" ({info['gpu']})" if "gpu" in info else "")
         + f"; python {info['python']}, torch {info['torch']}, monai {info['monai']}",
@@ -531,8 +578,9 @@ def plot(agg: dict, path: Path, title: str = "") -> None:
     dice_keys = ["dice"] + [f"dice_{k}" for k in CONTEXT_ORGANS]
     dice_names = ["mean (13)"] + [SHORT[k] for k in CONTEXT_ORGANS]
     swap_keys = [f"swap_{p}" for p in PAIRS]
-    fig, axes = plt.subplots(len(panels), 2, figsize=(15, 3.8 * len(panels)), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 1.2]})
+    fig, axes = plt.subplots(
+        len(panels), 2, figsize=(15, 3.8 * len(panels)), squeeze=False, gridspec_kw={"width_ratios": [3, 1.2]}
+    )
     colors = plt.get_cmap("tab10")
     for row, (variant, subset) in enumerate(panels):
         configs = [c for c in CONFIGS if (variant, subset, c) in agg]
@@ -582,8 +630,9 @@ def _datalist_path(args: argparse.Namespace, dataset_dir: Path) -> Path:
     return Path(args.datalist).resolve() if args.datalist else dataset_dir / "dataset_0.json"
 
 
-def run_task(args: argparse.Namespace, task: tuple[int, str, str], dataset_dir: Path, t_start: float,
-             token: str | None = None) -> str:
+def run_task(
+    args: argparse.Namespace, task: tuple[int, str, str], dataset_dir: Path, t_start: float, token: str | None = None
+) -> str:
     """Train and evaluate one (seed, variant, config) into its run folder; returns done / reused / claimed /
     skipped / failed. The rows go to ``run_results.csv`` there, a failure to ``run_failed.txt``."""
     seed, variant, config = task
@@ -605,8 +654,11 @@ def run_task(args: argparse.Namespace, task: tuple[int, str, str], dataset_dir: 
     (root / "run_failed.txt").unlink(missing_ok=True)
     cases = held_out_cases(json.loads(_datalist_path(args, dataset_dir).read_text()), dataset_dir)
     memory, scan = CONFIGS[config].memory, CONFIGS[config].scan_memory
-    print(f"[ablation] {tag}: training {args.max_epochs * args.epoch_length} iterations (memory={memory}, "
-          f"scan_memory={scan}), then evaluating {len(cases)} held-out cases", flush=True)
+    print(
+        f"[ablation] {tag}: training {args.max_epochs * args.epoch_length} iterations (memory={memory}, "
+        f"scan_memory={scan}), then evaluating {len(cases)} held-out cases",
+        flush=True,
+    )
     try:
         times = train_and_evaluate(args, config, seed, dataset_dir, root)
         rows = collect_run(root / "eval", cases)
@@ -615,13 +667,23 @@ def run_task(args: argparse.Namespace, task: tuple[int, str, str], dataset_dir: 
         print(f"[ablation] {tag}: FAILED {type(e).__name__}: {e}", flush=True)
         return "failed"
     for r in rows:
-        r.update(variant=variant, seed=seed, config=config, memory=memory, scan_memory=scan,
-                 iterations=args.max_epochs * args.epoch_length, **times)
+        r.update(
+            variant=variant,
+            seed=seed,
+            config=config,
+            memory=memory,
+            scan_memory=scan,
+            iterations=args.max_epochs * args.epoch_length,
+            **times,
+        )
     _write_csv(done, rows)
     m = run_metrics([r for r in rows if r["subset"] == "all"])
-    print(f"[ablation] {tag}: Dice {m['dice']:.3f}, HD95 {m['hd95']:.1f} mm, kidney swaps "
-          f"{100 * m['swap_kidneys']:.1f} %, train {times['train_minutes']:.1f} min, eval "
-          f"{times['eval_minutes']:.1f} min", flush=True)
+    print(
+        f"[ablation] {tag}: Dice {m['dice']:.3f}, HD95 {m['hd95']:.1f} mm, kidney swaps "
+        f"{100 * m['swap_kidneys']:.1f} %, train {times['train_minutes']:.1f} min, eval "
+        f"{times['eval_minutes']:.1f} min",
+        flush=True,
+    )
     return "done"
 
 
@@ -632,11 +694,26 @@ def _run_workers(args: argparse.Namespace, argv: list[str], t_start: float) -> N
     out = Path(args.out).resolve()
     token = f"{os.getpid()}-{int(t_start)}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "monai_fine.experiments.context_ablation", *argv, "--out", str(out), "--jobs", "1", "--threads", "1",
-           "--resume", "--_worker", token, "--_t_start", repr(t_start)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_fine.experiments.context_ablation",
+        *argv,
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--threads",
+        "1",
+        "--resume",
+        "--_worker",
+        token,
+        "--_t_start",
+        repr(t_start),
+    ]
     procs = []
     for i in range(args.jobs):
-        log = open(out / f"worker_{i}.log", "w")
+        log = open(out / f"worker_{i}.log", "w")  # noqa: SIM115 (closed when its worker ends, below)
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     print(f"[ablation] {args.jobs} workers (1 thread each) running; logs: {out}/worker_*.log", flush=True)
     for proc, log in procs:
@@ -664,8 +741,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     tasks = tasks_of(args)
 
     if args._worker:  # a worker of --jobs: the parent wrote the data and writes the summary
-        datasets = {v: (out / f"data_{v}" if args.dataset_dir is None else Path(args.dataset_dir).resolve())
-                    for v in args.variants}
+        datasets = {
+            v: (out / f"data_{v}" if args.dataset_dir is None else Path(args.dataset_dir).resolve())
+            for v in args.variants
+        }
         for task in tasks:
             run_task(args, task, datasets[task[1]], t_start, token=args._worker)
         return {}
@@ -725,12 +804,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary.write_text(summary_markdown(args, agg, info, command, total, skipped, failed, data_notes))
     png = out / "ablation.png"
     if agg:
-        plot(agg, png, f"FINE token ablation: {args.max_epochs * args.epoch_length} iterations, "
-                        f"seeds {','.join(map(str, args.seeds))}, roi {'x'.join(map(str, args.roi))}")
+        plot(
+            agg,
+            png,
+            f"FINE token ablation: {args.max_epochs * args.epoch_length} iterations, "
+            f"seeds {','.join(map(str, args.seeds))}, roi {'x'.join(map(str, args.roi))}",
+        )
     print(summary.read_text(), flush=True)
     print(f"[ablation] wrote {results}, {summary}" + (f", {png}" if agg else "") + f" in {total:.1f} min", flush=True)
-    return {"results": results, "summary": summary, "plot": png if agg else None, "skipped": skipped,
-            "failed": failed, "minutes": total}
+    return {
+        "results": results,
+        "summary": summary,
+        "plot": png if agg else None,
+        "skipped": skipped,
+        "failed": failed,
+        "minutes": total,
+    }
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Every (config, seed) trains through the bundle's ``train.json`` at the same budg
 cases with :py:class:`monai_fine.inferers.FINEInferer` (with its scan memory for ``full+scan``, and once more without
 it, and with its memory written from the same case with the marker on the other side: the memory probes).
 ``OUT/results.csv`` has one row per config and seed: the *swap rate* (twin voxels predicted as
-the other twin, over the twin voxels given either twin's label, all held-out cases pooled; chance is about 0.5), Dice per label, the probe's swap
+the other twin, over the twin voxels given either twin's label, all held-out cases pooled; chance is about 0.5), Dice
+per label, the probe's swap
 rate, training minutes and seconds per iteration. ``OUT/summary.md`` gives mean ± std over seeds::
 
     python -m monai_fine context_benchmark --out runs/context_benchmark               # 3 configs x 3 seeds, CPU
@@ -38,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from monai_fine.data.io import torch_load
-from monai_fine.networks import MEMORY_CONFIGS, MemoryMode
 from monai_fine.experiments.context_ablation import _fmt, _mean_std, machine_info, parse_overrides
+from monai_fine.networks import MEMORY_CONFIGS, MemoryMode
 
 __all__ = ["CONFIGS", "parse_args", "evaluate_run", "main"]
 
@@ -58,11 +59,14 @@ def _csv_list(text: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m monai_fine context_benchmark", description=__doc__,
+        prog="python -m monai_fine context_benchmark",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="runs/context_benchmark", help="output folder")
-    p.add_argument("--dataset_dir", default=None, help="own data (dataset_0.json; labels 1, 2 twins); default: generated")
+    p.add_argument(
+        "--dataset_dir", default=None, help="own data (dataset_0.json; labels 1, 2 twins); default: generated"
+    )
     p.add_argument("--configs", type=_csv_list, default=list(CONFIGS), help="of " + ",".join(CONFIGS))
     p.add_argument("--seeds", type=lambda s: [int(v) for v in _csv_list(s)], default=[0, 1, 2])
     p.add_argument("--iterations", type=int, default=800, help="training iterations per run")
@@ -77,8 +81,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", type=int, nargs=3, default=[160, 32, 16], help="generated data: volume size")
     p.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 3.0], help="mm, also the training pixdim")
     p.add_argument("--data_seed", type=int, default=0)
-    p.add_argument("--rule", default="side", choices=("side", "xor"),
-                   help="generated data: twins' label = the marker's side (both twins), or side XOR end (harder)")
+    p.add_argument(
+        "--rule",
+        default="side",
+        choices=("side", "xor"),
+        help="generated data: twins' label = the marker's side (both twins), or side XOR end (harder)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="parallel runs of 1 torch thread each")
     p.add_argument("--threads", type=int, default=None, help="torch threads of a run")
     p.add_argument("--override", action="append", default=[], metavar="ID=JSON", help="extra bundle override")
@@ -86,8 +94,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     bad = [c for c in args.configs if c not in CONFIGS]
     if bad or not args.configs or not args.seeds or args.iterations < 1 or args.jobs < 1:
-        p.error(f"--configs a subset of {list(CONFIGS)} (got {args.configs}), --seeds non-empty, --iterations and "
-                "--jobs >= 1")
+        p.error(
+            f"--configs a subset of {list(CONFIGS)} (got {args.configs}), --seeds non-empty, --iterations and "
+            "--jobs >= 1"
+        )
     args.epoch_length = max(1, min(args.epoch_length, args.iterations))
     args.max_epochs = max(1, round(args.iterations / args.epoch_length))
     args.overrides = parse_overrides(p, args.override)
@@ -237,48 +247,74 @@ def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dic
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     iterations = args.max_epochs * args.epoch_length
-    run_bundle(["train.json"], "train", max_epochs=args.max_epochs, epoch_length=args.epoch_length,
-               val_interval=args.max_epochs + 1, **{"validate#dataset#cache_rate": 0.0},
-               **overrides(args, config, seed, data))
+    run_bundle(
+        ["train.json"],
+        "train",
+        max_epochs=args.max_epochs,
+        epoch_length=args.epoch_length,
+        val_interval=args.max_epochs + 1,
+        **{"validate#dataset#cache_rate": 0.0},
+        **overrides(args, config, seed, data),
+    )
     train_minutes = (time.time() - t0) / 60
     t1 = time.time()
-    row: dict[str, Any] = {"config": config, "seed": seed, "memory": CONFIGS[config].memory, "scan_memory": CONFIGS[config].scan_memory,
-                           "iterations": iterations, "train_minutes": round(train_minutes, 2),
-                           "seconds_per_iteration": round(train_minutes * 60 / iterations, 3), "swap_rate_scan_off": "",
-                           "memory_swap_flips": ""}
+    row: dict[str, Any] = {
+        "config": config,
+        "seed": seed,
+        "memory": CONFIGS[config].memory,
+        "scan_memory": CONFIGS[config].scan_memory,
+        "iterations": iterations,
+        "train_minutes": round(train_minutes, 2),
+        "seconds_per_iteration": round(train_minutes * 60 / iterations, 3),
+        "swap_rate_scan_off": "",
+        "memory_swap_flips": "",
+    }
     row.update(evaluate_run(args, config, seed, data))
     row["eval_minutes"] = round((time.time() - t1) / 60, 2)
     result_file.write_text(json.dumps(row, indent=1) + "\n")
-    print(f"[context] {config} seed {seed}: swap {row['swap_rate']:.3f} (scan off: {row['swap_rate_scan_off']}), "
-          f"train {train_minutes:.1f} min", flush=True)
+    print(
+        f"[context] {config} seed {seed}: swap {row['swap_rate']:.3f} (scan off: {row['swap_rate_scan_off']}), "
+        f"train {train_minutes:.1f} min",
+        flush=True,
+    )
     return row
 
 
 def summary(args: argparse.Namespace, rows: list[dict[str, Any]], command: str, minutes: float) -> str:
     info = machine_info("cpu")
-    lines = ["# Context-only benchmark", "", "```bash", command, "```", "",
-             f"- machine: {info['cpu']}, {info['cpu_cores']} cores, {args.jobs} parallel run(s); torch {info['torch']}, "
-             f"monai {info['monai']}; total {minutes:.1f} min",
-             f"- per run: {args.max_epochs * args.epoch_length} iterations of {args.num_samples} crops "
-             f"{'x'.join(map(str, args.roi))}, preset `{args.preset}`, AdamW lr {args.learning_rate:g}, seeds "
-             f"{','.join(map(str, args.seeds))}",
-             "- swap rate: twin voxels predicted as the other twin / twin voxels predicted as either twin (held-out "
-             "cases pooled; chance ~0.5); twin found: twin voxels predicted as either twin / twin voxels",
-             "", "| config | swap rate % | swap, scan memory off % | flips with the other side's memory % | twin found % | "
-             "Dice twin_a | Dice twin_b | Dice marker | s/iter |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Context-only benchmark",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"- machine: {info['cpu']}, {info['cpu_cores']} cores, {args.jobs} parallel run(s); torch {info['torch']}, "
+        f"monai {info['monai']}; total {minutes:.1f} min",
+        f"- per run: {args.max_epochs * args.epoch_length} iterations of {args.num_samples} crops "
+        f"{'x'.join(map(str, args.roi))}, preset `{args.preset}`, AdamW lr {args.learning_rate:g}, seeds "
+        f"{','.join(map(str, args.seeds))}",
+        "- swap rate: twin voxels predicted as the other twin / twin voxels predicted as either twin (held-out "
+        "cases pooled; chance ~0.5); twin found: twin voxels predicted as either twin / twin voxels",
+        "",
+        "| config | swap rate % | swap, scan memory off % | flips with the other side's memory % | twin found % | "
+        "Dice twin_a | Dice twin_b | Dice marker | s/iter |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for config in args.configs:
         rs = [r for r in rows if r["config"] == config]
         if not rs:
             continue
 
-        def ms(key: str) -> tuple[float, float, int]:
+        def ms(key: str, rs: list[dict[str, Any]] = rs) -> tuple[float, float, int]:
             return _mean_std([float(r[key]) for r in rs if r.get(key) not in ("", None)])
 
-        lines.append(f"| {config} | {_fmt(ms('swap_rate'), pct=True)} | {_fmt(ms('swap_rate_scan_off'), pct=True)} | "
-                     f"{_fmt(ms('memory_swap_flips'), pct=True)} | {_fmt(ms('twin_found'), pct=True)} | "
-                     f"{_fmt(ms('dice_twin_a'))} | {_fmt(ms('dice_twin_b'))} | {_fmt(ms('dice_marker'))} | "
-                     f"{_fmt(ms('seconds_per_iteration'))} |")
+        lines.append(
+            f"| {config} | {_fmt(ms('swap_rate'), pct=True)} | {_fmt(ms('swap_rate_scan_off'), pct=True)} | "
+            f"{_fmt(ms('memory_swap_flips'), pct=True)} | {_fmt(ms('twin_found'), pct=True)} | "
+            f"{_fmt(ms('dice_twin_a'))} | {_fmt(ms('dice_twin_b'))} | {_fmt(ms('dice_marker'))} | "
+            f"{_fmt(ms('seconds_per_iteration'))} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -302,11 +338,28 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         procs = []
         for j in range(args.jobs):
             mine = ",".join(f"{c}:{s}" for c, s in tasks[j :: args.jobs])
-            log = open(Path(args.out).resolve() / f"worker_{j}.log", "w")
-            cmd = [sys.executable, "-m", "monai_fine", "context_benchmark", *argv, "--jobs", "1", "--threads", "1",
-                   "--_runs", mine]
-            procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                           env={**os.environ, "OMP_NUM_THREADS": "1"}), log))
+            log = open(Path(args.out).resolve() / f"worker_{j}.log", "w")  # noqa: SIM115 (closed when its worker ends)
+            cmd = [
+                sys.executable,
+                "-m",
+                "monai_fine",
+                "context_benchmark",
+                *argv,
+                "--jobs",
+                "1",
+                "--threads",
+                "1",
+                "--_runs",
+                mine,
+            ]
+            procs.append(
+                (
+                    subprocess.Popen(
+                        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+                    ),
+                    log,
+                )
+            )
         for proc, log in procs:
             proc.wait()
             log.close()

@@ -26,10 +26,10 @@ from monai.bundle import ConfigParser
 
 from monai_fine.bundle_tools import bundle_dir
 from monai_fine.data.io import torch_load
+from monai_fine.data.phantom import PHANTOM
 from monai_fine.inferers import FINEInferer
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS
 from monai_fine.metrics import compute_organ_dice
-from monai_fine.data.phantom import PHANTOM
 from monai_fine.networks import PRESETS
 
 __all__ = ["main"]
@@ -38,7 +38,9 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> dict:
     """Run the probe (``argv``: the command-line options); returns condition -> per-organ Dice."""
     p = argparse.ArgumentParser(
-        prog="python -m monai_fine memory_probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m monai_fine memory_probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--run", required=True, help="bundle_root of a trained run (models/model_final.pt)")
     p.add_argument("--data", required=True, help="dataset_dir with dataset_0.json")
@@ -52,15 +54,26 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = ConfigParser()
     parser.read_config(str(bundle_dir() / "configs" / "train.json"))
-    parser.update({"preset": args.preset, "memory": args.memory, "scan_memory": args.scan_memory, "roi_size": args.roi,
-                   "pixdim": args.pixdim, "dataset_dir": args.data, "device": "$torch.device('cpu')"})
+    parser.update(
+        {
+            "preset": args.preset,
+            "memory": args.memory,
+            "scan_memory": args.scan_memory,
+            "roi_size": args.roi,
+            "pixdim": args.pixdim,
+            "dataset_dir": args.data,
+            "device": "$torch.device('cpu')",
+        }
+    )
     net = parser.get_parsed_content("network_def")
     ckpt = torch_load(Path(args.run) / "models" / "model_final.pt")
     net.load_state_dict(ckpt.get("model", ckpt))
     net.eval()
     preprocess = parser.get_parsed_content("validate#preprocessing")
     items = json.loads((Path(args.data) / "dataset_0.json").read_text())[args.split]
-    cases = [preprocess({k: str(Path(args.data) / v) for k, v in item.items() if k in ("image", "label")}) for item in items]
+    cases = [
+        preprocess({k: str(Path(args.data) / v) for k, v in item.items() if k in ("image", "label")}) for item in items
+    ]
     visits = net.memory_visits.clone()
 
     conditions = {"as trained": (True, args.scan_memory)}

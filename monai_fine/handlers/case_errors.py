@@ -61,5 +61,7 @@ class CaseErrorReporter:
         where = ", ".join(names) if names else "<unknown case>"
         failure = take_write_failure()
         if failure is not None:  # MONAI's SaveImage hid it behind "cannot find a suitable writer"
-            raise WriteFailedError(failure.errno, f"failed on case {where}: {failure.strerror}", failure.filename) from e
+            raise WriteFailedError(
+                failure.errno, f"failed on case {where}: {failure.strerror}", failure.filename
+            ) from e
         raise RuntimeError(f"failed on case {where}: {type(e).__name__}: {e}") from e

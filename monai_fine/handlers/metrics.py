@@ -42,7 +42,9 @@ class _OrganMetricHandler(IgniteMetricHandler):
 
     metric_class: type[_OrganMetric]
 
-    def __init__(self, output_transform: Callable = lambda x: x, save_details: bool = True, **metric_kwargs: Any) -> None:
+    def __init__(
+        self, output_transform: Callable = lambda x: x, save_details: bool = True, **metric_kwargs: Any
+    ) -> None:
         metric_fn = self.metric_class(**metric_kwargs)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 

@@ -7,7 +7,8 @@ reads is computed inside the graph, so the exported network keeps the volume-tok
 specialised to the export size (export once per crop size; ``FINEInferer`` always feeds ``roi_size`` windows); the
 batch size is dynamic in ONNX.
 
-Not exported: the scan memory (a Python object filled by the scan view's pass; scan-memory inference stays in PyTorch) and
+Not exported: the scan memory (a Python object filled by the scan view's pass; scan-memory inference stays in
+PyTorch) and
 ``torch.jit.script`` (the forward takes that Python object and keyword arguments TorchScript cannot type; trace it).
 ``roi_box`` values are not validated inside the graph: check them with
 :func:`~monai_fine.networks.blocks.memory.check_roi_box` where they are produced.
@@ -105,7 +106,7 @@ def export_onnx(
     names = ["x", "roi_box"][: len(inputs)]
     if opset_version is None:
         opset_version = 18 if dynamo else 17
-    kwargs: dict = dict(input_names=names, output_names=["logits"], opset_version=opset_version, dynamo=dynamo)
+    kwargs: dict = {"input_names": names, "output_names": ["logits"], "opset_version": opset_version, "dynamo": dynamo}
     if dynamo:
         batch = torch.export.Dim("batch", min=1, max=1024)
         kwargs["dynamic_shapes"] = {name: {0: batch} for name in names}

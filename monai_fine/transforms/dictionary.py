@@ -192,7 +192,9 @@ class PathSafeSpacingd(Spacingd):
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
         d = dict(data)
         prefixes = tuple(f"{k}_" for k in self.keys)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)}
+        aside = {
+            k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)
+        }
         out = super().__call__(d, lazy=lazy)
         out.update(aside)
         return out

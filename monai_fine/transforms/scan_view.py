@@ -46,7 +46,9 @@ def scan_view(volume: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if len(size) != 3 or min(size) < 1:
         raise ValueError(f"scan view size must be 3 positive ints, got {size}.")
     if volume.ndim not in (4, 5):
-        raise ValueError(f"scan view expects a (C, X, Y, Z) or (B, C, X, Y, Z) volume, got shape {tuple(volume.shape)}.")
+        raise ValueError(
+            f"scan view expects a (C, X, Y, Z) or (B, C, X, Y, Z) volume, got shape {tuple(volume.shape)}."
+        )
     x = volume.as_tensor() if isinstance(volume, MetaTensor) else volume
     out = F.interpolate(x.float() if x.ndim == 5 else x.float()[None], size=size, mode="area")
     return out if x.ndim == 5 else out[0]

@@ -19,7 +19,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_sweep(tmp_path):
     out = tmp_path / "sweep.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "benchmarks.bench_network", "--quick", "--threads", "1", "--paired", "3", "--csv", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_network",
+        "--quick",
+        "--threads",
+        "1",
+        "--paired",
+        "3",
+        "--csv",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(out, newline="") as f:
@@ -72,7 +83,12 @@ def test_quick_sweep(tmp_path):
         assert summary["targets"]["full/none paired train_s <= 1.05"] == round(per_round[1], 3)
         # 3 rounds are too few for a 95 % interval: it is [min, max] and says its coverage (1 - 2/8)
         pr = summary["paired full/none"]
-        assert (pr["low"], pr["high"], pr["coverage"], pr["rounds"]) == (round(per_round[0], 3), round(per_round[2], 3), 0.75, 3)
+        assert (pr["low"], pr["high"], pr["coverage"], pr["rounds"]) == (
+            round(per_round[0], 3),
+            round(per_round[2], 3),
+            0.75,
+            3,
+        )
         assert pr["verdict"] == ("met" if pr["high"] <= 1.05 else "MISSED" if pr["low"] > 1.05 else "undecided")
         assert {m: statistics.median(v) for m, v in t.items()} == pytest.approx(summary["paired train_s"], abs=1e-4)
 
@@ -110,7 +126,9 @@ def test_paired_verdict_reads_the_interval():
     from benchmarks.common import interval_verdict, paired_ratio
 
     none = [10.0] * 10
-    close = paired_ratio({"none": none, "full": [10.0 * r for r in (1.0, 1.02, 1.03, 1.04, 1.04, 1.05, 1.06, 1.08, 1.1, 1.2)]})
+    close = paired_ratio(
+        {"none": none, "full": [10.0 * r for r in (1.0, 1.02, 1.03, 1.04, 1.04, 1.05, 1.06, 1.08, 1.1, 1.2)]}
+    )
     assert (close["ratio"], close["low"], close["high"]) == (1.045, 1.02, 1.1)  # tabulated k=2 for n=10
     assert interval_verdict(close["low"], close["high"], 1.05) == "undecided"
     assert interval_verdict(1.0, 1.05, 1.05) == "met" and interval_verdict(1.051, 1.2, 1.05) == "MISSED"

@@ -1,5 +1,6 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``python -m benchmarks.bench_pipeline --quick``: the bundle's training loop against the bare step, both settings at tiny
+"""``python -m benchmarks.bench_pipeline --quick``: the bundle's training loop against the bare step, both settings
+at tiny
 sizes, end to end through the real ``train.json``; the table's structure and its numbers' consistency."""
 
 from __future__ import annotations

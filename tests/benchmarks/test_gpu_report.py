@@ -1,5 +1,6 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""``python -m benchmarks.gpu_report`` end to end in its ``--tiny`` CPU mode (so the prepared GPU run cannot rot), its time
+"""``python -m benchmarks.gpu_report`` end to end in its ``--tiny`` CPU mode (so the prepared GPU run cannot rot),
+its time
 budget and its error guard, and the nnU-Net plan the peers are built from."""
 
 from __future__ import annotations

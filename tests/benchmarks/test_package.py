@@ -25,14 +25,9 @@ def path_changes(tree: ast.Module) -> list[int]:
     lines = []
     for node in ast.walk(tree):
         if (
-            isinstance(node, ast.Attribute)
-            and node.attr == "path"
-            and getattr(node.value, "id", None) == "sys"
-            or isinstance(node, ast.Attribute)
-            and node.attr == "addsitedir"
-            or isinstance(node, ast.ImportFrom)
-            and node.module == "sys"
-            and any(a.name == "path" for a in node.names)
+            (isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys")
+            or (isinstance(node, ast.Attribute) and node.attr == "addsitedir")
+            or (isinstance(node, ast.ImportFrom) and node.module == "sys" and any(a.name == "path" for a in node.names))
         ):
             lines.append(node.lineno)
     return sorted(lines)

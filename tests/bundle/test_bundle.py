@@ -13,16 +13,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_common import CONFIGS, META, workflow
 from monai.bundle import ConfigParser, verify_net_in_out
 
-from bundle_common import CONFIGS, META, workflow
-
 from monai_fine.data import make_phantom_dataset
+
 
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(out, num_cases=4, seed=3, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=1, val_fraction=0.25)
+    make_phantom_dataset(
+        out, num_cases=4, seed=3, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=1, val_fraction=0.25
+    )
     return out
 
 
@@ -34,7 +36,16 @@ def test_configs_parse_and_have_the_workflow_properties(phantom_dir, tmp_path):
     ]
     for files, kind, extra in cases:
         wf = workflow(files, kind, bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), **extra)
-        for tunable in ["bundle_root", "dataset_dir", "preset", "memory", "scan_memory", "roi_size", "pixdim", "device"]:
+        for tunable in [
+            "bundle_root",
+            "dataset_dir",
+            "preset",
+            "memory",
+            "scan_memory",
+            "roi_size",
+            "pixdim",
+            "device",
+        ]:
             assert tunable in wf.parser.config, (files, tunable)
         assert not wf.check_properties(), files  # MONAI's required and optional workflow properties are all there
     train = ConfigParser.load_config_file(str(CONFIGS / "train.json"))
@@ -46,8 +57,20 @@ def test_configs_parse_and_have_the_workflow_properties(phantom_dir, tmp_path):
 
 def test_metadata():
     meta = json.loads(Path(META).read_text())
-    for key in ["version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
-                "description", "authors", "copyright", "network_data_format", "changelog", "schema"]:
+    for key in [
+        "version",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+        "changelog",
+        "schema",
+    ]:
         assert key in meta, key
     assert meta["version"] in meta["changelog"]
     out = meta["network_data_format"]["outputs"]["pred"]
@@ -129,8 +152,14 @@ def test_real_ct_inference_keeps_shape_and_affine(totalseg_dir, tmp_path):
     torch.save(model.state_dict(), root / "models" / "model.pt")
     out_dir = tmp_path / "seg"
     wf = workflow(
-        ["inference.json"], "infer", bundle_root=str(root), dataset_dir=str(data), output_dir=str(out_dir),
-        roi_size=[64, 64, 32], pixdim=[2.0, 2.0, 3.0], overlap=0.25,
+        ["inference.json"],
+        "infer",
+        bundle_root=str(root),
+        dataset_dir=str(data),
+        output_dir=str(out_dir),
+        roi_size=[64, 64, 32],
+        pixdim=[2.0, 2.0, 3.0],
+        overlap=0.25,
     )
     wf.run()
     wf.finalize()
@@ -140,7 +169,8 @@ def test_real_ct_inference_keeps_shape_and_affine(totalseg_dir, tmp_path):
     np.testing.assert_allclose(seg.affine, ref.affine, atol=1e-4)
 
 
-def _write(path: Path, array: np.ndarray, affine=np.diag([4.0, 4.0, 4.0, 1.0])) -> None:
+def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
+    affine = np.diag([4.0, 4.0, 4.0, 1.0]) if affine is None else affine
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, affine), str(path))
 
@@ -165,7 +195,9 @@ def test_bad_data_fails_before_training(phantom_dir, tmp_path):
 
 def test_unknown_tunable_values_are_refused(phantom_dir, tmp_path):
     with pytest.raises(Exception) as err:
-        workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), crop_sampler="posnegg")
+        workflow(
+            ["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), crop_sampler="posnegg"
+        )
     assert "crop_sampler must be one of" in str(err.value) + str(err.value.__cause__)
     with pytest.raises(Exception) as err:
         workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), memory="intended")
@@ -175,7 +207,8 @@ def test_unknown_tunable_values_are_refused(phantom_dir, tmp_path):
 def test_rerun_of_a_finished_training_trains_anew_from_its_weights(phantom_dir, tmp_path):
     """What MONAI Label's repeated ``/train`` needs: resuming a finished run does not train 0 epochs; it trains a new
     run of ``max_epochs`` from the finished run's weights and sets the old checkpoints aside."""
-    common = dict(bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), max_epochs=1, epoch_length=2, val_interval=1)
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom_dir)}
+    common.update(max_epochs=1, epoch_length=2, val_interval=1)
     wf = workflow(["train.json"], "train", **common)
     wf.run()
     first = torch.load(tmp_path / "models" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
@@ -198,12 +231,13 @@ def test_scan_memory_trains_from_the_scan_view_and_infers_with_it(phantom_dir, t
 
     from monai_fine.transforms import scan_view
 
-    common = dict(bundle_root=str(tmp_path), dataset_dir=str(phantom_dir), scan_memory="true")
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom_dir), "scan_memory": "true"}
     wf = workflow(["train.json"], "train", max_epochs=1, epoch_length=2, val_interval=1, **common)
     net = wf.parser.get_parsed_content("network")
     calls = []
-    net.register_forward_pre_hook(lambda m, a, kw: calls.append(dict(kw)) if m.training and "scan_view" in kw else None,
-                                  with_kwargs=True)
+    net.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(dict(kw)) if m.training and "scan_view" in kw else None, with_kwargs=True
+    )
     wf.run()
     wf.finalize()
     assert len(calls) == 2  # every training iteration

@@ -35,8 +35,7 @@ SCRIPTING_UNSUPPORTED = pytest.mark.xfail(
 def _eager(**kw) -> torch.nn.Module:
     """The network of inference.json's ``network_def`` with the TINY overrides (its arguments recorded in its weights,
     as the bundle's checkpoints record them)."""
-    return create_network(None, "test", 1, 14, roi_size=(32, 32, 16),
-                          deep_supervision=True, **kw)
+    return create_network(None, "test", 1, 14, roi_size=(32, 32, 16), deep_supervision=True, **kw)
 
 
 @pytest.fixture(scope="module")

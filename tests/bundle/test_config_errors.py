@@ -74,7 +74,9 @@ def test_weights_of_another_configuration_are_refused_naming_the_id(data_dir, tm
     weights = _weights(tmp_path, memory="full", scan_memory=False)
     before = weights.read_bytes()
     with pytest.raises(Exception) as err:
-        workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(data_dir), scan_memory=True, **TRAIN)
+        workflow(
+            ["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(data_dir), scan_memory=True, **TRAIN
+        )
     text = _text(err)
     assert f"the weights in {weights} are of another network configuration" in text
     assert "scan_memory=True, the weights have False" in text

@@ -131,7 +131,9 @@ def test_a_missing_slice_and_shuffled_instance_numbers_are_refused(tmp_path, tot
     with pytest.raises(ValueError) as err:
         check_images([str(gap), str(shuffled)], check_values=False)
     text = str(err.value)
-    assert f"{gap}: DICOM series: slices unevenly spaced (mean step 3.167 mm, 6 mm between InstanceNumber 7 and 9)" in text
+    assert (
+        f"{gap}: DICOM series: slices unevenly spaced (mean step 3.167 mm, 6 mm between InstanceNumber 7 and 9)" in text
+    )
     assert f"{shuffled}: DICOM series: slice positions along the slice normal are not monotonic" in text
 
 
@@ -156,8 +158,14 @@ def test_series_folder_names_keep_their_dots_in_the_output_name(tmp_path, totals
 
 
 def _python(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600, cwd=cwd, check=False)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=600, cwd=cwd, check=False
+    )
 
 
 @pytest.mark.slow
@@ -192,9 +200,9 @@ except ValueError as e:
 def test_monai_fine_infer_command_segments_a_series_folder(tmp_path, totalseg_dir):
     volume, affine = _crop(totalseg_dir)
     write_series(tmp_path / "data" / "imagesTs" / "case.7", volume, affine)
-    args = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
-            "--load_pretrain", "false", "--preset", "test", "--roi_size", "[32,32,16]",
-            "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0",
+    args = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"),
+            "--output_dir", str(tmp_path / "out"), "--load_pretrain", "false", "--preset", "test",
+            "--roi_size", "[32,32,16]", "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0",
             "--device", "$torch.device('cpu')"]  # fmt: skip
     proc = _python(["-m", "monai_fine", "infer", *args], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from bundle_common import BUNDLE, CONFIGS, workflow
 from monai.bundle import ConfigWorkflow
+
 # random weights: these tests are about the files, not the segmentation
 INFER = {"load_pretrain": "false"}
 
@@ -47,7 +48,9 @@ def test_unwritable_output_dir_fails_before_the_model_is_loaded(tmp_path):
     (tmp_path / "not_a_dir").write_text("x")
     out = tmp_path / "not_a_dir" / "seg"
     with pytest.raises(Exception) as err:
-        infer(tmp_path, [ct(tmp_path / "c.nii.gz")], out, load_pretrain=True, checkpoint=str(tmp_path / "missing.pt")).run()
+        infer(
+            tmp_path, [ct(tmp_path / "c.nii.gz")], out, load_pretrain=True, checkpoint=str(tmp_path / "missing.pt")
+        ).run()
     text = str(err.value) + str(err.value.__cause__)
     assert "output_dir is not writable" in text and str(out) in text and "missing.pt" not in text
 
@@ -80,24 +83,55 @@ def test_boolean_overrides_in_process(tmp_path):
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_boolean_strings_from_both_command_lines(tmp_path):
     image = ct(tmp_path / "data" / "imagesTs" / "c.nii.gz")
-    common = ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), "--preset", "tiny",
-              "--roi_size", "[32,32,16]",
-              "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0", "--device", "$torch.device('cpu')"]
+    common = [
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(tmp_path / "data"),
+        "--preset",
+        "tiny",
+        "--roi_size",
+        "[32,32,16]",
+        "--pixdim",
+        "[4.0,4.0,4.0]",
+        "--num_workers",
+        "0",
+        "--device",
+        "$torch.device('cpu')",
+    ]
     # `--load_pretrain false` arrives as the string 'false': no checkpoint is needed, the segmentation is written
-    proc = _cli(["-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file",
-                 str(CONFIGS / "metadata.json"), "--output_dir", str(tmp_path / "out"), "--load_pretrain", "false",
-                 *common])
+    proc = _cli(
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(CONFIGS / "inference.json"),
+            "--meta_file",
+            str(CONFIGS / "metadata.json"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--load_pretrain",
+            "false",
+            *common,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "c_seg.nii.gz").is_file()
-    proc = _cli(["-m", "monai_fine", "infer", "--output_dir", str(tmp_path / "out2"), "--load_pretrain", "no way",
-                 *common])
+    proc = _cli(
+        ["-m", "monai_fine", "infer", "--output_dir", str(tmp_path / "out2"), "--load_pretrain", "no way", *common]
+    )
     assert proc.returncode != 0 and "load_pretrain must be a boolean" in proc.stderr + proc.stdout
     assert not (tmp_path / "out2" / "c_seg.nii.gz").exists()
     assert image.is_file()
@@ -113,7 +147,11 @@ def test_a_full_disk_during_inference_names_the_case_and_file_and_keeps_the_prev
     previous = out / "c_seg.nii.gz"
     previous.write_bytes(b"an earlier run's complete result")
     limit = 4096  # the new label map is larger: its write fails with EFBIG, as on a full disk
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(BUNDLE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"), "--meta_file",
          str(CONFIGS / "metadata.json"), "--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"),
@@ -128,7 +166,9 @@ def test_a_full_disk_during_inference_names_the_case_and_file_and_keeps_the_prev
     # in the traceback's chain, above MONAI's "Failed to evaluate" of the run expression: the case, file and cause
     # (not SaveImage's "cannot find a suitable writer ... install the writer libraries")
     errors = [line for line in text.splitlines() if line.startswith("monai_fine.data.io.WriteFailedError: ")]
-    assert errors and errors[-1].startswith("monai_fine.data.io.WriteFailedError: [Errno 27] failed on case"), text[-3000:]
+    assert errors and errors[-1].startswith("monai_fine.data.io.WriteFailedError: [Errno 27] failed on case"), text[
+        -3000:
+    ]
     assert str(image) in errors[-1] and f"could not write {previous}: File too large" in errors[-1], errors
     assert previous.read_bytes() == b"an earlier run's complete result"
     assert [p.name for p in out.iterdir()] == ["c_seg.nii.gz"]  # no partial or temporary file

@@ -62,7 +62,11 @@ def test_network_rebuilt_from_recorded_weights(tmp_path):
         state = torch.load(weights, weights_only=True)
         net.load_state_dict(state)  # strict: same architecture as recorded
         assert net.memory == "window"
-        assert parser.get_parsed_content("preset") == "test" and list(parser.get_parsed_content("roi_size")) == [32, 32, 16]
+        assert parser.get_parsed_content("preset") == "test" and list(parser.get_parsed_content("roi_size")) == [
+            32,
+            32,
+            16,
+        ]
         # the recorded config travels on in the weights a training run writes
         assert torch.equal(net.state_dict()[CONFIG_BUFFER], state[CONFIG_BUFFER])
     # no weights: the config decides (default preset bcv is too large to build here; test by override)
@@ -155,8 +159,10 @@ def _post(url: str, body: dict, timeout: float = 600) -> bytes:
 def _post_form(url: str, params: dict, timeout: float = 600) -> bytes:
     """multipart/form-data with one ``params`` field (how /infer takes the user's options)."""
     boundary = "monaifineboundary"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
-            f"--{boundary}--\r\n").encode()
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.read()
@@ -173,7 +179,9 @@ def _server(tmp_path: Path, totalseg_dir: Path, extra_env: dict | None = None, e
         pytest.skip("MONAI Label not found: set MONAI_FINE_MONAILABEL_PYTHON to a python with monailabel installed")
     sample = subprocess.run(
         [python, "-c", "import os, sys; print(os.path.join(sys.prefix, 'monailabel', 'sample-apps', 'monaibundle'))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     if not os.path.isdir(sample):
         pytest.skip(f"monaibundle sample app not found at {sample}")
@@ -189,8 +197,9 @@ def _server(tmp_path: Path, totalseg_dir: Path, extra_env: dict | None = None, e
 
     # datastore: 4 phantom cases with final labels + the real example CT (no label)
     phantom = tmp_path / "phantom"
-    make_phantom_dataset(phantom, num_cases=4, seed=1, shape=(48, 48, 16),
-                                   spacing=(1.52, 1.52, 3.0), num_test=0, val_fraction=0.25)
+    make_phantom_dataset(
+        phantom, num_cases=4, seed=1, shape=(48, 48, 16), spacing=(1.52, 1.52, 3.0), num_test=0, val_fraction=0.25
+    )
     studies = tmp_path / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     for img in sorted((phantom / "imagesTr").glob("*.nii.gz")):
@@ -203,13 +212,41 @@ def _server(tmp_path: Path, totalseg_dir: Path, extra_env: dict | None = None, e
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    env.update({"OMP_NUM_THREADS": "1", "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false", "MONAI_ZOO_SOURCE": "github",
-                "MONAI_LABEL_TRACKING_ENABLED": "false", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
-                **(extra_env or {})})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+            "MONAI_ZOO_SOURCE": "github",
+            "MONAI_LABEL_TRACKING_ENABLED": "false",
+            "NO_PROXY": "127.0.0.1",
+            "no_proxy": "127.0.0.1",
+            **(extra_env or {}),
+        }
+    )
     log = tmp_path / "server.log"
-    cmd = [python, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-           "--conf", "models", BUNDLE_NAME, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        python,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--conf",
+        "models",
+        BUNDLE_NAME,
+        "--conf",
+        "zoo_source",
+        "github",
+        "--conf",
+        "sam2",
+        "false",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
@@ -241,8 +278,10 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
         assert info["trainers"][BUNDLE_NAME]
 
         # /infer on the real CT: a label map on the input's grid; the user's options are taken
-        seg = _post_form(f"{base}/infer/{BUNDLE_NAME}?image=example_ct_sm&output=image",
-                         {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4})
+        seg = _post_form(
+            f"{base}/infer/{BUNDLE_NAME}?image=example_ct_sm&output=image",
+            {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4},
+        )
         (tmp_path / "seg.nii.gz").write_bytes(seg)
         pred, ref = nib.load(str(tmp_path / "seg.nii.gz")), nib.load(str(ct))
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine, atol=1e-4)
@@ -258,8 +297,10 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
         series = tmp_path / "dicom" / "ct_series"
         write_series(series, np.asarray(ref.dataobj), ref.affine)
         # a folder has no file extension to copy, so MONAI Label's writer needs result_extension to write a file
-        seg = _post_form(f"{base}/infer/{BUNDLE_NAME}?image={urllib.parse.quote(str(series))}&output=image",
-                         {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4, "result_extension": ".nii.gz"})
+        seg = _post_form(
+            f"{base}/infer/{BUNDLE_NAME}?image={urllib.parse.quote(str(series))}&output=image",
+            {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4, "result_extension": ".nii.gz"},
+        )
         (tmp_path / "seg_dicom.nii.gz").write_bytes(seg)
         from_dicom = nib.load(str(tmp_path / "seg_dicom.nii.gz"))
         expected, expected_affine = dicom_grid(np.asarray(pred.dataobj), pred.affine)
@@ -272,8 +313,17 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
         states = []
         for round_ in range(2):
             before = (bundle / "models" / "model.pt").stat().st_mtime
-            _post(f"{base}/train/{BUNDLE_NAME}?run_sync=true", {"device": "cpu", "max_epochs": 1, "val_split": 0.5,
-                                                               "multi_gpu": False, "pretrained": True, "tracking": "None"})
+            _post(
+                f"{base}/train/{BUNDLE_NAME}?run_sync=true",
+                {
+                    "device": "cpu",
+                    "max_epochs": 1,
+                    "val_split": 0.5,
+                    "multi_gpu": False,
+                    "pretrained": True,
+                    "tracking": "None",
+                },
+            )
             assert log.read_text().count("Training Finished") == round_ + 1, log.read_text()[-4000:]
             assert (bundle / "models" / "model.pt").stat().st_mtime > before, log.read_text()[-4000:]
             net = load_network(bundle / "models" / "model.pt")
@@ -331,7 +381,9 @@ def test_monailabel_server_under_repeated_and_concurrent_infer(tmp_path, totalse
         first, rss = None, {}
         for i in range(1, 31):
             assert time.monotonic() < deadline, f"request loop over its time bound at request {i}"
-            labels, affine = _decode(_post_form(url, params, timeout=120), tmp_path, f"seq{i}")  # urllib raises on != 200
+            labels, affine = _decode(
+                _post_form(url, params, timeout=120), tmp_path, f"seq{i}"
+            )  # urllib raises on != 200
             if first is None:
                 first = (labels, affine)
                 assert len(np.unique(labels)) > 1  # a real label map, not all background

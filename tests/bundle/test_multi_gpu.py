@@ -24,7 +24,8 @@ from monai_fine.distributed import init_distributed
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 SMALL = [
-    "--preset", "test", "--roi_size", "[32,32,16]", "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0", "--cache_rate", "0",
+    "--preset", "test", "--roi_size", "[32,32,16]", "--pixdim", "[4.0,4.0,4.0]", "--num_workers", "0",
+    "--cache_rate", "0",
 ]  # fmt: skip
 SHARD = re.compile(r"rank (\d)/2 (\w+) epoch (\d+) cases: (\[.*\])")
 
@@ -53,7 +54,9 @@ def _shards(log: str) -> dict[tuple[str, int], dict[int, list[str]]]:
 @pytest.mark.slow
 def test_torchrun_two_ranks_on_cpu_train_and_evaluate(tmp_path):
     data = tmp_path / "data"
-    make_phantom_dataset(data, num_cases=7, seed=3, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=0, val_fraction=0.43)
+    make_phantom_dataset(
+        data, num_cases=7, seed=3, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=0, val_fraction=0.43
+    )
     items = json.loads((data / "dataset_0.json").read_text())
     train_cases = sorted(Path(i["image"]).name for i in items["training"])
     val_cases = sorted(Path(i["image"]).name for i in items["validation"])
@@ -78,7 +81,10 @@ def test_torchrun_two_ranks_on_cpu_train_and_evaluate(tmp_path):
 
     rank0, rank1 = root / "models_rank0", root / "models_rank1"
     assert {p.name for p in rank0.iterdir()} == {
-        "model.pt", "model_final.pt", "last_checkpoint_epoch=1.pt", "last_checkpoint_epoch=2.pt"  # keep_checkpoints 2
+        "model.pt",
+        "model_final.pt",
+        "last_checkpoint_epoch=1.pt",
+        "last_checkpoint_epoch=2.pt",  # keep_checkpoints 2
     }
     assert not rank1.exists()
     state = torch.load(rank0 / "model.pt", map_location="cpu", weights_only=False)
@@ -103,5 +109,5 @@ def test_torchrun_two_ranks_on_cpu_train_and_evaluate(tmp_path):
 def test_init_distributed_refuses_to_run_without_torchrun(monkeypatch):
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(RuntimeError, match="torchrun.*LOCAL_RANK"):
+    with pytest.raises(RuntimeError, match=r"torchrun.*LOCAL_RANK"):
         init_distributed()

@@ -41,14 +41,29 @@ ARGS = {
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(out, num_cases=4, seed=5, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=0, val_fraction=0.25)
+    make_phantom_dataset(
+        out, num_cases=4, seed=5, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=0, val_fraction=0.25
+    )
     return out
 
 
 def command(root: Path, data: Path, **extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json"),
-           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
-           "--bundle_root", str(root), "--dataset_dir", str(data)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "train.json"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        "--bundle_root",
+        str(root),
+        "--dataset_dir",
+        str(data),
+    ]
     for k, v in {**ARGS, **extra}.items():
         cmd += [f"--{k}", v]
     return cmd
@@ -155,9 +170,9 @@ def test_resume_false_from_the_command_line_starts_over(reference, data_dir, tmp
 
 
 def _train_in_process(root: Path, data: Path, **override):
-    from monai.bundle import ConfigWorkflow
-
     import ast
+
+    from monai.bundle import ConfigWorkflow
 
     def value(v: str):  # what Python Fire would make of the command-line string
         try:
@@ -168,9 +183,13 @@ def _train_in_process(root: Path, data: Path, **override):
     args = {k: value(v) for k, v in ARGS.items()}
     args.update(override)
     wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"), workflow_type="train", bundle_root=str(root),
-        dataset_dir=str(data), **args,
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(root),
+        dataset_dir=str(data),
+        **args,
     )
     wf.initialize()
     return wf
@@ -293,7 +312,12 @@ def test_a_write_that_fails_while_checkpointing_loses_nothing_and_the_rerun_resu
     # a limit between model.pt and a checkpoint: the resumed run writes model.pt, then fails on checkpoint 2
     limit = ((reference / "models" / "model.pt").stat().st_size + ckpt(reference, 2).stat().st_size) // 2
     failed = subprocess.run(
-        command(root, data_dir), env=env(), capture_output=True, text=True, timeout=600, check=False,
+        command(root, data_dir),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
         preexec_fn=_file_size_limit(limit),
     )
     text = failed.stdout + failed.stderr

@@ -11,22 +11,24 @@ import json
 from pathlib import Path
 
 import pytest
-from ignite.engine import Events
-
 from bundle_common import workflow
+from ignite.engine import Events
 
 from monai_fine.data import make_phantom_dataset
 
-mlflow = pytest.importorskip("mlflow", reason="MLflow is a test dependency: pip install mlflow-skinny sqlalchemy alembic")
+mlflow = pytest.importorskip(
+    "mlflow", reason="MLflow is a test dependency: pip install mlflow-skinny sqlalchemy alembic"
+)
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
 
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(out, num_cases=4, seed=3, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=1, val_fraction=0.25)
+    make_phantom_dataset(
+        out, num_cases=4, seed=3, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=1, val_fraction=0.25
+    )
     return out
-
-
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,15 @@ def tracked_run(phantom_dir, tmp_path_factory):
     the engines computed so that the tests can compare the logs with it."""
     root = tmp_path_factory.mktemp("tracked")
     wf = workflow(
-        ["train.json"], "train", tracking="mlflow", bundle_root=str(root), dataset_dir=str(phantom_dir),
-        max_epochs=2, epoch_length=2, val_interval=1, sw_progress=True,
+        ["train.json"],
+        "train",
+        tracking="mlflow",
+        bundle_root=str(root),
+        dataset_dir=str(phantom_dir),
+        max_epochs=2,
+        epoch_length=2,
+        val_interval=1,
+        sw_progress=True,
     )
     trainer = wf.parser.get_parsed_content("train#trainer")
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
@@ -49,7 +58,12 @@ def tracked_run(phantom_dir, tmp_path_factory):
     )
     wf.run()
     wf.finalize()
-    return {"root": root, "losses": losses, "dice": dice, "output_dir": Path(wf.parser.get_parsed_content("output_dir"))}
+    return {
+        "root": root,
+        "losses": losses,
+        "dice": dice,
+        "output_dir": Path(wf.parser.get_parsed_content("output_dir")),
+    }
 
 
 def test_mlflow_run_has_losses_metrics_params_and_config(tracked_run, tmp_path):
@@ -106,8 +120,17 @@ def test_tensorboard_events_hold_training_loss_and_validation_dice(tracked_run):
 def test_progress_bars_print_and_can_be_switched_off(phantom_dir, tmp_path, capfd):
     import ignite.handlers
 
-    wf = workflow(["train.json"], "train", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
-                   max_epochs=1, epoch_length=2, val_interval=1, sw_progress=True, tensorboard=False)
+    wf = workflow(
+        ["train.json"],
+        "train",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(phantom_dir),
+        max_epochs=1,
+        epoch_length=2,
+        val_interval=1,
+        sw_progress=True,
+        tensorboard=False,
+    )
     handlers = wf.parser.get_parsed_content("train#handlers")
     assert sum(isinstance(h, ignite.handlers.ProgressBar) for h in handlers) == 1
     assert wf.parser.get_parsed_content("validate#inferer#progress") is True
@@ -123,16 +146,23 @@ def test_progress_bars_print_and_can_be_switched_off(phantom_dir, tmp_path, capf
     handlers = wf.parser.get_parsed_content("train#handlers")
     assert not any(isinstance(h, ignite.handlers.ProgressBar) for h in handlers)
     assert wf.parser.get_parsed_content("validate#inferer#progress") is False
-    infer = workflow(["inference.json"], "infer", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
-                      load_pretrain=False, sw_progress=False)
+    infer = workflow(
+        ["inference.json"],
+        "infer",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(phantom_dir),
+        load_pretrain=False,
+        sw_progress=False,
+    )
     assert infer.parser.get_parsed_content("inferer#progress") is False
 
 
 def test_mlflow_tracks_evaluation(tracked_run, phantom_dir):
     """``--tracking mlflow`` on train.json + evaluate.json: a second run with the evaluation metrics and config."""
     root = tracked_run["root"]
-    wf = workflow(["train.json", "evaluate.json"], "eval", tracking="mlflow", bundle_root=str(root),
-                   dataset_dir=str(phantom_dir))
+    wf = workflow(
+        ["train.json", "evaluate.json"], "eval", tracking="mlflow", bundle_root=str(root), dataset_dir=str(phantom_dir)
+    )
     wf.run()
     wf.finalize()
     out = tracked_run["output_dir"]

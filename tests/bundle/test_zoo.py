@@ -54,9 +54,17 @@ def test_zip_layout(tmp_path, tiny_weights):
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
         assert {n.split("/")[0] for n in names} == {BUNDLE_NAME}  # one top folder, named after the bundle
-        for f in ["LICENSE", "configs/metadata.json", "configs/inference.json", "configs/train.json",
-                  "docs/README.md", "models/model.pt", "monai_fine/__init__.py", "monai_fine/bundle_tools.py",
-                  "monai_fine/networks/nets/fine.py"]:
+        for f in [
+            "LICENSE",
+            "configs/metadata.json",
+            "configs/inference.json",
+            "configs/train.json",
+            "docs/README.md",
+            "models/model.pt",
+            "monai_fine/__init__.py",
+            "monai_fine/bundle_tools.py",
+            "monai_fine/networks/nets/fine.py",
+        ]:
             assert f"{BUNDLE_NAME}/{f}" in names, f
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
         assert max(i.file_size for i in zf.infolist()) <= 25 * 2**20  # the Zoo's per-file limit
@@ -75,9 +83,13 @@ def test_large_weights_go_to_large_files_yml(tmp_path, tiny_weights):
     with zipfile.ZipFile(path) as zf:
         assert f"{BUNDLE_NAME}/models/model.pt" not in zf.namelist()
         entry = yaml.safe_load(zf.read(f"{BUNDLE_NAME}/large_files.yml"))["large_files"][0]
-    assert entry == {"path": "models/model.pt", "url": url, "hash_type": "md5",
-                     "hash_val": hashlib.md5(tiny_weights.read_bytes()).hexdigest()}
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    assert entry == {
+        "path": "models/model.pt",
+        "url": url,
+        "hash_type": "md5",
+        "hash_val": hashlib.md5(tiny_weights.read_bytes()).hexdigest(),
+    }
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         package_bundle(tmp_path, weights=tmp_path / "missing.pt")
 
 
@@ -232,9 +244,9 @@ def fresh_venv(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
     pip = [str(root / "bin" / "python"), "-m", "pip", "install", "-q"]
     torch_spec = os.environ.get("MONAI_FINE_TORCH_SPEC", f"torch=={torch.__version__.split('+')[0]}")
-    subprocess.run(pip + [torch_spec], check=True)
+    subprocess.run([*pip, torch_spec], check=True)
     pkgs = [f"monai=={META['monai_version']}"] + [f"{k}=={v}" for k, v in META["required_packages_version"].items()]
-    subprocess.run(pip + [torch_spec] + pkgs, check=True)
+    subprocess.run([*pip, torch_spec, *pkgs], check=True)
     return root / "bin" / "python"
 
 
@@ -264,8 +276,20 @@ def test_download_and_run_in_fresh_venv(tmp_path, tiny_weights, http_dir, fresh_
     run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=900)
 
     # 1. MONAI's own downloader, from the fresh venv
-    res = run([str(fresh_venv), "-m", "monai.bundle", "download", "--name", BUNDLE_NAME,
-               "--url", f"{base}/{zip_path.name}", "--bundle_dir", str(bundles)])
+    res = run(
+        [
+            str(fresh_venv),
+            "-m",
+            "monai.bundle",
+            "download",
+            "--name",
+            BUNDLE_NAME,
+            "--url",
+            f"{base}/{zip_path.name}",
+            "--bundle_dir",
+            str(bundles),
+        ]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     bundle = bundles / BUNDLE_NAME
     assert (bundle / "configs" / "metadata.json").is_file() and not (bundle / "models" / "model.pt").exists()
@@ -283,8 +307,23 @@ def test_download_and_run_in_fresh_venv(tmp_path, tiny_weights, http_dir, fresh_
     (data / ct.name).write_bytes(ct.read_bytes())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    res = run([str(fresh_venv), "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
-               "--dataset_dir", str(data.parent), "--overlap", "0", "--sw_batch_size", "4"], cwd=elsewhere)
+    res = run(
+        [
+            str(fresh_venv),
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle / "configs" / "inference.json"),
+            "--dataset_dir",
+            str(data.parent),
+            "--overlap",
+            "0",
+            "--sw_batch_size",
+            "4",
+        ],
+        cwd=elsewhere,
+    )
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
     [seg] = list((bundle / "eval").glob("*.nii.gz"))
     pred, ref = nib.load(str(seg)), nib.load(str(ct))
@@ -300,7 +339,8 @@ def test_download_and_run_in_fresh_venv(tmp_path, tiny_weights, http_dir, fresh_
     code = (
         "import json\nfrom monai.bundle import load\n"
         f"net = load({BUNDLE_NAME!r}, bundle_dir='..', workflow_type='inference', device='cpu')\n"
-        "print(json.dumps({'type': type(net).__name__, 'sum': float(sum(p.detach().double().sum() for p in net.parameters()))}))\n"
+        "total = float(sum(p.detach().double().sum() for p in net.parameters()))\n"
+        "print(json.dumps({'type': type(net).__name__, 'sum': total}))\n"
     )
     res = run([str(fresh_venv), "-c", code], cwd=bundle)
     assert res.returncode == 0, res.stderr[-3000:]

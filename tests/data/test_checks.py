@@ -34,7 +34,7 @@ def good_pair(tmp_path: Path, name: str) -> dict[str, str]:
 
 def test_good_items_pass(tmp_path):
     items = [good_pair(tmp_path, "a"), good_pair(tmp_path, "b")]
-    items.append({"image": save(tmp_path / "c_img.nii.gz", np.zeros(SHAPE + (1,), np.float32))})  # channel 1, no label
+    items.append({"image": save(tmp_path / "c_img.nii.gz", np.zeros((*SHAPE, 1), np.float32))})  # channel 1, no label
     assert check_datalist(items) is True
 
 
@@ -57,7 +57,7 @@ def make_bad(tmp_path: Path, problem: str) -> tuple[dict[str, str], str]:
         save(img, np.zeros((16, 16), np.int16))
         return item, rf"{re.escape(str(img))}: image is not 3D: shape \(16, 16\)"
     if problem == "4d":
-        save(img, np.zeros(SHAPE + (2,), np.int16))
+        save(img, np.zeros((*SHAPE, 2), np.int16))
         return item, rf"{re.escape(str(img))}: image is not 3D: shape \(16, 16, 10, 2\)"
     if problem == "shape":
         save(lbl, np.zeros((16, 16, 12), np.uint8))

@@ -27,10 +27,9 @@ from monai_fine.data import (
 def test_atomic_write_replaces_only_when_complete(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"w": torch.ones(3)}, path)
-    with pytest.raises(RuntimeError):
-        with atomic_write(path) as tmp:
-            tmp.write_bytes(b"half a checkp")
-            raise RuntimeError("killed while writing")
+    with pytest.raises(RuntimeError), atomic_write(path) as tmp:
+        tmp.write_bytes(b"half a checkp")
+        raise RuntimeError("killed while writing")
     assert torch.equal(torch.load(path)["w"], torch.ones(3))  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # and no temporary file is left
     with atomic_write(path) as tmp:
@@ -132,8 +131,6 @@ def test_a_checkpoint_holding_a_pickled_callable_is_refused_before_it_runs(tmp_p
     assert torch_load(tmp_path / "ok.pt")["rng"][0] == "MT19937"
 
 
-
-
 def test_output_name_clashes_are_listed(tmp_path):
     items = [tmp_path / "a" / "case1.nii.gz", tmp_path / "b" / "case1.nii.gz", tmp_path / "case2.nii.gz"]
     with pytest.raises(ValueError) as err:
@@ -160,7 +157,7 @@ def test_datalist_json_syntax_error_names_the_file(tmp_path):
     assert load_datalist(path, "training")[0]["image"] == str(tmp_path / "a.nii.gz")
     with pytest.raises(ValueError, match=r"dataset_0\.json"):
         load_datalist(path, "validation")
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         load_datalist(tmp_path / "missing.json")
     with pytest.raises(ValueError, match=r"'validation' list of .*dataset_0\.json is empty"):
         check_nonempty([], "validation", path)

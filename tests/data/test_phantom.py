@@ -217,7 +217,12 @@ def test_dataset_files_read_back_as_ras_hu(small_dataset):
 
 def test_dataset_is_deterministic(small_dataset, tmp_path):
     again = make_phantom_dataset(
-        tmp_path / "a", num_cases=4, seed=7, shape=(48, 48, 32), num_test=2, val_fraction=0.25,
+        tmp_path / "a",
+        num_cases=4,
+        seed=7,
+        shape=(48, 48, 32),
+        num_test=2,
+        val_fraction=0.25,
         situs_inversus_fraction=0.5,
     )
     other = make_phantom_dataset(tmp_path / "b", num_cases=1, seed=8, shape=(48, 48, 32), num_test=0)

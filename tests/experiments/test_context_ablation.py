@@ -14,6 +14,7 @@ import pytest
 
 from monai_fine.experiments import context_ablation
 
+
 @pytest.fixture(scope="module")
 def ablation():
     return context_ablation
@@ -91,7 +92,9 @@ def test_budget_skips_runs_and_arguments(ablation, tmp_path):
         ablation.parse_args(["--configs", "none,bogus"])
     with pytest.raises(SystemExit):
         ablation.parse_args(["--configs", "full+scan", "--num_samples", "0"])
-    assert ablation.parse_args(["--configs", "full+scan", "--num_samples", "1"]).num_samples == 1  # the scan view writes
+    assert (
+        ablation.parse_args(["--configs", "full+scan", "--num_samples", "1"]).num_samples == 1
+    )  # the scan view writes
     # phantom defaults: small crops, AdamW; real data: the paper's crop, spacing and the bundle's SGD recipe
     args = ablation.parse_args(["--iterations", "600"])
     assert args.max_epochs * args.epoch_length == 600 and args.roi == [32, 32, 16] and args.pixdim == [3.0, 3.0, 3.0]

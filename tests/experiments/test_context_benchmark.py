@@ -22,8 +22,14 @@ def test_one_view_per_scan_keeps_first_views_and_maps_crops():
     assert index.tolist() == [0, 0, 1, 0, 1]
     same, _, own = one_view_per_scan(views, None, None)
     assert torch.equal(same, views) and own.tolist() == [0, 1, 2, 3, 4]
-    batch = {"image": torch.zeros(2, 1, 4, 4, 4), "label": torch.zeros(2, 1, 4, 4, 4), "roi_box": torch.zeros(2, 2, 3),
-             "scan_id": torch.tensor([3, 3]), "scan_view": views[:2], "scan_view_box": boxes[:2]}
+    batch = {
+        "image": torch.zeros(2, 1, 4, 4, 4),
+        "label": torch.zeros(2, 1, 4, 4, 4),
+        "roi_box": torch.zeros(2, 2, 3),
+        "scan_id": torch.tensor([3, 3]),
+        "scan_view": views[:2],
+        "scan_view_box": boxes[:2],
+    }
     _, _, args, kwargs = PrepareScanBatch()(batch, torch.device("cpu"))
     assert args == () and set(kwargs) == {"roi_box", "scan_view", "scan_view_box", "scan_index"}
     assert kwargs["scan_view"].shape == (1, 1, 2, 2, 2) and kwargs["scan_index"].tolist() == [0, 0]
@@ -34,14 +40,38 @@ def test_one_view_per_scan_keeps_first_views_and_maps_crops():
 @pytest.mark.slow
 def test_context_benchmark_command_writes_one_row_per_config_and_seed(tmp_path):
     out = tmp_path / "ctx"
-    cmd = [sys.executable, "-m", "monai_fine", "context_benchmark", "--out", str(out), "--configs", "none,full+scan",
-           "--seeds", "0,1", "--iterations", "2", "--epoch_length", "2", "--num_train", "2", "--num_val", "2",
-           "--preset", "test"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_fine",
+        "context_benchmark",
+        "--out",
+        str(out),
+        "--configs",
+        "none,full+scan",
+        "--seeds",
+        "0,1",
+        "--iterations",
+        "2",
+        "--epoch_length",
+        "2",
+        "--num_train",
+        "2",
+        "--num_val",
+        "2",
+        "--preset",
+        "test",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert sorted((r["config"], r["seed"]) for r in rows) == [("full+scan", "0"), ("full+scan", "1"), ("none", "0"), ("none", "1")]
+    assert sorted((r["config"], r["seed"]) for r in rows) == [
+        ("full+scan", "0"),
+        ("full+scan", "1"),
+        ("none", "0"),
+        ("none", "1"),
+    ]
     for r in rows:
         assert 0.0 <= float(r["twin_found"]) <= 1.0 and int(r["twin_voxels"]) > 0 and int(r["iterations"]) == 2
         swap = float(r["swap_rate"])

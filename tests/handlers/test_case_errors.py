@@ -63,7 +63,7 @@ def test_it_runs_before_handlers_that_re_raise():
         raise e
 
     CaseErrorReporter().attach(engine)
-    with pytest.raises(RuntimeError, match="failed on case /data/imagesTs/case_0.nii.gz"):
+    with pytest.raises(RuntimeError, match=r"failed on case /data/imagesTs/case_0\.nii\.gz"):
         engine.run(DataLoader(_Loading(), batch_size=1))
 
 

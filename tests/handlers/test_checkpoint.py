@@ -50,7 +50,9 @@ def test_resumed_training_ends_exactly_where_the_uninterrupted_one_does(tmp_path
     assert resumed.state.epoch == 3 and resumed.state.iteration == 9
     for a, b in zip(net.state_dict().values(), ref_net.state_dict().values()):
         assert torch.equal(a, b)  # same batches, same augmentations, same optimizer state: bit for bit
-    assert torch.equal(opt.state_dict()["state"][0]["momentum_buffer"], ref_opt.state_dict()["state"][0]["momentum_buffer"])
+    assert torch.equal(
+        opt.state_dict()["state"][0]["momentum_buffer"], ref_opt.state_dict()["state"][0]["momentum_buffer"]
+    )
     assert [p.name for _, p in checkpoint_files(tmp_path / "run")] == [checkpoint_name("last", e) for e in (3, 2)]
     final = torch.load(tmp_path / "run" / "model_final.pt", weights_only=True)
     assert torch.equal(final["model"]["weight"], net.weight.detach())

@@ -10,12 +10,6 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from monai.data import MetaTensor
-from monai.handlers import MetricsSaver, from_engine
-
-from monai_fine.handlers import HausdorffDistance95, OrganDice
-from monai_fine.metrics import BTCV_LABELS, PROTOCOLS
-
 from metrics.references import (
     SPACING,
     affine_for,
@@ -25,6 +19,11 @@ from metrics.references import (
     random_label_map,
     ref_table,
 )
+from monai.data import MetaTensor
+from monai.handlers import MetricsSaver, from_engine
+
+from monai_fine.handlers import HausdorffDistance95, OrganDice
+from monai_fine.metrics import BTCV_LABELS, PROTOCOLS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,9 +88,7 @@ def test_handlers_on_engine_with_metrics_saver(tmp_path):
         ("hd95_8", "synapse8", "synapse", 1),
     ]:
         labels = PROTOCOLS[protocol]
-        ref = np.stack(
-            [ref_table(c["pred_lm"], c["true_lm"], labels, c["spacing"], empty)[which] for c in cases]
-        )
+        ref = np.stack([ref_table(c["pred_lm"], c["true_lm"], labels, c["spacing"], empty)[which] for c in cases])
         details = engine.state.metric_details[name]
         assert tuple(details.shape) == (len(cases), len(labels))
         np.testing.assert_allclose(details.numpy(), ref, rtol=1e-4, atol=1e-6)
@@ -140,5 +137,3 @@ def test_hd95_handler_reads_spacing_per_case_from_affine():
     affines = [affine_for((0.8, 0.8, 3.0)), affine_for((1.0, 1.0, 2.0))]
     handler.update(([MetaTensor(y_pred, affine=a) for a in affines], [MetaTensor(y, affine=a) for a in affines]))
     torch.testing.assert_close(handler.metric_fn.get_buffer(), torch.tensor([[3.0], [2.0]]))
-
-

@@ -10,8 +10,19 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["SPACING", "NUM_CLASSES", "SHAPE", "ref_dice", "ref_hd95", "ref_table", "nanmean_of_organs", "affine_for",
-           "one_hot", "random_label_map", "perturb"]
+__all__ = [
+    "SPACING",
+    "NUM_CLASSES",
+    "SHAPE",
+    "ref_dice",
+    "ref_hd95",
+    "ref_table",
+    "nanmean_of_organs",
+    "affine_for",
+    "one_hot",
+    "random_label_map",
+    "perturb",
+]
 
 SPACING = (0.8, 0.8, 3.0)
 NUM_CLASSES = 14
@@ -89,4 +100,3 @@ def perturb(rng: np.random.Generator, label_map: np.ndarray) -> np.ndarray:
     field = ndimage.gaussian_filter(rng.standard_normal(label_map.shape), sigma=2.0)
     pred[field > np.quantile(field, 0.97)] = int(rng.choice(np.unique(label_map)))
     return pred
-

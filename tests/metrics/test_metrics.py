@@ -11,6 +11,16 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from metrics.references import (
+    NUM_CLASSES,
+    SPACING,
+    affine_for,
+    one_hot,
+    perturb,
+    random_label_map,
+    ref_hd95,
+    ref_table,
+)
 from monai_fine.handlers import HausdorffDistance95, OrganDice
 from monai_fine.metrics import (
     BTCV13_ORGANS,
@@ -26,17 +36,6 @@ from monai_fine.metrics import (
     spacing_from_meta,
 )
 
-from metrics.references import (
-    NUM_CLASSES,
-    SPACING,
-    affine_for,
-    one_hot,
-    perturb,
-    random_label_map,
-    ref_hd95,
-    ref_table,
-)
-
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -46,7 +45,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_label_constants():
     assert BTCV_LABELS[0] == "background" and BTCV_LABELS[6] == "liver" and BTCV_LABELS[13] == "left adrenal gland"
     assert sorted(BTCV_LABELS) == list(range(14))
-    assert BTCV13_ORGANS == tuple(range(1, 14))
+    assert tuple(range(1, 14)) == BTCV13_ORGANS
     assert SYNAPSE8_ORGANS == (1, 2, 3, 4, 6, 7, 8, 11)
     assert PROTOCOLS == {"btcv13": BTCV13_ORGANS, "synapse8": SYNAPSE8_ORGANS}
     assert resolve_labels() == BTCV13_ORGANS
@@ -88,9 +87,7 @@ def test_hd95_plates_offset_along_z(k):
     assert compute_organ_hd95(y_pred, y, [1], spacing=(3.0, 3.0, 0.5)).item() == pytest.approx(0.5 * k, rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    "axis, expected", [(0, 0.8), (1, 0.8), (2, 3.0)], ids=["shift-x", "shift-y", "shift-z"]
-)
+@pytest.mark.parametrize("axis, expected", [(0, 0.8), (1, 0.8), (2, 3.0)], ids=["shift-x", "shift-y", "shift-z"])
 def test_hd95_single_voxel_shift(axis, expected):
     y = torch.zeros(1, 2, 8, 8, 8)
     y[0, 1, 3, 3, 3] = 1
@@ -203,9 +200,7 @@ def test_mean_reduction_is_mean_over_organs_of_nanmean_over_cases():
 
 
 def test_spacing_from_meta_uses_affine_column_norms_then_pixdim():
-    assert spacing_from_meta(MetaTensor(torch.zeros(1, 2, 2, 2), affine=affine_for(SPACING))) == pytest.approx(
-        SPACING
-    )
+    assert spacing_from_meta(MetaTensor(torch.zeros(1, 2, 2, 2), affine=affine_for(SPACING))) == pytest.approx(SPACING)
     # axes permuted and flipped: column j holds the step of array axis j, so (0.8, 0.7, 3.0), not row norms
     permuted = torch.tensor(
         [[0.0, 0.0, 3.0, 1.0], [-0.8, 0.0, 0.0, 2.0], [0.0, 0.7, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64
@@ -268,11 +263,16 @@ def test_shape_mismatch_names_both_shapes():
         (lambda: compute_organ_hd95(torch.zeros(2, 3, 4, 4, 4), torch.zeros(2, 3, 4, 4, 4), [1], [1.0] * 2), "spacing"),
     ],
     ids=[
-        "dice-protocol", "hd-protocol", "labels-and-protocol", "empty", "reduction", "spacing", "label-range",
+        "dice-protocol",
+        "hd-protocol",
+        "labels-and-protocol",
+        "empty",
+        "reduction",
+        "spacing",
+        "label-range",
         "spacing-len",
     ],
 )
 def test_invalid_arguments(factory, match):
     with pytest.raises(ValueError, match=match):
         factory()
-

@@ -34,8 +34,14 @@ def _assert_one_graph(net: FINE, x: torch.Tensor, *args, **kwargs) -> None:
 
 @pytest.mark.parametrize(
     "mode,train,scan",
-    [("none", True, False), ("window", True, False), ("released", True, False), ("released", False, False),
-     ("full", False, False), ("full", True, True)],
+    [
+        ("none", True, False),
+        ("window", True, False),
+        ("released", True, False),
+        ("released", False, False),
+        ("full", False, False),
+        ("full", True, True),
+    ],
     ids=["none-train", "window-train", "released-train", "released-eval", "full-eval", "full-scan-memory-train"],
 )
 def test_forward_has_no_graph_break(mode, train, scan):

@@ -219,7 +219,9 @@ def test_scan_view_memory_shares_content_within_a_scan_only():
     changed[1] += 3.0 * torch.randn_like(changed[1])  # change only scan 1's content
     one_scan, two_scans = torch.tensor([0, 0]), torch.tensor([0, 1])
     out = net(x, b, scan_index=one_scan, scan_view=views)
-    assert (net(x, b, scan_index=two_scans, scan_view=changed)[1] - net(x, b, scan_index=two_scans, scan_view=views)[1]).abs().max() > 1e-4
+    assert (
+        net(x, b, scan_index=two_scans, scan_view=changed)[1] - net(x, b, scan_index=two_scans, scan_view=views)[1]
+    ).abs().max() > 1e-4
     assert torch.equal(net(x, b, scan_index=one_scan, scan_view=changed), out)  # nobody reads scan 1
     assert (out - net(x, b)).abs().max() > 1e-4  # the memory changes the output
     with pytest.raises(ValueError, match="scan_index is needed"):

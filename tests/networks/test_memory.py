@@ -118,7 +118,12 @@ def test_cell_pool_matches_a_brute_force_supersampling():
         inside = (cx >= 0) & (cx < 1) & (cy >= 0) & (cy < 1) & (cz >= 0) & (cz < 1)
         cell = ((cx * grid[0]).floor() * grid[1] + (cy * grid[1]).floor()) * grid[2] + (cz * grid[2]).floor()
         ref_s = torch.zeros(8, 3, dtype=torch.float64).index_add_(0, cell[inside].long(), fine[inside].double()) / n**3
-        ref_c = torch.zeros(8, dtype=torch.float64).index_add_(0, cell[inside].long(), torch.ones(int(inside.sum()), dtype=torch.float64)) / n**3
+        ref_c = (
+            torch.zeros(8, dtype=torch.float64).index_add_(
+                0, cell[inside].long(), torch.ones(int(inside.sum()), dtype=torch.float64)
+            )
+            / n**3
+        )
         torch.testing.assert_close(sums[b, ::2].double(), ref_s, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(sums[b, 1::2].double(), ref_s, rtol=1e-4, atol=1e-4)  # every token of a cell
         torch.testing.assert_close(counts[b, ::2, 0].double(), ref_c, rtol=1e-4, atol=1e-4)

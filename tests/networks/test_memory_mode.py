@@ -19,7 +19,7 @@ def test_the_table_names_every_mode_and_full_with_the_scan_memory():
 
 
 def test_bad_configurations_are_refused_with_the_value():
-    with pytest.raises(ValueError, match="memory must be one of.*'intended'"):
+    with pytest.raises(ValueError, match=r"memory must be one of.*'intended'"):
         memory_mode("intended")
     with pytest.raises(ValueError, match="scan_memory=True needs memory='full', got memory='released'"):
         memory_mode("released", scan_memory=True)

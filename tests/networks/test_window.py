@@ -26,7 +26,9 @@ def test_relative_position_index_is_a_bijection_on_offsets(w):
             off = tuple(a - b for a, b in zip(p, q))
             k = int(idx[i, j])
             assert offset_to_index.setdefault(off, k) == k, "one offset, two rows"
-            assert index_to_offset.setdefault(k, off) == off, f"row {k} shared by offsets {index_to_offset[k]} and {off}"
+            assert index_to_offset.setdefault(k, off) == off, (
+                f"row {k} shared by offsets {index_to_offset[k]} and {off}"
+            )
     side = 2 * w - 1
     assert sorted(index_to_offset) == list(range(side**3))  # every table row used exactly by one offset
 

@@ -39,12 +39,12 @@ from monai.transforms import (
     Resized,
     ResizeWithPadOrCropd,
     Rotate90d,
+    Spacingd,
     SpatialCropd,
     SpatialPadd,
-    Spacingd,
 )
 
-from monai_fine.transforms import CropLocation, CropLocationd, CropLocationD, crop_box_from_meta, scan_id_from_meta
+from monai_fine.transforms import CropLocation, CropLocationD, CropLocationd, crop_box_from_meta, scan_id_from_meta
 
 KEYS = ["image", "label"]
 SHAPE = (20, 18, 16)
@@ -342,7 +342,7 @@ def test_dataloader_batches_and_scan_ids(tmp_path):
     assert batch["scan_id"].shape == (6,) and batch["scan_id"].dtype == torch.int64
     ids = batch["scan_id"].tolist()
     assert ids[0] == ids[1] == ids[2] != ids[3] == ids[4] == ids[5]
-    for i, (paths, shape) in enumerate(files):
+    for i, (paths, _shape) in enumerate(files):
         assert ids[3 * i] == zlib.crc32(paths["image"].encode()) & 0x7FFFFFFF
     for b in range(6):
         code = batch["image"][b, 0].as_tensor().long()

@@ -31,7 +31,9 @@ def test_string_entries_are_kept_and_the_image_is_monai_spacingd():
 
 def test_dictionary_entries_are_still_updated_as_spacingd_does():
     data = {"image": _image(), "image_meta": {"note": "kept"}, "image_path": "p.nii.gz"}
-    out = PathSafeSpacingd("image", pixdim=(4.0, 4.0, 4.0))({k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()})
+    out = PathSafeSpacingd("image", pixdim=(4.0, 4.0, 4.0))(
+        {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    )
     ref = Spacingd("image", pixdim=(4.0, 4.0, 4.0))({"image": data["image"], "image_meta": dict(data["image_meta"])})
     assert out["image_meta"]["note"] == "kept"
     assert out["image_meta"].keys() == ref["image_meta"].keys() and "affine" in out["image_meta"]

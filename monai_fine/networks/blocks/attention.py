@@ -61,7 +61,7 @@ class AttentionRecorder:
         self.atol = float(atol)
         self.records: list[tuple[nn.Module, torch.Tensor]] = []
 
-    def __enter__(self) -> AttentionRecorder:  # noqa: PYI034 (typing.Self is Python 3.11+, the package supports 3.9)
+    def __enter__(self) -> AttentionRecorder:
         _RECORDERS.append(self)
         return self
 
@@ -127,7 +127,9 @@ class Attention(nn.Module):
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if attn_mask is not None:
-                attn = attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
+                attn = (
+                    attn.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else attn + attn_mask
+                )
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
         if not torch.jit.is_scripting():

@@ -25,7 +25,9 @@ _EPS = 1e-6  # overlaps shorter than this (in cell widths) do not count
 
 def _check_roi_box_shape(roi_box: torch.Tensor) -> None:
     if roi_box.ndim != 3 or tuple(roi_box.shape[1:]) != (2, 3):
-        raise ValueError(f"roi_box must have shape (B, 2, 3) ([start, stop) per spatial axis), got {tuple(roi_box.shape)}.")
+        raise ValueError(
+            f"roi_box must have shape (B, 2, 3) ([start, stop) per spatial axis), got {tuple(roi_box.shape)}."
+        )
 
 
 def check_roi_box(roi_box: torch.Tensor) -> torch.Tensor:
@@ -105,7 +107,9 @@ def _axis_weights(lo: torch.Tensor, hi: torch.Tensor, n: int, g: int) -> torch.T
     t_hi = lo[:, None] + edges[None, 1:] * (hi - lo)[:, None]
     cells = torch.arange(g + 1, dtype=lo.dtype, device=lo.device) / g
     c_lo, c_hi = cells[:-1], cells[1:]  # (g,)
-    overlap = (torch.minimum(t_hi[:, None, :], c_hi[None, :, None]) - torch.maximum(t_lo[:, None, :], c_lo[None, :, None]))
+    overlap = torch.minimum(t_hi[:, None, :], c_hi[None, :, None]) - torch.maximum(
+        t_lo[:, None, :], c_lo[None, :, None]
+    )
     return overlap.clamp(min=0) / (t_hi - t_lo)[:, None, :]
 
 
@@ -196,7 +200,9 @@ class ScanSummary:
         self.memory_size = self.grid[0] * self.grid[1] * self.grid[2] * self.tokens_per_cell
         self.sums = [torch.zeros(num_scans, self.memory_size, d, device=device, dtype=dtype) for d in dims]
         self.counts = [torch.zeros(num_scans, self.memory_size, 1, device=device, dtype=dtype) for _ in dims]
-        self.positions = [_position_code(self.grid, self.tokens_per_cell, int(d)).to(device=device, dtype=dtype) for d in dims]
+        self.positions = [
+            _position_code(self.grid, self.tokens_per_cell, int(d)).to(device=device, dtype=dtype) for d in dims
+        ]
 
     def check_index(self, scan_index: torch.Tensor) -> None:
         """Raise ``ValueError`` naming the indices when one is outside ``[0, num_scans)`` (reads them on the host)."""

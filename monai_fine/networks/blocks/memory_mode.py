@@ -71,7 +71,7 @@ class MemoryMode:
         if unknown:
             raise ValueError(f"unknown memory parts {sorted(unknown)}; choose from {sorted(fields)}.")
         name = f"{self.name}, no " + ", no ".join(parts) if parts else self.name
-        return dataclasses.replace(self, name=name, **{p: False for p in parts})
+        return dataclasses.replace(self, name=name, **dict.fromkeys(parts, False))
 
 
 def _mode(name: str, memory: str, scan_memory: bool = False) -> MemoryMode:
@@ -113,5 +113,7 @@ def memory_mode(memory: str | MemoryMode = "full", scan_memory: bool = False) ->
     if scan_memory and not mode.scan_memory:
         if not mode.volume_attention:
             raise ValueError(f"scan_memory=True needs memory='full', got memory={mode.memory!r}.")
-        mode = dataclasses.replace(mode, name="full+scan" if mode.name == "full" else mode.name + "+scan", scan_memory=True)
+        mode = dataclasses.replace(
+            mode, name="full+scan" if mode.name == "full" else mode.name + "+scan", scan_memory=True
+        )
     return mode

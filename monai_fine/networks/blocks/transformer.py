@@ -153,7 +153,11 @@ class FineBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
         def memory_attention() -> Attention | None:
-            return None if share_memory_attention else Attention(dim, num_heads, qkv_bias, attn_drop, drop, use_flash_attention)
+            return (
+                None
+                if share_memory_attention
+                else Attention(dim, num_heads, qkv_bias, attn_drop, drop, use_flash_attention)
+            )
 
         has_global = self.global_attention or self.released_global_attention
         self.norm_global = nn.LayerNorm(dim) if self.global_attention else None
@@ -259,7 +263,8 @@ class FineStage(nn.Module):
     Args:
         dim, depth, num_heads, window_size: stage channels, blocks, heads, window edge.
         mode: the memory configuration (:class:`~monai_fine.networks.blocks.memory_mode.MemoryMode`); with
-            ``mode.scan_memory`` the stage has the memory encoder (LayerNorm, Linear, GELU, Linear) that turns what a scan memory holds for
+            ``mode.scan_memory`` the stage has the memory encoder (LayerNorm, Linear, GELU, Linear) that turns what a
+            scan memory holds for
             a cell (its mean visual token and position code) into that cell's volume-token offset, and whose mean
             over the cells is added to every visual token as the scan's context vector; without it the offset is
             what the memory holds and there is no context vector.
@@ -323,7 +328,7 @@ class FineStage(nn.Module):
         Returns:
             ``(B, X, Y, Z, C)``.
         """
-        B, X, Y, Z, C = x.shape
+        B, X, Y, Z, _ = x.shape
         # static sizes (under torch.jit.trace the shape entries are traced values; the layout is per size anyway)
         layout = window_layout((int(X), int(Y), int(Z)), self.window_size, self.num_window_tokens, x.device)
         geom = layout.geom

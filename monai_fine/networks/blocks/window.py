@@ -97,7 +97,11 @@ def window_reverse(windows: torch.Tensor, geom: WindowGeometry, shifted: bool) -
     """Inverse of :func:`window_partition`: ``(B, nW, N, C)`` -> ``(B, X, Y, Z, C)``."""
     B, _, _, C = windows.shape
     (gx, gy, gz), (wx, wy, wz) = geom.grid, geom.window
-    x = windows.reshape(B, gx, gy, gz, wx, wy, wz, C).permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(B, gx * wx, gy * wy, gz * wz, C)
+    x = (
+        windows.reshape(B, gx, gy, gz, wx, wy, wz, C)
+        .permute(0, 1, 4, 2, 5, 3, 6, 7)
+        .reshape(B, gx * wx, gy * wy, gz * wz, C)
+    )
     if shifted and any(geom.shift):
         x = torch.roll(x, shifts=geom.shift, dims=(1, 2, 3))
     if any(geom.pad):

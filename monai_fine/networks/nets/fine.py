@@ -111,7 +111,9 @@ class FINE(nn.Module):
         if len(depths) < 2 or len(num_heads) != len(depths):
             raise ValueError(f"depths {depths} and num_heads {num_heads} need the same length >= 2.")
         if len(patch_size) != 3 or len(memory_grid) != 3 or min(memory_grid) < 1:
-            raise ValueError(f"patch_size {tuple(patch_size)} and memory_grid {tuple(memory_grid)} need 3 entries >= 1.")
+            raise ValueError(
+                f"patch_size {tuple(patch_size)} and memory_grid {tuple(memory_grid)} need 3 entries >= 1."
+            )
         if window_size < 1 or num_window_tokens < 0 or num_volume_tokens < 1:
             raise ValueError(
                 f"window_size ({window_size}) >= 1, num_window_tokens ({num_window_tokens}) >= 0 and "
@@ -125,7 +127,9 @@ class FINE(nn.Module):
         dims = [feature_size * 2**i for i in range(len(depths))]
         for d, h in zip(dims, num_heads):
             if d % h:
-                raise ValueError(f"stage channels ({d}) must be divisible by num_heads ({h}); feature_size={feature_size}.")
+                raise ValueError(
+                    f"stage channels ({d}) must be divisible by num_heads ({h}); feature_size={feature_size}."
+                )
 
         self.in_channels, self.out_channels = in_channels, out_channels
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -147,18 +151,18 @@ class FINE(nn.Module):
 
         # visit count per memory cell; cells never visited in training stay masked (saved in checkpoints)
         self.register_buffer("memory_visits", torch.zeros(self.num_cells))
-        stage_kwargs = dict(
-            window_size=window_size,
-            num_window_tokens=num_window_tokens,
-            memory_size=self.memory_size,
-            use_checkpoint=use_checkpoint,
-            share_memory_attention=share_memory_attention,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            drop=drop_rate,
-            attn_drop=attn_drop_rate,
-            use_flash_attention=use_flash_attention,
-        )
+        stage_kwargs = {
+            "window_size": window_size,
+            "num_window_tokens": num_window_tokens,
+            "memory_size": self.memory_size,
+            "use_checkpoint": use_checkpoint,
+            "share_memory_attention": share_memory_attention,
+            "mlp_ratio": mlp_ratio,
+            "qkv_bias": qkv_bias,
+            "drop": drop_rate,
+            "attn_drop": attn_drop_rate,
+            "use_flash_attention": use_flash_attention,
+        }
         self.patch_embed = PatchEmbed3d(in_channels, feature_size, self.patch_size)
         enc_dpr = _linspace(drop_path_rate, sum(depths))
         dec_dpr = _linspace(drop_path_rate, sum(depths[:-1]))[::-1]
@@ -186,10 +190,14 @@ class FINE(nn.Module):
         self.decoder_norm = nn.LayerNorm(dims[0])
         self.head = nn.ConvTranspose3d(dims[0], out_channels, kernel_size=self.patch_size, stride=self.patch_size)
         # deep-supervision heads on decoder levels 1 and 2 (1/2 and 1/4 resolution)
-        self.ds_heads = nn.ModuleList(
-            nn.ConvTranspose3d(dims[lvl], out_channels, kernel_size=self.patch_size, stride=self.patch_size)
-            for lvl in range(1, min(3, self.num_stages - 1))
-        ) if deep_supervision else None
+        self.ds_heads = (
+            nn.ModuleList(
+                nn.ConvTranspose3d(dims[lvl], out_channels, kernel_size=self.patch_size, stride=self.patch_size)
+                for lvl in range(1, min(3, self.num_stages - 1))
+            )
+            if deep_supervision
+            else None
+        )
         self.apply(self._init_weights)
         for stage in (*self.encoder_stages, *self.decoder_stages):  # PyTorch's default init: unit-scale offsets
             if stage.memory_encoder is not None:  # (std 0.02 would bury the scan's content under the learned tokens)
@@ -420,14 +428,14 @@ def _linspace(stop: float, n: int) -> list[float]:
 #: (``PRESETS[@preset]['roi_size']``, :func:`create_fine`).
 PRESETS: dict[str, dict] = {
     # the paper's BCV size, for its 64x128x128 z-first crop
-    "bcv": dict(feature_size=192, num_heads=(6, 12, 24, 48), patch_size=(4, 4, 2), drop_path_rate=0.2,
-                depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(128, 128, 64)),
+    "bcv": {"feature_size": 192, "num_heads": (6, 12, 24, 48), "patch_size": (4, 4, 2), "drop_path_rate": 0.2,
+                "depths": (2, 2, 2, 2), "window_size": 4, "memory_grid": (4, 4, 1), "roi_size": (128, 128, 64)},
     # what the README's demo trains on CPU (on the phantom protocol, monai_fine.data.PHANTOM)
-    "tiny": dict(feature_size=24, num_heads=(1, 2, 4, 8), patch_size=(2, 2, 2),
-                 depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(32, 32, 16)),
+    "tiny": {"feature_size": 24, "num_heads": (1, 2, 4, 8), "patch_size": (2, 2, 2),
+                 "depths": (2, 2, 2, 2), "window_size": 4, "memory_grid": (4, 4, 1), "roi_size": (32, 32, 16)},
     # the smallest network with every part of FINE, for tests and quick experiments (seconds per training)
-    "test": dict(feature_size=12, num_heads=(1, 2, 2, 4), patch_size=(2, 2, 2),
-                 depths=(2, 2, 2, 2), window_size=4, memory_grid=(4, 4, 1), roi_size=(32, 32, 16)),
+    "test": {"feature_size": 12, "num_heads": (1, 2, 2, 4), "patch_size": (2, 2, 2),
+                 "depths": (2, 2, 2, 2), "window_size": 4, "memory_grid": (4, 4, 1), "roi_size": (32, 32, 16)},
 }  # fmt: skip
 
 
