@@ -52,6 +52,8 @@ class CaseErrorReporter:
             handlers.insert(0, handlers.pop())
 
     def __call__(self, engine: Any, e: Exception) -> None:
+        if getattr(e, "_names_its_case", False):  # Ignite fires EXCEPTION_RAISED again from run(): already named
+            raise e
         names = batch_case_names(engine.state.batch, self.image_key) if engine.state.batch is not None else []
         if not names and self.data:
             index = engine.state.iteration if engine.state.batch is None else engine.state.iteration - 1
@@ -61,7 +63,10 @@ class CaseErrorReporter:
         where = ", ".join(names) if names else "<unknown case>"
         failure = take_write_failure()
         if failure is not None:  # MONAI's SaveImage hid it behind "cannot find a suitable writer"
-            raise WriteFailedError(
+            err: Exception = WriteFailedError(
                 failure.errno, f"failed on case {where}: {failure.strerror}", failure.filename
-            ) from e
-        raise RuntimeError(f"failed on case {where}: {type(e).__name__}: {e}") from e
+            )
+        else:
+            err = RuntimeError(f"failed on case {where}: {type(e).__name__}: {e}")
+        err._names_its_case = True
+        raise err from e
