@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, counted_flops, platform_cpu, proc_status_kib, write_csv
+from benchmarks.common import REPO_ROOT, counted_flops, matmul_peak_gflops, platform_cpu, proc_status_kib, write_csv
 
-__all__ = ["FIELDS", "main", "matmul_peak_gflops", "overrides", "parse_sizes", "peak_rss_bytes", "write_scan"]
+__all__ = ["FIELDS", "main", "overrides", "parse_sizes", "peak_rss_bytes", "write_scan"]
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 DEFAULT_SIZES = "128x128x50,256x256x100,512x512x200"
@@ -55,20 +55,6 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
             raise ValueError(f"--sizes: expected XxYxZ, got {part!r}")
         sizes.append(dims)
     return sizes
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GFLOP/s of ``n x n @ n x n`` on this machine's CPU threads."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
 
 
 def write_scan(path: Path, size: tuple[int, int, int], spacing: tuple[float, float, float], seed: int = 0) -> None:

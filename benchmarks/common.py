@@ -28,6 +28,7 @@ __all__ = [
     "PeakMemory",
     "build_model",
     "counted_flops",
+    "matmul_peak_gflops",
     "cpu_name",
     "device_name",
     "fine_model",
@@ -395,6 +396,21 @@ def interval_verdict(low: float, high: float, bound: float) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------- FLOPs
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of ``n x n @ n x n`` on this machine's CPU threads: the peak the achieved FLOP/s are
+    compared with."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def register_cpu_sdpa_flops() -> None:
     """FlopCounterMode (torch 2.13) has no formula for the CPU fused-attention kernel and would count attention as 0;
     register the same formulas it uses for the CUDA kernels."""

@@ -21,8 +21,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_inference import matmul_peak_gflops
-from benchmarks.common import counted_flops, fine_network, platform_cpu, roi_str, timed_calls, write_csv
+from benchmarks.common import (
+    counted_flops,
+    fine_network,
+    matmul_peak_gflops,
+    platform_cpu,
+    roi_str,
+    timed_calls,
+    write_csv,
+)
 
 __all__ = ["SETTINGS", "FIELDS", "measure", "main"]
 

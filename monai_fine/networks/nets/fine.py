@@ -218,7 +218,7 @@ class FINE(nn.Module):
     @property
     def stage_dims(self) -> list[int]:
         """Channels of every stage in forward order (encoder, then decoder)."""
-        return [s.blocks[0].norm1.normalized_shape[0] for s in (*self.encoder_stages, *self.decoder_stages)]
+        return [*self.dims, *self.dims[-2::-1]]  # decoder stages: levels num_stages - 2, ..., 0
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters to exclude from weight decay (memory tokens, position tables)."""
@@ -351,9 +351,13 @@ class FINE(nn.Module):
             if not self.mode.volume_attention:
                 raise ValueError(f"a scan memory needs memory='full', this net has memory={self.memory!r}.")
             scan_index = self._slots(scan_summary, scan_index, B, x.device)
-        ref = self.encoder_stages[0].volume_tokens
-        ctx = self.memory_context(roi_box, B, x.device, x.dtype if ref is None else ref.dtype)
+        ctx = self.memory_context(roi_box, B, x.device, self._memory_dtype(x))
         return self._forward(x, ctx._replace(scan_read=scan_summary, scan_index=scan_index))
+
+    def _memory_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype of the memory masks and the scan summary: the volume tokens' (``x``'s when there are none)."""
+        tokens = next((s.volume_tokens for s in self.encoder_stages if s.volume_tokens is not None), None)
+        return x.dtype if tokens is None else tokens.dtype
 
     @staticmethod
     def _slots(summary: ScanSummary, scan_index: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
@@ -388,9 +392,9 @@ class FINE(nn.Module):
         if scan_view_box is None:
             scan_view_box = torch.tensor([[0.0] * 3, [1.0] * 3], device=scan_view.device).expand(S, 2, 3)
         scan_view, scan_view_box = self._inputs(scan_view, scan_view_box)
-        ref = self.encoder_stages[0].volume_tokens
-        summary = ScanSummary(S, self.memory_grid, self.num_volume_tokens, self.stage_dims, scan_view.device, ref.dtype)
-        ctx = self.memory_context(scan_view_box, S, scan_view.device, ref.dtype)
+        dtype = self._memory_dtype(scan_view)
+        summary = ScanSummary(S, self.memory_grid, self.num_volume_tokens, self.stage_dims, scan_view.device, dtype)
+        ctx = self.memory_context(scan_view_box, S, scan_view.device, dtype)
         ctx = ctx._replace(scan_write=summary, scan_index=torch.arange(S, device=scan_view.device))
         self._forward(scan_view, ctx, heads=False)
         return summary
