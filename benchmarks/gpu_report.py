@@ -4,7 +4,7 @@
     python -m benchmarks.gpu_report --out DIR       # one GPU, <= 8 minutes (default budget 420 s)
     python -m benchmarks.gpu_report --out DIR --tiny     # CPU smoke run of the same code (well under a minute)
 
-Three sections, each configuration guarded (an error or out-of-memory is recorded with its message and the run goes
+Four sections, each configuration guarded (an error or out-of-memory is recorded with its message and the run goes
 on), under one time budget (``--budget_s``) that skips what no longer fits and says so:
 
 1. **train**: training-step time (median of timed steps after warm-up, ``torch.cuda.synchronize()`` around each) and
@@ -16,13 +16,18 @@ on), under one time budget (``--budget_s``) that skips what no longer fits and s
 2. **infer**: ``FINEInferer`` (roi 128x128x64, overlap 0.5, ``--sw_batch_size``) over a synthetic 512x512x200 scan
    with ``fine_bcv`` ``memory="full"``, one pass and with scan memory (scan view, then one pass), AMP on, windows and
    stitching on the GPU.
-3. **bundle**: ``bundle/configs/train.json`` through MONAI's ``ConfigWorkflow`` on a phantom generated on the fly,
+3. **loop**: the bundle's training loop with the GPU recipe (``cache_device`` the GPU, ``thread_loader``, AMP) at
+   ``fine_bcv`` 128x128x64 against the bare step of the same network, loss and optimizer, interleaved in one process
+   (``bench_pipeline.measure``): seconds and iterations per second, the bundle/bare ratio, without and with
+   ``compile`` (``gpu_report_loop.py``); then ``inference.json`` on the synthetic scan read from NIfTI (seconds, peak
+   memory).
+4. **bundle**: ``bundle/configs/train.json`` through MONAI's ``ConfigWorkflow`` on a phantom generated on the fly,
    loss per epoch, first vs last epoch.
 
-Writes into ``--out`` (flat, six files, the device in each): ``gpu_report.md``, ``gpu_report.json``,
-``gpu_report_train.csv``, ``gpu_report_infer.csv``, ``gpu_report_bundle.csv`` and ``gpu_report.log`` (everything
-printed). The files are rewritten after every configuration, so a run cut short still leaves what it measured. See
-``benchmarks/README.md``.
+Writes into ``--out`` (flat, seven files, the device in each): ``gpu_report.md``, ``gpu_report.json``,
+``gpu_report_train.csv``, ``gpu_report_infer.csv``, ``gpu_report_loop.csv``, ``gpu_report_bundle.csv`` and
+``gpu_report.log`` (everything printed). The files are rewritten after every configuration, so a run cut short still
+leaves what it measured. See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import set_tf32
+from benchmarks.gpu_report_loop import run_bundle_inference, run_loop
 from benchmarks.gpu_report_output import FILES, Report, Tee, dims
 from benchmarks.gpu_report_sections import (
     Device,
@@ -46,11 +52,12 @@ from benchmarks.gpu_report_sections import (
     run_train,
     train_configs,
 )
+from monai_fine.bools import as_bool
 
 __all__ = ["Report", "main", "num_windows", "parse_args", "train_configs"]
 
 # share of --budget_s by which each section must be done (unused time carries over to the next section)
-SECTION_END = {"train": 0.55, "infer": 0.75, "bundle": 1.0}
+SECTION_END = {"train": 0.35, "infer": 0.5, "loop": 0.88, "bundle": 1.0}
 
 
 # -------------------------------------------------------------------------------------------------------------- main
@@ -85,7 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default cuda (cpu with --tiny)")
     p.add_argument("--budget_s", type=float, default=420.0, help="time budget; what no longer fits is skipped")
     p.add_argument("--grace_s", type=float, default=50.0, help="hard stop at budget + grace (a hung step)")
-    p.add_argument("--sections", default="train,infer,bundle", help="comma-separated subset of train,infer,bundle")
+    p.add_argument(
+        "--sections", default="train,infer,loop,bundle", help="comma-separated subset of train,infer,loop,bundle"
+    )
+    p.add_argument("--loop_rounds", type=int, default=None, help="loop section: measured rounds (default 8; tiny 2)")
+    p.add_argument(
+        "--loop_compile", default=None, help="loop section: compile settings to run (default false,true; tiny false)"
+    )
+    p.add_argument("--loop_warmup", type=int, default=None, help="loop section: warm-up rounds (default 3; tiny 1)")
     p.add_argument("--roi", nargs=3, type=int, default=None, help="crop (default 128 128 64; tiny 64 32 32)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; tiny 0)")
@@ -120,11 +134,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "bundle_epochs": (8, 2),
         "bundle_epoch_length": (20, 2),
         "bundle_workers": (4, 0),
+        "loop_rounds": (8, 2),
+        "loop_warmup": (3, 1),
+        "loop_compile": ("false,true", "false"),  # inductor's first compile takes minutes on a CPU
     }
     for key, (full, tiny) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, tiny if args.tiny else full)
     args.infer_roi = args.infer_roi or args.roi
+    args.loop_compile = [as_bool(v.strip(), "--loop_compile") for v in args.loop_compile.split(",") if v.strip()]
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in args.sections if s not in SECTION_END]
     if bad:
@@ -174,7 +192,7 @@ def _settings(args, argv: list[str] | None) -> dict:
 
 
 class _Run:
-    """One report run: its time budget, the guard around each configuration and the three sections."""
+    """One report run: its time budget, the guard around each configuration and the four sections."""
 
     def __init__(self, args, dev: Device, report: Report, t0: float) -> None:
         self.args, self.dev, self.report, self.t0 = args, dev, report, t0
@@ -231,6 +249,26 @@ class _Run:
         shared.clear()
         self.dev.cleanup()
 
+    def loop(self) -> None:
+        """The bundle's loop with the GPU recipe against the bare step, without and with ``compile``; then
+        ``inference.json`` on the synthetic scan."""
+        for compile_network in self.args.loop_compile:
+            label = f"loop compile={compile_network}"
+            base = {"config": label, "compile": compile_network}
+            if self.over("loop"):
+                self.skip(self.report.loop, base, label)
+                continue
+            print(f"[gpu_report] {label} ...", flush=True)
+            run = functools.partial(run_loop, compile_network, self.args, self.dev)
+            self.guarded(label, run, base, self.report.loop)
+        label = "inference.json"
+        if self.over("loop"):
+            self.skip(self.report.bundle_infer, {"config": label}, label)
+            return
+        print(f"[gpu_report] {label} ...", flush=True)
+        run = functools.partial(run_bundle_inference, self.args, self.dev)
+        self.guarded(label, run, {"config": label}, self.report.bundle_infer)
+
     def bundle(self) -> None:
         left = self.section_end("bundle") - (time.perf_counter() - self.t0)
         if left < 20:
@@ -261,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_watchdog, args=(report, args.budget_s + args.grace_s, t0), daemon=True).start()
     report.write()
     run = _Run(args, dev, report, t0)
-    for name in ("train", "infer", "bundle"):
+    for name in SECTION_END:
         if name in args.sections:
             getattr(run, name)()
     report.settings["elapsed_s"] = time.perf_counter() - t0

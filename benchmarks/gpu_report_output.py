@@ -10,7 +10,17 @@ from pathlib import Path
 
 from benchmarks.common import write_csv
 
-__all__ = ["BUNDLE_FIELDS", "FILES", "INFER_FIELDS", "TRAIN_FIELDS", "Report", "Tee", "dims", "train_ratios"]
+__all__ = [
+    "BUNDLE_FIELDS",
+    "FILES",
+    "INFER_FIELDS",
+    "LOOP_FIELDS",
+    "TRAIN_FIELDS",
+    "Report",
+    "Tee",
+    "dims",
+    "train_ratios",
+]
 
 TRAIN_FIELDS = (
     "config", "model", "amp", "amp_dtype", "batch", "roi", "params_m", "status", "train_s", "train_s_min",
@@ -20,8 +30,15 @@ INFER_FIELDS = (
     "config", "scan_memory", "amp", "amp_dtype", "scan", "roi", "overlap", "sw_batch_size", "windows", "status",
     "infer_s", "s_per_window", "peak_mb", "model_mb", "reserved_mb", "device", "device_name", "torch", "cuda",
 )  # fmt: skip
+LOOP_FIELDS = (
+    "config", "compile", "status", "bundle_s", "bare_s", "it_per_s", "data_ms", "ratio", "low", "high", "rounds",
+    "wall_s", "seconds", "peak_mb", "output", "device", "device_name", "torch", "cuda",
+)  # fmt: skip
 BUNDLE_FIELDS = ("epoch", "mean_loss", "iterations", "epoch_s", "status", "device", "device_name", "torch", "cuda")
-FILES = ("gpu_report.md", "gpu_report.json", "gpu_report_train.csv", "gpu_report_infer.csv", "gpu_report_bundle.csv")
+FILES = (
+    "gpu_report.md", "gpu_report.json", "gpu_report_train.csv", "gpu_report_infer.csv", "gpu_report_loop.csv",
+    "gpu_report_bundle.csv",
+)  # fmt: skip
 
 
 class Tee:
@@ -54,6 +71,8 @@ class Report:
         self.out, self.env, self.settings = out, env, settings
         self.train: list[dict] = []
         self.infer: list[dict] = []
+        self.loop: list[dict] = []  # the bundle's loop with the GPU recipe, without and with compile
+        self.bundle_infer: list[dict] = []  # inference.json on the synthetic scan
         self.bundle: dict = {"status": "not run", "epochs": []}
         self.notes: list[str] = []
         self.lock = threading.Lock()
@@ -76,12 +95,15 @@ class Report:
                 "settings": self.settings,
                 "train": self.train,
                 "infer": self.infer,
+                "loop": self.loop,
+                "bundle_infer": self.bundle_infer,
                 "bundle": self.bundle,
                 "notes": self.notes,
             }
             (self.out / "gpu_report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
             self._csv("gpu_report_train.csv", TRAIN_FIELDS, self.train)
             self._csv("gpu_report_infer.csv", INFER_FIELDS, self.infer)
+            self._csv("gpu_report_loop.csv", LOOP_FIELDS, self.loop + self.bundle_infer)
             epochs = [{**e, "status": self.bundle["status"]} for e in self.bundle["epochs"]]
             self._csv("gpu_report_bundle.csv", BUNDLE_FIELDS, epochs)
             (self.out / "gpu_report.md").write_text(self.markdown())
@@ -126,6 +148,7 @@ class Report:
                 f"| {r['config']} | {r['amp_dtype'] if r['amp'] else 'off (fp32)'} | {r.get('windows')} | "
                 f"{fmt(r.get('infer_s'))} | {fmt(r.get('s_per_window'))} | {fmt(r.get('peak_mb'))} | {r['status']} |"
             )
+        lines += self._loop_markdown()
         b = self.bundle
         lines += ["", "## Bundle training on the phantom (`train.json`, `ConfigWorkflow`)", ""]
         lines.append(f"- status: {b['status']}; " + ", ".join(f"{k}: {v}" for k, v in b.get("setup", {}).items()))
@@ -142,6 +165,28 @@ class Report:
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
+
+    def _loop_markdown(self) -> list[str]:
+        lines = [
+            "",
+            "## The bundle's training loop, GPU recipe (cached volumes and crops on the device, `ThreadDataLoader`, "
+            "AMP), against the bare step",
+            "",
+            "| config | bundle s/it | it/s | bare s | bundle/bare [95 % interval] | data ms | rounds | status |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.loop:
+            interval = f"{fmt(r.get('ratio'))} [{fmt(r.get('low'))}, {fmt(r.get('high'))}]"
+            lines.append(
+                f"| {r['config']} | {fmt(r.get('bundle_s'))} | {fmt(r.get('it_per_s'))} | {fmt(r.get('bare_s'))} | "
+                f"{interval} | {fmt(r.get('data_ms'))} | {fmt(r.get('rounds'))} | {r['status']} |"
+            )
+        for r in self.bundle_infer:
+            lines.append(
+                f"\n- {r['config']}: {fmt(r.get('seconds'))} s, peak {fmt(r.get('peak_mb'))} MiB, output "
+                f"{r.get('output', '-')}: {r['status']}"
+            )
+        return lines
 
 
 def dims(size) -> str:

@@ -1,5 +1,5 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Engine helpers: how a training batch reaches a FINE network, and how many loader workers bring it."""
+"""Engine helpers: how a training batch reaches a FINE network, and the data loader (and its workers) that brings it."""
 
 from __future__ import annotations
 
@@ -8,24 +8,65 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from monai.data import MetaTensor
+from monai.data import DataLoader, MetaTensor, ThreadDataLoader
 from monai.engines import PrepareBatchExtraInput
 
-__all__ = ["PrepareScanBatch", "default_num_workers", "one_view_per_scan", "plain"]
+__all__ = ["PrepareScanBatch", "data_loader", "default_num_workers", "one_view_per_scan", "plain"]
 
 
-def default_num_workers(device: str | torch.device, cpu_count: int | None = None, max_workers: int = 4) -> int:
+def default_num_workers(
+    device: str | torch.device,
+    cpu_count: int | None = None,
+    max_workers: int = 4,
+    cache_device: str | torch.device = "cpu",
+) -> int:
     """Data-loader workers for training on ``device`` with ``cpu_count`` cores (default ``os.cpu_count()``).
 
     On CPU the training step's threads already use every core, and each worker process takes cores from them; the
     bundle's random transforms are a crop and intensity changes of a cached volume (milliseconds), so below 8 cores
     no worker (0: the transforms run in the training process) is faster, and above that one worker per 8 cores is
-    enough. On an accelerator the host cores are free for loading: ``cpu_count - 1`` workers, at most ``max_workers``.
+    enough. On an accelerator the host cores are free for loading: ``cpu_count - 1`` workers, at most ``max_workers``;
+    but with the cached volumes on the accelerator (``cache_device``) none: the crops run there, and worker processes
+    cannot take its tensors.
     """
+    if torch.device(cache_device).type != "cpu":
+        return 0
     cores = max(1, int(cpu_count or os.cpu_count() or 1))
     if torch.device(device).type == "cpu":
         return 0 if cores < 8 else min(max_workers, cores // 8)
     return min(max_workers, cores - 1)
+
+
+def data_loader(
+    dataset: Any,
+    batch_size: int = 1,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    thread: bool = False,
+    cache_device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> DataLoader:
+    """The bundle's data loader: MONAI's ``DataLoader``, or with ``thread`` its ``ThreadDataLoader`` (the random
+    transforms of the next batch run in a background thread while the current one trains: MONAI's fast-training
+    recipe with the cached volumes on the accelerator, where workers cannot take them).
+
+    Args:
+        dataset, batch_size, shuffle, num_workers, kwargs: as for ``torch.utils.data.DataLoader``.
+        thread: ``ThreadDataLoader`` (with ``num_workers 0``, the batches are made in its thread).
+        cache_device: where the dataset's cached volumes live (the bundle's ``cache_device``); off the CPU the loader
+            must have no worker processes.
+
+    Raises:
+        ValueError: ``num_workers > 0`` with the cache on an accelerator (worker processes cannot share its tensors).
+    """
+    if torch.device(cache_device).type != "cpu" and int(num_workers) > 0:
+        raise ValueError(
+            f"num_workers must be 0 when the cached volumes are on {cache_device} (cache_device): worker processes "
+            f"cannot take accelerator tensors; got num_workers {num_workers}. Set num_workers 0 (thread_loader true "
+            "overlaps the random crops with training instead)."
+        )
+    loader = ThreadDataLoader if thread else DataLoader
+    return loader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=int(num_workers), **kwargs)
 
 
 def plain(value: Any) -> Any:

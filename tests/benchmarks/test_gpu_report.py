@@ -22,6 +22,7 @@ FILES = {
     "gpu_report.json",
     "gpu_report_train.csv",
     "gpu_report_infer.csv",
+    "gpu_report_loop.csv",
     "gpu_report_bundle.csv",
     "gpu_report.log",
 }
@@ -71,6 +72,13 @@ def test_tiny_run_writes_every_file(tmp_path):
         assert r["windows"] == "2"  # 96 voxels in windows of 64 at overlap 0.5: starts 0 and 32
         assert _positive(r["infer_s"]) and r["scan"] == "96x32x32" and r["device_name"] == device_name
 
+    loop = _rows(tmp_path / "gpu_report_loop.csv")  # the recipe's loop (compile off in --tiny), then inference.json
+    assert [r["config"].split(",")[-1].strip() for r in loop] == ["compile=False", "scan 96x32x32"]
+    assert all(r["status"] == "ok" for r in loop), loop
+    assert _positive(loop[0]["bundle_s"]) and _positive(loop[0]["bare_s"]) and _positive(loop[0]["ratio"])
+    assert float(loop[0]["low"]) <= float(loop[0]["ratio"]) <= float(loop[0]["high"]) and loop[0]["rounds"] == "2"
+    assert _positive(loop[1]["seconds"]) and loop[1]["output"].startswith("(96, 32, 32)")
+
     epochs = _rows(tmp_path / "gpu_report_bundle.csv")
     assert [r["epoch"] for r in epochs] == ["1", "2"]
     assert all(_positive(r["mean_loss"]) and r["iterations"] == "2" and r["status"] == "ok" for r in epochs)
@@ -78,7 +86,7 @@ def test_tiny_run_writes_every_file(tmp_path):
     assert bundle["setup"]["network_device"] == "cpu" and bundle["first_epoch_loss"] == float(epochs[0]["mean_loss"])
 
     md = (tmp_path / "gpu_report.md").read_text()
-    for heading in ("## Training step", "## Inference", "## Bundle training"):
+    for heading in ("## Training step", "## Inference", "## The bundle's training loop", "## Bundle training"):
         assert heading in md
     assert "| config | AMP |" in proc.stdout  # the markdown table on stdout
     assert "DynUNet (nnU-Net plan" in md and "SwinUNETR(12)" in md
@@ -87,8 +95,9 @@ def test_tiny_run_writes_every_file(tmp_path):
 def test_budget_skips_and_says_so(tmp_path):
     _run(tmp_path, "--budget_s", "0.5")
     report = json.loads((tmp_path / "gpu_report.json").read_text())
-    assert len(report["train"]) == 10 and len(report["infer"]) == 2
-    assert all(r["status"] == "skipped: time budget" for r in report["train"] + report["infer"])
+    assert len(report["train"]) == 10 and len(report["infer"]) == 2 and len(report["loop"]) == 1
+    skipped = report["train"] + report["infer"] + report["loop"] + report["bundle_infer"]
+    assert all(r["status"] == "skipped: time budget" for r in skipped)
     assert report["bundle"]["status"].startswith("skipped: time budget")
     assert any("skipped (time budget)" in n for n in report["notes"])
     assert "skipped: time budget" in (tmp_path / "gpu_report.md").read_text()
