@@ -382,8 +382,26 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     p.add_argument("--num_workers", type=int, default=None, help="loader workers (default the bundle's)")
     p.add_argument("--quick", action="store_true", help="tiny network and volumes, a few rounds: a check of the script")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="ID=VALUE",
+        help="a bundle override of every setting, e.g. scan_memory=true (VALUE as JSON if it parses)",
+    )  # fmt: skip
     p.add_argument("--csv", default=str(RESULTS_DIR / "bench_pipeline.csv"), help="CSV path; the table beside it (.md)")
     return p.parse_args(argv)
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    """``--set ID=VALUE`` items as bundle overrides (``VALUE`` as JSON when it parses, else the string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes ID=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _rounds(args: argparse.Namespace, name: str) -> tuple[int, int]:
@@ -407,6 +425,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         cfg = settings[name]
         if args.num_workers is not None:
             cfg = {**cfg, "overrides": {**cfg["overrides"], "num_workers": args.num_workers}}
+        if args.set:
+            cfg = {**cfg, "overrides": {**cfg["overrides"], **_overrides(args.set)}}
         rounds, warmup = _rounds(args, name)
         with tempfile.TemporaryDirectory(prefix=f"bench_pipeline_{name}_") as work:
             res = measure(cfg, rounds, warmup, args.device, Path(work))

@@ -367,7 +367,7 @@ class FINE(nn.Module):
     def _slots(summary: ScanSummary, scan_index: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         if scan_index is None:
             return torch.zeros(batch, dtype=torch.long, device=device)
-        scan_index = torch.as_tensor(scan_index)
+        scan_index = _plain(torch.as_tensor(scan_index))  # a MetaTensor index would make every read a MetaTensor
         if _eager() and scan_index.device.type == "cpu":
             summary.check_index(scan_index)
         return scan_index.to(device).long().reshape(-1)
