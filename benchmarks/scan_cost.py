@@ -1,21 +1,19 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """What the scan memory costs in a training step, with batch scaling and the scan view separated.
 
-Per setting, four training steps of the same FINE (``memory="full"``, deep supervision, DiceCE, SGD as in
-``common.train_step``) on 2 crops of one scan, timed interleaved in one process (the order reversed every round), with
-their FLOPs counted by torch's ``FlopCounterMode``:
+Per setting, three training steps of the same FINE (``memory="full"``, deep supervision, DiceCE, SGD as in
+``common.train_step``), timed interleaved in one process (the order reversed every round), with their FLOPs counted
+by torch's ``FlopCounterMode``:
 
 - ``full_b1``: one crop (the per-crop reference of earlier measurements);
-- ``full_b2``: the two crops, no scan memory (the step the scan memory is compared with);
-- ``scan``: the two crops and their scan's view in one batched forward (``forward(scan_view=...)``, the bundle's);
-- ``scan_two_pass``: the same function as two passes, ``write_scan_memory`` then a reading forward (what a training
-  step cost before the writes were batched with the crops).
+- ``full_b2``: two crops of one scan, no scan memory (the step the scan memory is compared with);
+- ``scan``: the same two crops reading the memory their scan's view writes (``forward(scan_view=...)``, the bundle's
+  training form: the view's write pass, then the crops' pass).
 
     python -m benchmarks.scan_cost                         # demo (tiny 32x32x16) and bcv (128x128x64)
     python -m benchmarks.scan_cost --settings demo --rounds 20
 
-The ratios (median of per-round ratios, 95 % interval) are ``scan/full_b2`` (target <= 1.6), ``scan_two_pass/full_b2``
-and ``full_b2/full_b1``.
+The ratios (median of per-round ratios, 95 % interval) are ``scan/full_b2`` (target <= 1.6) and ``full_b2/full_b1``.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ __all__ = ["SETTINGS", "main", "measure", "steps"]
 #: preset, roi, default rounds, warm-up rounds, steps (bcv: the two that are compared; four nets of 121 M parameters
 #: and a batch of 3 at 128x128x64 would not fit this machine's 24 GiB)
 SETTINGS = {
-    "demo": ("tiny", (32, 32, 16), 12, 2, ("full_b1", "full_b2", "scan", "scan_two_pass")),
+    "demo": ("tiny", (32, 32, 16), 12, 2, ("full_b1", "full_b2", "scan")),
     "bcv": ("bcv", (128, 128, 64), 3, 0, ("full_b2", "scan")),
 }
 TARGET = 1.6
@@ -51,38 +49,21 @@ FIELDS = ("setting", "preset", "roi", "measure", "median_s", "gflop", "ratio", "
           "threads", "torch", "machine")  # fmt: skip
 
 
-def steps(preset: str, roi: tuple[int, int, int], names=("full_b1", "full_b2", "scan", "scan_two_pass")) -> dict:
-    """The training steps ``names`` (name -> callable), each network seeded alike (``scan_two_pass`` shares the
-    ``scan`` network)."""
+def steps(preset: str, roi: tuple[int, int, int], names=("full_b1", "full_b2", "scan")) -> dict:
+    """The training steps ``names`` (name -> callable), each network seeded alike."""
     import torch
 
     out = {}
     for name, memory, batch in (("full_b1", "full", 1), ("full_b2", "full", 2), ("scan", "full+scan", 2)):
-        if name not in names and not (name == "scan" and "scan_two_pass" in names):
+        if name not in names:
             continue
         torch.manual_seed(0)
         net, loss_fn, kwargs, _ = build_model({"model": "fine", "preset": preset, "memory": memory, "batch": batch,
                                                "roi": roi})  # fmt: skip
         net.train()
         x, label = torch.randn(batch, 1, *roi), torch.randint(0, 14, (batch, 1, *roi)).float()
-        out[name] = train_step(net, loss_fn, dict(kwargs), x, label)
-        if name == "scan" and "scan_two_pass" in names:
-            kwargs = dict(kwargs)
-            view = kwargs.pop("scan_view")
-
-            def two_pass(net=net, kwargs=kwargs, view=view, loss_fn=loss_fn, x=x, label=label) -> None:
-                summary = net.write_scan_memory(view)
-                loss_fn(net(x, scan_summary=summary, **kwargs), label).backward()
-
-            opt = torch.optim.SGD(net.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-
-            def two_pass_step(opt=opt, fn=two_pass) -> None:
-                opt.zero_grad(set_to_none=True)
-                fn()
-                opt.step()
-
-            out["scan_two_pass"] = two_pass_step
-    return {k: out[k] for k in names}
+        out[name] = train_step(net, loss_fn, kwargs, x, label)
+    return out
 
 
 def measure(name: str, rounds: int | None = None) -> list[dict]:
@@ -100,7 +81,7 @@ def measure(name: str, rounds: int | None = None) -> list[dict]:
               "torch": torch.__version__, "machine": platform_cpu()}  # fmt: skip
     rows = [{**common, "measure": k, "median_s": round(statistics.median(v), 4), "gflop": round(flops[k] / 1e9, 2)}
             for k, v in times.items()]  # fmt: skip
-    for a, b, bound in (("scan", "full_b2", TARGET), ("scan_two_pass", "full_b2", None), ("full_b2", "full_b1", None)):
+    for a, b, bound in (("scan", "full_b2", TARGET), ("full_b2", "full_b1", None)):
         if a not in times or b not in times:
             continue
         pr = paired_ratio(times, a, b)

@@ -259,35 +259,6 @@ def test_scan_view_training_step_gives_gradients_through_the_write_pass():
     assert net.memory_visits.min() >= 1  # the view covers every cell
 
 
-def test_batched_scan_writes_give_the_two_pass_loss_and_gradients():
-    """Training's one batched forward of crops and views is the inferer's two passes, gradients included (the
-    views' rows are written first at every stage, read by the crops' rows, and leave before the last stage)."""
-    net = _scaled(tiny(memory="full", scan_memory=True), 3.0)
-    net.train()
-    x = torch.randn(3, 1, 32, 32, 16)
-    b = boxes(LEFT, RIGHT, MIDDLE)
-    views = torch.randn(2, 1, 32, 32, 16)
-    ids = torch.tensor([1, 0, 1])
-
-    def loss_and_grads(two_pass: bool):
-        net.zero_grad(set_to_none=True)
-        if two_pass:
-            out = net(x, b, scan_index=ids, scan_summary=net.write_scan_memory(views))
-        else:
-            out = net(x, b, scan_index=ids, scan_view=views)
-        loss = sum((o.float() ** 2).mean() for o in (out if isinstance(out, list) else [out]))
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-
-    loss_batched, grads_batched = loss_and_grads(False)
-    loss_two, grads_two = loss_and_grads(True)
-    torch.testing.assert_close(loss_batched, loss_two, rtol=1e-5, atol=1e-6)
-    assert grads_batched.keys() == grads_two.keys()
-    assert any("memory_encoder" in n for n in grads_batched)  # the read path is trained
-    for n in grads_two:
-        torch.testing.assert_close(grads_batched[n], grads_two[n], rtol=1e-4, atol=1e-6, msg=n)
-
-
 def test_presets_and_parameter_counts():
     assert create_fine("tiny").roi_size == (32, 32, 16)
     with torch.device("meta"):

@@ -166,11 +166,11 @@ def cell_position_encoding(grid: Sequence[int], tokens_per_cell: int, dim: int) 
 
 class ScanSummary:
     """What the scan memory holds for a batch of scans: per stage and memory cell, the sum of the visual tokens the
-    scan views put there and their coverage. Written by :py:meth:`monai_fine.networks.FINE.write_scan_memory` (or by
-    the views' rows of a training batch), read by the forward passes that segment the scans' crops.
+    scan-view pass put there and their coverage. Written by :py:meth:`monai_fine.networks.FINE.write_scan_memory` (the
+    only writer), read by the forward passes that segment the scans' crops (``scan_summary=``).
 
-    In a write every view adds, for every stage, its visual tokens as they enter the stage into the cells they lie
-    in (:func:`cell_pool`), in its scan's slot. In a read pass the volume tokens of a stage start from the
+    In the write pass every view adds, for every stage, its visual tokens (the stage's output) into the cells they
+    lie in (:func:`cell_pool`), in its scan's slot. In a read pass the volume tokens of a stage start from the
     learned tokens plus the mean visual token of their cell and, for written cells, a fixed sinusoidal code of the
     cell's position (:func:`cell_position_encoding`, unit scale like the summaries, where the learned tokens start at
     0.02): a summary of what the scan holds *there*, so a crop can read both what lies elsewhere and where. In

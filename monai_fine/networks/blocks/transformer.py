@@ -62,15 +62,11 @@ class MemoryContext(NamedTuple):
         volume_gate: ``()`` float, 1 when any cell has been seen, else 0 (V-MSA then has no effect and gives no
             gradient).
         scan_read: the :class:`~monai_fine.networks.blocks.memory.ScanSummary` this forward reads, or None.
-        scan_write: the :class:`~monai_fine.networks.blocks.memory.ScanSummary` this forward writes (the scan views'
-            rows), or None.
-        scan_index: ``(R,)`` long, the slot each reading row reads (``R``: the batch, or ``readers``).
-        write_index: ``(S,)`` long, the slot each writing row writes.
-        readers: in a forward that both reads and writes (training with ``scan_view``: the crops and their scans'
-            views in one batch), rows ``[0, readers)`` read and rows ``[readers, B)`` write; None when the forward
-            only reads or only writes (every row).
-        roi_box: ``(B, 2, 3)`` the inputs' boxes on their device (None: the whole volume); a write pools the visual
-            tokens into the cells by it.
+        scan_write: the :class:`~monai_fine.networks.blocks.memory.ScanSummary` this forward writes (a scan-view
+            pass of :py:meth:`~monai_fine.networks.FINE.write_scan_memory`), or None.
+        scan_index: ``(B,)`` long, each sample's slot in the summary it reads or writes.
+        roi_box: ``(B, 2, 3)`` the inputs' boxes on their device (None: the whole volume); a write pass pools the
+            visual tokens into the cells by it.
     """
 
     visible: torch.Tensor | None = None
@@ -80,29 +76,7 @@ class MemoryContext(NamedTuple):
     scan_read: object | None = None
     scan_write: object | None = None
     scan_index: torch.Tensor | None = None
-    write_index: torch.Tensor | None = None
-    readers: int | None = None
     roi_box: torch.Tensor | None = None
-
-    def writer_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The writing rows of ``x`` and their boxes."""
-        if self.readers is None:
-            return x, self.roi_box
-        return x[self.readers :], None if self.roi_box is None else self.roi_box[self.readers :]
-
-    def readers_only(self) -> MemoryContext:
-        """This context for the reading rows alone, writing nothing (after the writers' last write)."""
-        n = self.readers
-        if n is None:
-            return self._replace(scan_write=None, write_index=None)
-
-        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[:n]
-
-        return self._replace(
-            visible=rows(self.visible), write=rows(self.write), roi_box=rows(self.roi_box), scan_write=None,
-            write_index=None, readers=None,
-        )  # fmt: skip
 
 
 class BlockContext(NamedTuple):
@@ -364,21 +338,13 @@ class FineStage(nn.Module):
             win = self.window_tokens.expand(B, geom.num_windows, -1, -1)
         if self.volume_tokens is not None:
             vol = self.volume_tokens.expand(B, -1, -1)
-            if ctx.scan_write is not None:  # first the writers' input tokens, so that the readers read them below
-                self.write_memory(x, ctx, stage_index)
             if ctx.scan_read is not None:
-                held = ctx.scan_read.read(stage_index, ctx.scan_index)  # (readers, V, C)
-                context = None
+                held = ctx.scan_read.read(stage_index, ctx.scan_index)
                 if self.memory_encoder is not None:
                     written = ctx.scan_read.written(stage_index, ctx.scan_index)
                     held = self.memory_encoder(held) * written
                     # the scan's context vector (mean encoded cell) reaches every visual token directly
-                    context = held.sum(1) / written.sum(1).clamp(min=1.0)
-                if ctx.readers is not None:  # the writing rows read nothing
-                    held = F.pad(held, (0, 0, 0, 0, 0, B - ctx.readers))
-                    context = None if context is None else F.pad(context, (0, 0, 0, B - ctx.readers))
-                if context is not None:
-                    x = x + context[:, None, None, None, :]
+                    x = x + (held.sum(1) / written.sum(1).clamp(min=1.0))[:, None, None, None, :]
                 vol = vol + held
             window_keys = torch.ones(B, geom.num_windows * self.num_window_tokens, dtype=torch.bool, device=x.device)
             global_keys = torch.cat([window_keys, ctx.visible], 1).view(B, 1, 1, -1)
@@ -389,13 +355,7 @@ class FineStage(nn.Module):
                 x, win, vol = checkpoint(blk, x, win, vol, block_ctx, use_reentrant=False)
             else:
                 x, win, vol = blk(x, win, vol, block_ctx)
+        if vol is not None and ctx.scan_write is not None:
+            sums, counts = cell_pool(x, ctx.roi_box, ctx.scan_write.grid, ctx.scan_write.tokens_per_cell)
+            ctx.scan_write.add(stage_index, ctx.scan_index, sums, counts)
         return x
-
-    def write_memory(self, x: torch.Tensor, ctx: MemoryContext, stage_index: int) -> None:
-        """Pool the writing rows of ``x`` (this stage's input tokens) into ``ctx.scan_write``'s cells (nothing for a
-        stage without volume tokens)."""
-        if self.volume_tokens is None:
-            return
-        tokens, box = ctx.writer_rows(x)
-        sums, counts = cell_pool(tokens, box, ctx.scan_write.grid, ctx.scan_write.tokens_per_cell)
-        ctx.scan_write.add(stage_index, ctx.write_index, sums, counts)

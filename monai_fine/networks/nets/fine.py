@@ -338,8 +338,6 @@ class FINE(nn.Module):
         x, roi_box = self._inputs(x, roi_box)
         B = x.shape[0]
         if scan_view is not None:
-            if not self.mode.volume_attention:
-                raise ValueError(f"a scan memory needs memory='full', this net has memory={self.memory!r}.")
             if scan_summary is not None:
                 raise ValueError("give scan_view (the scan memory is written from it) or scan_summary, not both.")
             if scan_index is None and scan_view.shape[0] not in (1, B):
@@ -348,9 +346,7 @@ class FINE(nn.Module):
                 )
             if scan_index is None and scan_view.shape[0] == B:
                 scan_index = torch.arange(B, device=x.device)
-            if tuple(scan_view.shape[1:]) == tuple(x.shape[1:]):
-                return self._forward_with_views(x, roi_box, scan_index, scan_view, scan_view_box)
-            scan_summary = self.write_scan_memory(scan_view, scan_view_box)  # views of another size: two passes
+            scan_summary = self.write_scan_memory(scan_view, scan_view_box)
         if scan_summary is not None:
             if not self.mode.volume_attention:
                 raise ValueError(f"a scan memory needs memory='full', this net has memory={self.memory!r}.")
@@ -372,30 +368,9 @@ class FINE(nn.Module):
             summary.check_index(scan_index)
         return scan_index.to(device).long().reshape(-1)
 
-    def _forward_with_views(self, x, roi_box, scan_index, scan_view, scan_view_box):
-        """Training with a scan memory in one batched pass: the crops and their scans' views go through the network
-        together; at every stage the views' rows first write their input tokens into the memory (:class:`ScanSummary`,
-        differentiable), then the crops' rows read it. Batch rows do not interact, so this computes what
-        :meth:`write_scan_memory` followed by a reading forward computes, at the cost of a larger batch instead of a
-        second network pass (the views' rows stop after their last write, before the last decoder stage)."""
-        B, S = x.shape[0], scan_view.shape[0]
-        whole = torch.tensor([[0.0] * 3, [1.0] * 3], device=x.device)
-        view, view_box = self._inputs(scan_view, whole.expand(S, 2, 3) if scan_view_box is None else scan_view_box)
-        dtype = self._memory_dtype(x)
-        summary = ScanSummary(S, self.memory_grid, self.num_volume_tokens, self.stage_dims, x.device, dtype)
-        scan_index = self._slots(summary, scan_index, B, x.device)
-        boxes = torch.cat([whole.expand(B, 2, 3) if roi_box is None else roi_box.to(view_box.dtype), view_box])
-        ctx = self.memory_context(boxes, B + S, x.device, dtype)
-        ctx = ctx._replace(
-            scan_read=summary, scan_write=summary, scan_index=scan_index,
-            write_index=torch.arange(S, device=x.device), readers=B,
-        )  # fmt: skip
-        return self._forward(torch.cat([x, view.to(x.dtype)]), ctx)
-
     def write_scan_memory(self, scan_view: torch.Tensor, scan_view_box: torch.Tensor | None = None) -> ScanSummary:
-        """The scan memory's writer: one network pass over whole-scan views, without heads, that pools every stage's
-        input visual tokens into the memory cells of each view's scan (training with ``forward(scan_view=...)`` runs
-        the same writes batched with the crops).
+        """The scan memory's only writer: one network pass over whole-scan views, without heads, that pools every
+        stage's visual tokens into the memory cells of each view's scan.
 
         In training mode the pass counts as a visit of the cells its view covers (all of them, for the whole-scan
         view): every cell's learned volume tokens take part in it and get its gradient, so with a scan memory no cell
@@ -420,7 +395,7 @@ class FINE(nn.Module):
         dtype = self._memory_dtype(scan_view)
         summary = ScanSummary(S, self.memory_grid, self.num_volume_tokens, self.stage_dims, scan_view.device, dtype)
         ctx = self.memory_context(scan_view_box, S, scan_view.device, dtype)
-        ctx = ctx._replace(scan_write=summary, write_index=torch.arange(S, device=scan_view.device))
+        ctx = ctx._replace(scan_write=summary, scan_index=torch.arange(S, device=scan_view.device))
         self._forward(scan_view, ctx, heads=False)
         return summary
 
@@ -434,23 +409,16 @@ class FINE(nn.Module):
                 x = self.downsamples[i](skips[-1])
         x = skips[-1]
         levels = []
-        last = len(self.decoder_stages) - 1
         for j, (up, stage) in enumerate(zip(self.upsamples, self.decoder_stages)):
             x = up(x) + skips[self.num_stages - 2 - j]
-            if j == last and ctx.scan_write is not None:
-                # the writers' last write is this stage's input: their rows end here (the output is never read)
-                stage.write_memory(x, ctx, self.num_stages + j)
-                if ctx.readers is None:
-                    return None
-                x, ctx = x[: ctx.readers], ctx.readers_only()
             x = stage(x, ctx, self.num_stages + j)
             levels.append(x)
         if not heads:
             return None
         out = self.head(self.decoder_norm(x).permute(0, 4, 1, 2, 3))
         if self.deep_supervision and self.training:
-            lower = levels[-2::-1]  # decoder levels 1, 2, ... (without the views' rows of a batched write)
-            return [out] + [h(t[: out.shape[0]].permute(0, 4, 1, 2, 3)) for h, t in zip(self.ds_heads, lower)]
+            lower = levels[-2::-1]  # decoder levels 1, 2, ...
+            return [out] + [h(t.permute(0, 4, 1, 2, 3)) for h, t in zip(self.ds_heads, lower)]
         return out
 
 
