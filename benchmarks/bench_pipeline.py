@@ -116,17 +116,11 @@ def _phantom(cfg: dict[str, Any], out: Path) -> Path:
 def build_trainer(overrides: dict[str, Any], device: str | None):
     """An initialised train ``ConfigWorkflow`` of the real ``bundle/configs/train.json`` (as ``run_bundle`` builds
     it) with ``overrides``; ``device`` (e.g. ``"cpu"``) overrides the bundle's choice."""
-    from monai.bundle import ConfigWorkflow
-
-    from monai_fine.bundle_tools import bundle_dir
+    from monai_fine.bundle_tools import bundle_workflow
 
     if device is not None:
         overrides = {**overrides, "device": f"$torch.device('{device}')"}
-    cfg = bundle_dir() / "configs"
-    wf = ConfigWorkflow(config_file=str(cfg / "train.json"), meta_file=str(cfg / "metadata.json"),
-                        logging_file=str(cfg / "logging.conf"), workflow_type="train", **overrides)  # fmt: skip
-    wf.initialize()
-    return wf
+    return bundle_workflow(["train.json"], "train", **overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------- timing

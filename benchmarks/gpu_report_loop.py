@@ -73,9 +73,8 @@ def run_bundle_inference(args, dev) -> dict:
     import nibabel as nib
     import numpy as np
     import torch
-    from monai.bundle import ConfigWorkflow
 
-    from monai_fine.bundle_tools import bundle_dir
+    from monai_fine.bundle_tools import bundle_workflow
 
     root = Path(tempfile.mkdtemp(prefix="gpu_report_infer_"))
     try:
@@ -83,16 +82,13 @@ def run_bundle_inference(args, dev) -> dict:
         rng = np.random.default_rng(0)
         image = rng.normal(0, 200, size=tuple(args.scan)).astype(np.float32)
         nib.save(nib.Nifti1Image(image, np.diag([0.76, 0.76, 3.0, 1.0])), str(root / "data" / "imagesTs" / "s.nii.gz"))
-        configs = bundle_dir() / "configs"
         preset, roi = ("test", [32, 32, 16]) if args.tiny else ("bcv", list(args.infer_roi))
-        wf = ConfigWorkflow(
-            config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
-            logging_file=str(configs / "logging.conf"), workflow_type="infer", bundle_root=str(root),
-            dataset_dir=str(root / "data"), output_dir=str(root / "out"), load_pretrain=False, preset=preset,
-            roi_size=roi, device=f"$torch.device('{dev.device}')", amp=dev.cuda, amp_dtype=args.amp_dtype,
+        wf = bundle_workflow(
+            ["inference.json"], "infer", bundle_root=str(root), dataset_dir=str(root / "data"),
+            output_dir=str(root / "out"), load_pretrain=False, preset=preset, roi_size=roi,
+            device=f"$torch.device('{dev.device}')", amp=dev.cuda, amp_dtype=args.amp_dtype,
             sw_batch_size=args.sw_batch_size, sw_progress=False,
         )  # fmt: skip
-        wf.initialize()
         if dev.cuda:
             torch.cuda.reset_peak_memory_stats(dev.device)
         t = time.perf_counter()

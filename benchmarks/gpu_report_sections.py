@@ -18,6 +18,7 @@ from pathlib import Path
 from benchmarks.common import ROI_BOX, PeakMemory, build_model, cpu_name, fine_network, timed_calls
 from benchmarks.gpu_report_output import Report, dims
 from benchmarks.peers import nnunet_plan
+from monai_fine.bundle_tools import bundle_workflow
 
 __all__ = [
     "Device",
@@ -271,24 +272,6 @@ def bundle_overrides(args, dev: Device, root: Path) -> dict:
     return override
 
 
-def _train_workflow(override: dict):
-    """An initialised train ``ConfigWorkflow`` of ``bundle/configs/train.json`` with ``override``."""
-    from monai.bundle import ConfigWorkflow
-
-    from monai_fine.bundle_tools import bundle_dir
-
-    configs = bundle_dir() / "configs"
-    workflow = ConfigWorkflow(
-        config_file=str(configs / "train.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        workflow_type="train",
-        **override,
-    )
-    workflow.initialize()
-    return workflow
-
-
 def _trainer_setup(trainer) -> dict:
     """Where the trainer runs: its network's device, AMP and optimizer."""
     return {
@@ -352,7 +335,7 @@ def run_bundle_training(args, dev: Device, report: Report, section_end: float, t
             f"({time.perf_counter() - t_data:.1f} s to write)",
             "overrides": {k: v for k, v in override.items() if k not in ("bundle_root", "dataset_dir")},
         }
-        workflow = _train_workflow(override)
+        workflow = bundle_workflow(["train.json"], "train", **override)
         trainer = workflow.parser.get_parsed_content("train#trainer")
         b["setup"].update(_trainer_setup(trainer))
         _record_epochs(trainer, report, section_end, t0)

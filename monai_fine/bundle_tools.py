@@ -35,6 +35,7 @@ from monai_fine.data.io import UnsafeCheckpointError, torch_load
 
 __all__ = [
     "bundle_dir",
+    "bundle_workflow",
     "run_bundle",
     "train",
     "evaluate",
@@ -72,8 +73,9 @@ def bundle_dir() -> Path:
     return path
 
 
-def run_bundle(configs: list[str], workflow_type: str, **override: Any) -> Any:
-    """Run ``configs`` (file names in ``bundle/configs``) as a MONAI ``ConfigWorkflow`` with id overrides."""
+def bundle_workflow(configs: list[str], workflow_type: str, **override: Any) -> Any:
+    """``configs`` (file names in ``bundle/configs``) as an initialised MONAI ``ConfigWorkflow`` with id overrides
+    (``bundle_root`` defaults to the bundle folder)."""
     from monai.bundle import ConfigWorkflow
 
     cfg = bundle_dir() / "configs"
@@ -86,6 +88,12 @@ def run_bundle(configs: list[str], workflow_type: str, **override: Any) -> Any:
         **override,
     )
     workflow.initialize()
+    return workflow
+
+
+def run_bundle(configs: list[str], workflow_type: str, **override: Any) -> Any:
+    """Run ``configs`` (file names in ``bundle/configs``) as a MONAI ``ConfigWorkflow`` with id overrides."""
+    workflow = bundle_workflow(configs, workflow_type, **override)
     out = workflow.run()
     workflow.finalize()
     return out

@@ -15,7 +15,8 @@ def test_scan_cost_rows_and_flop_identities(monkeypatch):
     assert set(names) | {"scan/full_b2", "full_b2/full_b1"} == set(rows)
     assert all(rows[n]["median_s"] > 0 for n in names)
     assert rows["full_b2/full_b1"]["gflop"] == pytest.approx(2.0, rel=1e-3)  # every op of a sample is its own
-    # the view's write pass is one more crop-size pass without heads: a little under 1.5 x the 2 crops
-    assert 1.3 < rows["scan/full_b2"]["gflop"] < 1.5
+    # the view's write pass is one more crop-size pass without heads: at most one crop's FLOPs, and most of them
+    write = rows["scan"]["gflop"] - rows["full_b2"]["gflop"]
+    assert 0.9 * rows["full_b1"]["gflop"] < write <= rows["full_b1"]["gflop"]
     r = rows["scan/full_b2"]
     assert r["low"] <= r["ratio"] <= r["high"] and r["rounds"] == 2 and r["verdict"] in ("met", "MISSED", "undecided")

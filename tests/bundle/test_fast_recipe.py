@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_common import workflow
+from bundle_common import max_abs_diff, small_phantom, workflow
 from monai.data import DataLoader, ThreadDataLoader
 
-from monai_fine.data import make_phantom_dataset
 from monai_fine.engines import data_loader, default_num_workers
 
 # 3 training cases, 2 crops each, 3 epochs of 2 iterations: the loader iterator spans epoch boundaries
@@ -23,11 +22,7 @@ RECIPE = {"cache_device": "cpu", "thread_loader": True, "amp": True, "amp_dtype"
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(
-        out, num_cases=4, seed=5, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=0, val_fraction=0.25
-    )
-    return out
+    return small_phantom(tmp_path_factory.mktemp("phantom"))
 
 
 def _train(root: Path, data: Path, **override):
@@ -42,18 +37,13 @@ def _train(root: Path, data: Path, **override):
     return load(models / "model_final.pt"), load(first), loader
 
 
-def _max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
-
-
 @pytest.mark.slow
 def test_the_gpu_recipe_on_the_cpu_trains_to_the_same_weights(data_dir, tmp_path):
     default, _, default_loader = _train(tmp_path / "default", data_dir)
     recipe, earlier, recipe_loader = _train(tmp_path / "recipe", data_dir, **RECIPE)
     assert type(default_loader) is DataLoader and isinstance(recipe_loader, ThreadDataLoader)
-    assert _max_abs_diff(default, recipe) == 0.0  # the same crops in the same order, the same arithmetic
-    assert _max_abs_diff(earlier, recipe) > 1e-4  # the weights moved: not a comparison of two untrained networks
+    assert max_abs_diff(default, recipe) == 0.0  # the same crops in the same order, the same arithmetic
+    assert max_abs_diff(earlier, recipe) > 1e-4  # the weights moved: not a comparison of two untrained networks
 
 
 def test_workers_with_the_cache_on_an_accelerator_are_refused():

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from monai_fine.data import make_phantom_dataset
+from bundle_common import max_abs_diff, small_phantom
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 CONFIGS = BUNDLE / "configs"
@@ -40,11 +39,7 @@ ARGS = {
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantom")
-    make_phantom_dataset(
-        out, num_cases=4, seed=5, shape=(48, 48, 32), spacing=(4.0, 4.0, 4.0), num_test=0, val_fraction=0.25
-    )
-    return out
+    return small_phantom(tmp_path_factory.mktemp("phantom"))
 
 
 def command(root: Path, data: Path, **extra: str) -> list[str]:
@@ -83,11 +78,6 @@ def run(root: Path, data: Path, **extra: str) -> str:
 
 def final_weights(root: Path) -> dict[str, torch.Tensor]:
     return torch.load(root / "models" / "model_final.pt", map_location="cpu", weights_only=False)["model"]
-
-
-def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
 
 
 @pytest.fixture(scope="module")
