@@ -144,7 +144,7 @@ def build_model(cfg: dict):
     """The model, its loss, its forward keyword arguments and the transform of its training output for the loss, for
     ``cfg`` with ``model`` (``fine``, ``swinunetr`` or ``dynunet``), ``roi``, ``batch`` and, for FINE, ``preset``,
     ``memory`` (a configuration of ``MEMORY_CONFIGS`` or a ``MemoryMode``; with scan memory all crops come from one
-    scan) and optionally ``stage_memory``."""
+    scan) and optionally ``stage_memory`` and ``network_kwargs`` (more FINE keywords)."""
     import torch
     from monai.losses import DeepSupervisionLoss, DiceCELoss
 
@@ -160,6 +160,7 @@ def build_model(cfg: dict):
         return net, DeepSupervisionLoss(loss, weights=ds_loss_weights(plan["deep_supr_num"])), {}, ds_outputs
     mode = memory_mode(cfg["memory"])
     extra = {"stage_memory": cfg["stage_memory"]} if cfg.get("stage_memory") else {}
+    extra.update(cfg.get("network_kwargs") or {})
     net = fine_network(cfg["preset"], mode, cfg["roi"], deep_supervision=True, **extra)
     boxes = [(ROI_BOX, ROI_BOX_2)[i % 2] for i in range(cfg["batch"])]
     kwargs = {"roi_box": torch.tensor(boxes, dtype=torch.float32)}

@@ -8,12 +8,15 @@ by torch's ``FlopCounterMode``:
 - ``full_b1``: one crop (the per-crop reference of earlier measurements);
 - ``full_b2``: two crops of one scan, no scan memory (the step the scan memory is compared with);
 - ``scan``: the same two crops reading the memory their scan's view writes (``forward(scan_view=...)``, the bundle's
-  training form: the view's write pass, then the crops' pass).
+  training form: the view's write pass, then the crops' pass);
+- ``scan_enc``: the same with ``scan_write="encoder"`` (the view's pass runs the encoder only; the decoder stages
+  read what the encoder stage of their level wrote).
 
     python -m benchmarks.scan_cost                         # demo (tiny 32x32x16) and bcv (128x128x64)
     python -m benchmarks.scan_cost --settings demo --rounds 20
 
-The ratios (median of per-round ratios, 95 % interval) are ``scan/full_b2`` (target <= 1.6) and ``full_b2/full_b1``.
+The ratios (median of per-round ratios, 95 % interval) are ``scan/full_b2`` and ``scan_enc/full_b2`` (target <= 1.6)
+and ``full_b2/full_b1``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ __all__ = ["SETTINGS", "main", "measure", "steps"]
 #: preset, roi, default rounds, warm-up rounds, steps (bcv: the two that are compared; four nets of 121 M parameters
 #: and a batch of 3 at 128x128x64 would not fit this machine's 24 GiB)
 SETTINGS = {
-    "demo": ("tiny", (32, 32, 16), 12, 2, ("full_b1", "full_b2", "scan")),
+    "demo": ("tiny", (32, 32, 16), 12, 2, ("full_b1", "full_b2", "scan", "scan_enc")),
     "bcv": ("bcv", (128, 128, 64), 3, 0, ("full_b2", "scan")),
 }
 TARGET = 1.6
@@ -49,17 +52,25 @@ FIELDS = ("setting", "preset", "roi", "measure", "median_s", "gflop", "ratio", "
           "threads", "torch", "machine")  # fmt: skip
 
 
+#: step name -> (memory configuration, batch, FINE keywords)
+STEPS = {
+    "full_b1": ("full", 1, {}),
+    "full_b2": ("full", 2, {}),
+    "scan": ("full+scan", 2, {}),
+    "scan_enc": ("full+scan", 2, {"scan_write": "encoder"}),
+}
+
+
 def steps(preset: str, roi: tuple[int, int, int], names=("full_b1", "full_b2", "scan")) -> dict:
-    """The training steps ``names`` (name -> callable), each network seeded alike."""
+    """The training steps ``names`` (of :data:`STEPS`; name -> callable), each network seeded alike."""
     import torch
 
     out = {}
-    for name, memory, batch in (("full_b1", "full", 1), ("full_b2", "full", 2), ("scan", "full+scan", 2)):
-        if name not in names:
-            continue
+    for name in names:
+        memory, batch, extra = STEPS[name]
         torch.manual_seed(0)
         net, loss_fn, kwargs, _ = build_model({"model": "fine", "preset": preset, "memory": memory, "batch": batch,
-                                               "roi": roi})  # fmt: skip
+                                               "roi": roi, "network_kwargs": extra})  # fmt: skip
         net.train()
         x, label = torch.randn(batch, 1, *roi), torch.randint(0, 14, (batch, 1, *roi)).float()
         out[name] = train_step(net, loss_fn, kwargs, x, label)
@@ -81,7 +92,7 @@ def measure(name: str, rounds: int | None = None) -> list[dict]:
               "torch": torch.__version__, "machine": platform_cpu()}  # fmt: skip
     rows = [{**common, "measure": k, "median_s": round(statistics.median(v), 4), "gflop": round(flops[k] / 1e9, 2)}
             for k, v in times.items()]  # fmt: skip
-    for a, b, bound in (("scan", "full_b2", TARGET), ("full_b2", "full_b1", None)):
+    for a, b, bound in (("scan", "full_b2", TARGET), ("scan_enc", "full_b2", TARGET), ("full_b2", "full_b1", None)):
         if a not in times or b not in times:
             continue
         pr = paired_ratio(times, a, b)

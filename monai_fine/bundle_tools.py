@@ -206,8 +206,13 @@ def create_network(
     wanted = {"preset": preset, "in_channels": in_channels, "out_channels": out_channels}
     wanted.update({k: _plain(v) for k, v in kwargs.items()})
     check_roi_size(wanted.get("roi_size"), preset, wanted)
-    recorded = read_network_config(checkpoint)
+    record = read_network_config(checkpoint)  # stored back unchanged, so that the weights load strictly
+    recorded = dict(record)
+    if recorded.get("scan_memory"):  # scan-memory weights recorded before these choices existed were trained so
+        recorded = {**_SCAN_MEMORY_BEFORE, **recorded}
     config = dict(wanted)
+    if config.get("scan_memory"):  # recorded, so that a later default cannot change what the weights compute
+        config = {**{k: _effective(config)[k] for k in _SCAN_MEMORY_BEFORE}, **config}
     if recorded:
         config = {**recorded, **{k: wanted[k] for k in RUNTIME_ARGS if k in wanted}}
         mine, theirs = _effective(wanted), _effective(recorded)
@@ -231,17 +236,20 @@ def create_network(
     args = dict(config)
     net = create_fine(args.pop("preset"), **args)
     if not checkpoint or not os.path.isfile(checkpoint) or recorded:
-        net.register_buffer(CONFIG_BUFFER, _encode(recorded or config))
+        net.register_buffer(CONFIG_BUFFER, _encode(record or config))
     return net
 
 
 CONFLICT_ARGS = frozenset({
     "preset", "in_channels", "out_channels", "feature_size", "depths", "num_heads", "patch_size", "window_size",
-    "memory", "memory_grid", "num_window_tokens", "num_volume_tokens", "scan_memory", "share_memory_attention",
-    "mlp_ratio", "qkv_bias",
+    "memory", "memory_grid", "num_window_tokens", "num_volume_tokens", "scan_memory", "scan_position",
+    "scan_write", "scan_read", "share_memory_attention", "mlp_ratio", "qkv_bias",
 })  # fmt: skip
 """Network arguments that give another network (other parameters or another function): weights recorded with one
 value do not serve a config asking for another (:func:`create_network` refuses, naming the config id)."""
+
+#: How a scan memory was read and written before these network arguments existed (weights recorded without them).
+_SCAN_MEMORY_BEFORE = {"scan_position": "absolute", "scan_write": "all", "scan_read": "mean"}
 
 _CONFIG_IDS = {"out_channels": "num_classes", "memory": "memory", "scan_memory": "scan_memory", "preset": "preset"}
 

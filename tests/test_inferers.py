@@ -115,12 +115,20 @@ def test_content_outside_the_probe_windows_matters_only_with_scan_memory(scan_me
         assert torch.equal(a, b)
 
 
-def test_scan_memory_inference_is_the_training_forward_on_every_window():
+@pytest.mark.parametrize(
+    "scan_position, scan_write, scan_read",
+    [("relative", "all", "mean"), ("absolute", "all", "mean"), ("relative", "encoder", "mean"),
+     ("absolute", "all", "attention"), ("absolute", "all", "centred"), ("absolute", "encoder", "centred")],
+)  # fmt: skip
+def test_scan_memory_inference_is_the_training_forward_on_every_window(scan_position, scan_write, scan_read):
     """Same semantics in training and inference: each window's logits equal the training-form forward of that
-    window with the scan view of the whole input (the view ScanViewd would make of the same volume)."""
+    window with the scan view of the whole input (the view ScanViewd would make of the same volume), for every
+    way of reading (cell positions from the window or absolute) and writing (every stage or the encoder) it."""
     from monai_fine.transforms import scan_view
 
-    net = tiny_net(memory="full", scan_memory=True)
+    net = tiny_net(
+        memory="full", scan_memory=True, scan_position=scan_position, scan_write=scan_write, scan_read=scan_read
+    )
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.Linear):

@@ -50,6 +50,7 @@ FIELDS = (
     "config", "seed", "memory", "scan_memory", "swap_rate", "swap_rate_scan_off", "memory_swap_flips", "twin_found",
     "dice_twin_a", "dice_twin_b",
     "dice_marker", "twin_voxels", "cases", "iterations", "train_minutes", "seconds_per_iteration", "eval_minutes",
+    "probe_view", "probe_context", "probe_context_label", "probe_twin", "probe_twin_label",
 )  # fmt: skip
 
 
@@ -141,13 +142,11 @@ def confusion(pred, truth, num_classes: int):
     return torch.bincount(idx.reshape(-1), minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, float]:
-    """Segment the held-out cases with the run's final model; swap rate and Dice (with and without scan memory)."""
-    import torch
+def load_run(args: argparse.Namespace, config: str, seed: int, data: Path):
+    """The final model of a (config, seed) run in eval mode, and the bundle's validation preprocessing."""
     from monai.bundle import ConfigParser
 
     from monai_fine.bundle_tools import bundle_dir
-    from monai_fine.inferers import FINEInferer
 
     root = _run_dir(args, config, seed)
     parser = ConfigParser()
@@ -157,8 +156,16 @@ def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -
     net = parser.get_parsed_content("network_def")
     state = torch_load(root / "models" / "model_final.pt")
     net.load_state_dict(state.get("model", state))
-    net.eval()
-    preprocess = parser.get_parsed_content("validate#preprocessing")
+    return net.eval(), parser.get_parsed_content("validate#preprocessing")
+
+
+def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, float]:
+    """Segment the held-out cases with the run's final model; swap rate and Dice (with and without scan memory)."""
+    import torch
+
+    from monai_fine.inferers import FINEInferer
+
+    net, preprocess = load_run(args, config, seed, data)
     items = json.loads((data / "dataset_0.json").read_text())["validation"]
     n = args.num_classes
     conditions = {"as_trained": CONFIGS[config].scan_memory}
@@ -237,13 +244,137 @@ def memory_swap_flips(args: argparse.Namespace, net, preprocess, pairs: int = 4)
     return flips / total if total else float("nan")
 
 
+def ridge_cv_accuracy(features, target, groups, ridge: float = 1.0) -> float:
+    """Leave-one-group-out accuracy of a linear (ridge) classifier of binary ``target`` from ``features``.
+
+    Per fold the features are standardised on the training rows (constant features drop out), a ridge regression of
+    ``2 target - 1`` is fitted in its kernel form (``ridge`` times the feature count is the penalty, so it does not
+    depend on the width) and the held-out rows are classified by the sign of the fit.
+
+    Args:
+        features: ``(n, d)`` float.
+        target: ``(n,)`` 0/1.
+        groups: ``(n,)`` ints; rows of one group are held out together (both sides of one generated pair).
+
+    Returns:
+        the fraction of rows classified correctly when held out (0.5: no linear information).
+    """
+    import torch
+
+    x = torch.as_tensor(features, dtype=torch.float64).reshape(len(target), -1)
+    y = torch.as_tensor(target, dtype=torch.float64) * 2 - 1
+    groups = torch.as_tensor(groups)
+    correct = 0
+    for g in torch.unique(groups):
+        test = groups == g
+        xtr, xte, ytr = x[~test], x[test], y[~test]
+        mu, sd = xtr.mean(0), xtr.std(0)
+        sd = torch.where(sd > 1e-8, sd, torch.full_like(sd, float("inf")))
+        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+        gram = xtr @ xtr.T + ridge * x.shape[1] * torch.eye(len(xtr), dtype=x.dtype)
+        alpha = torch.linalg.solve(gram, ytr - ytr.mean())
+        score = xte @ (xtr.T @ alpha) + ytr.mean()
+        correct += int(((score > 0) == (y[test] > 0)).sum())
+    return correct / len(target)
+
+
+def linear_probes(args: argparse.Namespace, net, preprocess, pairs: int = 16) -> dict[str, Any]:
+    """Where the marker's side is, and is not, in a trained scan-memory model: linear probes on generated pairs.
+
+    ``pairs`` generated cases, each drawn with the marker on both sides (identical but for the marker, see
+    :func:`monai_fine.data.context_task.make_context_case`), give ``2 pairs`` scans; every probe is a leave-one-pair-out
+    ridge classifier (:func:`ridge_cv_accuracy`; 0.5 is no linear information, 1.0 all held-out scans right):
+
+    - ``probe_view``: the side from the scan view's voxels (what the write pass sees);
+    - ``probe_context`` (and per stage ``probe_context_stages``): the side from the context vector each twin's
+      crop reads (:py:meth:`~monai_fine.networks.blocks.transformer.FineStage.read_scan_memory`), best stage;
+    - ``probe_context_label``: the twin's label (what the task asks) from the same context vectors, best stage;
+    - ``probe_twin`` and ``probe_twin_label``: the side and the label from the last decoder features (before the
+      head) averaged over the twin's voxels, in a crop centred on the twin reading the scan memory.
+
+    The label is ``side`` under the ``side`` rule and ``side XOR end`` under ``xor``.
+    """
+    import tempfile
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from monai_fine.data.context_task import make_context_case
+    from monai_fine.transforms import scan_view
+
+    roi = [int(r) for r in args.roi]
+    patch = net.patch_size
+    stages = [*net.encoder_stages, *net.decoder_stages]
+    slots = [net.scan_slot(i) for i in range(len(stages))]  # the memory slot each stage reads
+    captured: list[torch.Tensor] = []
+    hook = net.decoder_norm.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+    view_rows, ctx_rows, twin_rows, side_rows, label_rows, group_rows, twin_groups = [], [], [], [], [], [], []
+    try:
+        with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+            for k in range(pairs):
+                for side in (0, 1):
+                    image, label = make_context_case(800_000 + k, side, args.shape, args.rule)
+                    for name, arr in (("image", image), ("label", label)):
+                        nib.save(nib.Nifti1Image(arr, np.diag([*args.spacing, 1.0])), f"{tmp}/{name}.nii.gz")
+                    case = preprocess({"image": f"{tmp}/image.nii.gz", "label": f"{tmp}/label.nii.gz"})
+                    img, lab = case["image"].as_tensor()[None].float(), case["label"].as_tensor()[0]
+                    view = scan_view(img, roi)
+                    view_rows.append(view.reshape(-1))
+                    side_rows.append(side)
+                    group_rows.append(k)
+                    summary = net.write_scan_memory(view)
+                    shape = torch.tensor(lab.shape, dtype=torch.float64)
+                    for twin in (1, 2):
+                        where = torch.nonzero(lab == twin).double()
+                        if not len(where):
+                            continue
+                        start = (where.mean(0) - torch.tensor(roi) / 2).round().clamp(min=0)
+                        start = torch.minimum(start, shape - torch.tensor(roi)).long()
+                        sl = tuple(slice(int(a), int(a) + r) for a, r in zip(start, roi))
+                        box = torch.stack([start.double() / shape, (start.double() + torch.tensor(roi)) / shape])
+                        box = box.float()[None]
+                        idx = torch.zeros(1, dtype=torch.long)
+                        ctx = [st.read_scan_memory(summary, k, idx, box)[1][0] for st, k in zip(stages, slots)]
+                        captured.clear()
+                        net(img[(slice(None), slice(None), *sl)], box, scan_index=idx, scan_summary=summary)
+                        feat = captured[-1][0]  # (X', Y', Z', C)
+                        mask = F.max_pool3d((lab[sl] == twin).float()[None, None], patch, patch)[0, 0] > 0
+                        twin_rows.append(feat[mask].mean(0))
+                        ctx_rows.append(ctx)  # one (C_stage,) per stage
+                        label_rows.append((side, twin - 1))
+                        twin_groups.append(k)
+    finally:
+        hook.remove()
+    out: dict[str, Any] = {"probe_pairs": pairs}
+    out["probe_view"] = ridge_cv_accuracy(torch.stack(view_rows), side_rows, group_rows)
+    sides = [s for s, _ in label_rows]
+    labels = [t for _, t in label_rows]
+    contexts = [torch.stack([c[i] for c in ctx_rows]) for i in range(len(stages))]
+    per_stage = [ridge_cv_accuracy(c, sides, twin_groups) for c in contexts]
+    per_stage_label = [ridge_cv_accuracy(c, labels, twin_groups) for c in contexts]
+    out["probe_context"], out["probe_context_stages"] = max(per_stage), [round(a, 3) for a in per_stage]
+    out["probe_context_label"] = max(per_stage_label)
+    out["probe_context_label_stages"] = [round(a, 3) for a in per_stage_label]
+    twin = torch.stack(twin_rows)
+    out["probe_twin"] = ridge_cv_accuracy(twin, sides, twin_groups)
+    out["probe_twin_label"] = ridge_cv_accuracy(twin, labels, twin_groups)
+    return out
+
+
 def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, Any]:
     from monai_fine.bundle_tools import run_bundle
 
     root = _run_dir(args, config, seed)
     result_file = root / "result.json"
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        row = json.loads(result_file.read_text())
+        if CONFIGS[config].scan_memory and args.dataset_dir is None and "probe_view" not in row:
+            net, preprocess = load_run(args, config, seed, data)  # a run finished before the probes existed
+            row.update(linear_probes(args, net, preprocess))
+            result_file.write_text(json.dumps(row, indent=1) + "\n")
+        return row
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     iterations = args.max_epochs * args.epoch_length
@@ -270,6 +401,8 @@ def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dic
         "memory_swap_flips": "",
     }
     row.update(evaluate_run(args, config, seed, data))
+    if CONFIGS[config].scan_memory and args.dataset_dir is None:
+        row.update(linear_probes(args, *load_run(args, config, seed, data)))
     row["eval_minutes"] = round((time.time() - t1) / 60, 2)
     result_file.write_text(json.dumps(row, indent=1) + "\n")
     print(
@@ -315,6 +448,24 @@ def summary(args: argparse.Namespace, rows: list[dict[str, Any]], command: str, 
             f"{_fmt(ms('dice_twin_a'))} | {_fmt(ms('dice_twin_b'))} | {_fmt(ms('dice_marker'))} | "
             f"{_fmt(ms('seconds_per_iteration'))} |"
         )
+    probed = [r for r in rows if r.get("probe_view") not in ("", None)]
+    if probed:
+        lines += [
+            "",
+            "Linear probes (leave-one-pair-out accuracy %, 50 = no linear information; `linear_probes`): the "
+            "marker's side from the scan view, from the context vector a twin's crop reads (best stage), the twin's "
+            "label from that context vector, and the side and the label from the last decoder features at the twin.",
+            "",
+            "| config | side, scan view | side, context vector | label, context vector | side, twin features | "
+            "label, twin features |",
+            "|---|---|---|---|---|---|",
+        ]
+        keys = ("probe_view", "probe_context", "probe_context_label", "probe_twin", "probe_twin_label")
+        for config in args.configs:
+            rs = [r for r in probed if r["config"] == config]
+            if rs:
+                cells = [_fmt(_mean_std([float(r[k]) for r in rs]), pct=True) for k in keys]
+                lines.append(f"| {config} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -42,7 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--run", required=True, help="bundle_root of a trained run (models/model_final.pt)")
+    p.add_argument("--run", default=None, help="bundle_root of a trained run (models/model_final.pt)")
+    p.add_argument(
+        "--view_probe",
+        action="store_true",
+        help="also: can a linear classifier tell situs inversus cases from normal ones by their scan view (the whole "
+        "scan at the crop size, what the scan memory is written from)? Needs no --run",
+    )
     p.add_argument("--data", required=True, help="dataset_dir with dataset_0.json")
     p.add_argument("--preset", default="tiny", choices=tuple(PRESETS))
     p.add_argument("--memory", default="full")
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pixdim", type=float, nargs=3, default=list(PHANTOM.spacing))
     p.add_argument("--split", default="validation")
     args = p.parse_args(argv)
+    if args.run is None and not args.view_probe:
+        p.error("--run is required (or --view_probe alone)")
 
     parser = ConfigParser()
     parser.read_config(str(bundle_dir() / "configs" / "train.json"))
@@ -65,12 +73,23 @@ def main(argv: list[str] | None = None) -> dict:
             "device": "$torch.device('cpu')",
         }
     )
+    preprocess = parser.get_parsed_content("validate#preprocessing")
+    datalist = json.loads((Path(args.data) / "dataset_0.json").read_text())
+    results: dict = {}
+    if args.view_probe:
+        results["view_probe"] = view_probe(datalist, Path(args.data), preprocess, args.roi)
+        print(
+            f"scan view probe: situs inversus told from normal in {results['view_probe']['accuracy']:.3f} of "
+            f"{results['view_probe']['cases']} cases (leave-one-case-out ridge classifier on the {args.roi} views; "
+            "0.5 = chance)"
+        )
+        if args.run is None:
+            return results
     net = parser.get_parsed_content("network_def")
     ckpt = torch_load(Path(args.run) / "models" / "model_final.pt")
     net.load_state_dict(ckpt.get("model", ckpt))
     net.eval()
-    preprocess = parser.get_parsed_content("validate#preprocessing")
-    items = json.loads((Path(args.data) / "dataset_0.json").read_text())[args.split]
+    items = datalist[args.split]
     cases = [
         preprocess({k: str(Path(args.data) / v) for k, v in item.items() if k in ("image", "label")}) for item in items
     ]
@@ -81,7 +100,6 @@ def main(argv: list[str] | None = None) -> dict:
         conditions["no volume memory"] = (False, False)
     if args.scan_memory:
         conditions["no scan memory"] = (True, False)
-    results = {}
     for name, (memory_on, scan_on) in conditions.items():
         net.memory_visits.copy_(visits if memory_on else torch.zeros_like(visits))
         inferer = FINEInferer(args.roi, sw_batch_size=8, overlap=0.5, scan_memory=scan_on)
@@ -100,7 +118,30 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append("| mean | " + " | ".join(f"{float(torch.nanmean(v)):.3f}" for v in results.values()) + " |")
     print(f"run {args.run} ({len(cases)} {args.split} cases)")
     print("\n".join(lines))
-    return {k: v.tolist() for k, v in results.items()}
+    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in results.items()}
+
+
+def view_probe(datalist: dict, root: Path, preprocess, roi) -> dict:
+    """Leave-one-case-out accuracy of a ridge classifier telling the ``situs_inversus`` cases of ``datalist`` (all
+    splits) from the others by their scan view (:py:func:`monai_fine.transforms.scan_view`, the preprocessed image at
+    the crop size ``roi``). 1.0: the view shows the arrangement; 0.5: it does not, linearly."""
+    from monai_fine.experiments.context_benchmark import ridge_cv_accuracy
+    from monai_fine.reports import case_name
+    from monai_fine.transforms import scan_view
+
+    situs = set(datalist.get("situs_inversus", []))
+    items = [it for split in ("training", "validation") for it in datalist.get(split, [])]
+    if not situs or len(situs) == len(items):
+        raise ValueError(
+            f"the view probe needs situs inversus and normal cases; {root} has {len(situs)} of {len(items)}."
+        )
+    views, target = [], []
+    for it in items:
+        case = preprocess({k: str(root / it[k]) for k in ("image", "label")})
+        views.append(scan_view(case["image"].as_tensor()[None].float(), roi).reshape(-1))
+        target.append(int(case_name(it["image"]) in situs))
+    accuracy = ridge_cv_accuracy(torch.stack(views), target, list(range(len(items))))
+    return {"accuracy": accuracy, "cases": len(items), "situs_cases": sum(target)}
 
 
 if __name__ == "__main__":

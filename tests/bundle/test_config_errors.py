@@ -13,7 +13,7 @@ import pytest
 import torch
 from bundle_common import workflow
 
-from monai_fine.bundle_tools import create_network
+from monai_fine.bundle_tools import CONFIG_BUFFER, _encode, create_network, read_network_config
 from monai_fine.data import make_phantom_dataset
 
 TRAIN = {"max_epochs": 1, "epoch_length": 1, "val_interval": 1}
@@ -97,6 +97,34 @@ def test_without_overrides_the_ids_follow_the_recorded_network(tmp_path):
     assert parser.get_parsed_content("scan_memory") is False
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))  # strict
+
+
+def test_scan_memory_weights_without_a_recorded_scan_position_keep_the_absolute_read(tmp_path):
+    """Weights recorded before ``scan_position`` existed were trained with absolute cell positions: they are rebuilt
+    so (same outputs, strict load, the record kept as it was), while a new scan-memory network records its read."""
+    old = create_network(**TINY, scan_memory=True, scan_position="absolute").eval()
+    state = old.state_dict()
+    legacy = {k: v for k, v in read_network_config_from(state).items() if k != "scan_position"}
+    state[CONFIG_BUFFER] = _encode(legacy)
+    path = tmp_path / "model.pt"
+    torch.save(state, path)
+    rebuilt = create_network(path, **TINY, scan_memory=True).eval()
+    rebuilt.load_state_dict(torch.load(path, weights_only=True))  # strict: the record is stored back unchanged
+    assert rebuilt.scan_position == "absolute" and "scan_position" not in read_network_config(path)
+    x, view = torch.randn(1, 1, 32, 32, 16), torch.randn(1, 1, 32, 32, 16)
+    box = torch.tensor([[[0.0, 0.0, 0.0], [0.5, 1.0, 1.0]]])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, box, scan_view=view), old(x, box, scan_view=view), rtol=0, atol=0)
+        relative = create_network(**TINY, scan_memory=True).eval()
+        relative.load_state_dict({k: v for k, v in state.items() if k != CONFIG_BUFFER}, strict=False)
+        assert not torch.allclose(relative(x, box, scan_view=view), old(x, box, scan_view=view))  # the read matters
+    assert read_network_config_from(relative.state_dict())["scan_position"] == "relative"
+
+
+def read_network_config_from(state: dict) -> dict:
+    import json
+
+    return json.loads(bytes(state[CONFIG_BUFFER].tolist()).decode("utf-8"))
 
 
 @pytest.mark.slow

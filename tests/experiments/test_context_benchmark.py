@@ -79,3 +79,46 @@ def test_context_benchmark_command_writes_one_row_per_config_and_seed(tmp_path):
         assert (r["swap_rate_scan_off"] != "") == (r["config"] == "full+scan")  # the memory probe
     assert "| full+scan |" in (out / "summary.md").read_text()
     assert json.loads((out / "data" / "dataset_0.json").read_text())["labels"]["1"] == "twin_a"
+
+
+def test_ridge_probe_finds_a_linear_rule_and_not_a_random_one():
+    """Known answers: a target that is a linear function of the features is recovered on held-out groups; one drawn
+    independently of them is not (about 0.5); a target that is the XOR of two features, no linear function, neither."""
+    from monai_fine.experiments.context_benchmark import ridge_cv_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 200, 10
+    x = torch.randn(n, d, generator=g)
+    groups = torch.arange(n) // 2
+    linear = (x[:, 3] - 0.5 * x[:, 7] > 0).long()
+    assert ridge_cv_accuracy(x, linear, groups, ridge=0.01) >= 0.9
+    noise = torch.randint(0, 2, (n,), generator=g)
+    assert abs(ridge_cv_accuracy(x, noise, groups) - 0.5) <= 0.2
+    bits = torch.randint(0, 2, (n, 2), generator=g).float()
+    xor = (bits[:, 0] != bits[:, 1]).long()
+    assert ridge_cv_accuracy(bits * 2 - 1, xor, groups) <= 0.7
+    assert (
+        ridge_cv_accuracy(torch.cat([bits, torch.zeros(n, 3)], 1), bits[:, 0].long(), groups) == 1.0
+    )  # constants drop
+
+
+def test_linear_probes_read_the_side_from_the_scan_view_of_an_untrained_network(tmp_path):
+    """The data's own property, independent of training: the marker's side is linearly in the scan view (the probe
+    of the view is exact), while the probes of an untrained network's memory and features are defined and bounded."""
+    from monai.bundle import ConfigParser
+
+    from monai_fine.bundle_tools import bundle_dir, create_network
+    from monai_fine.experiments import context_benchmark as cb
+
+    args = cb.parse_args(["--out", str(tmp_path), "--rule", "xor", "--preset", "test"])
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir() / "configs" / "train.json"))
+    parser.update(cb.overrides(args, "full+scan", 0, tmp_path))
+    preprocess = parser.get_parsed_content("validate#preprocessing")
+    torch.manual_seed(0)
+    net = create_network(None, "test", 1, 4, scan_memory=True, roi_size=[32, 32, 16]).eval()
+    out = cb.linear_probes(args, net, preprocess, pairs=6)
+    assert out["probe_view"] == 1.0 and out["probe_pairs"] == 6
+    assert len(out["probe_context_stages"]) == 7 and len(out["probe_context_label_stages"]) == 7
+    for key in ("probe_context", "probe_context_label", "probe_twin", "probe_twin_label"):
+        assert 0.0 <= out[key] <= 1.0

@@ -249,6 +249,33 @@ def test_training_forward_equals_explicit_write_then_read():
         net(x, b, scan_index=torch.tensor([0, 2, 1]), scan_summary=summary)
 
 
+def test_an_encoder_written_memory_costs_about_half_the_write_pass_and_feeds_the_decoder():
+    """``scan_write="encoder"``: the write pass runs the encoder only (FLOPs counted by torch: at most 60 % of the
+    every-stage pass), writes no decoder slot, and a decoder stage reads its level's encoder slot: changing only
+    what the bottleneck's level wrote still changes the output."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    view = torch.randn(1, 1, 32, 32, 16)
+    flops = {}
+    for write in ("all", "encoder"):
+        net = _scaled(tiny(memory="full", scan_memory=True, scan_write=write)).eval()
+        with FlopCounterMode(display=False) as counter:
+            summary = net.write_scan_memory(view)
+        flops[write] = counter.get_total_flops()
+    assert flops["encoder"] <= 0.7 * flops["all"]
+    assert [bool(c.any()) for c in summary.counts] == [True] * 4 + [False] * 3
+    assert [net.scan_slot(k) for k in range(7)] == [0, 1, 2, 3, 2, 1, 0]
+    x, b = torch.randn(1, 1, 32, 32, 16), boxes(LEFT)
+    with torch.no_grad():
+        out = net(x, b, scan_summary=summary)
+        summary.sums[0] = summary.sums[0] + 3.0 * torch.randn_like(summary.sums[0])  # level 0: stages 0 and 6 read it
+        assert (net(x, b, scan_summary=summary) - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="scan_write must be one of"):
+        tiny(memory="full", scan_memory=True, scan_write="decoder")
+    with pytest.raises(ValueError, match="scan_position must be one of"):
+        tiny(memory="full", scan_memory=True, scan_position="polar")
+
+
 def test_scan_view_training_step_gives_gradients_through_the_write_pass():
     net = tiny(memory="full", scan_memory=True)
     x = torch.randn(2, 1, 32, 32, 16)

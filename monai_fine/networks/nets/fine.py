@@ -17,6 +17,9 @@ from monai_fine.networks.blocks.memory_mode import MemoryMode, memory_mode
 from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
 from monai_fine.networks.blocks.transformer import FineStage, MemoryContext
 
+#: Which stages a scan view writes (:py:class:`FINE` ``scan_write``).
+SCAN_WRITES = ("all", "encoder")
+
 
 def _eager() -> bool:
     """True outside ``torch.jit`` tracing/scripting and ``torch.compile``/``torch.export`` tracing."""
@@ -51,6 +54,9 @@ class FINE(nn.Module):
         num_window_tokens: int = 1,
         num_volume_tokens: int = 1,
         scan_memory: bool = False,
+        scan_position: str = "relative",
+        scan_write: str = "all",
+        scan_read: str = "mean",
         share_memory_attention: bool = True,
         deep_supervision: bool = False,
         use_checkpoint: bool = False,
@@ -89,6 +95,18 @@ class FINE(nn.Module):
                 (the scan view) writes what every crop then reads (see :meth:`forward`,
                 :py:mod:`monai_fine.transforms.scan_view`, ``docs/design.md`` section 5); adds a memory encoder per
                 stage (``FineStage.memory_encoder``). Needs ``memory="full"``.
+            scan_position: how a crop's read of the scan memory codes where each memory cell lies: ``"relative"``
+                (the cell's centre seen from the crop's centre, so "what lies on my side" is one code at either end of
+                the body) or ``"absolute"`` (its centre in the volume; the first design, kept for its weights and for
+                comparison). See ``docs/design.md`` section 5.
+            scan_write: which stages the scan view writes: ``"all"`` (every stage writes its own slot) or
+                ``"encoder"`` (the write pass runs the encoder only, and each decoder stage reads what the encoder
+                stage of its level wrote: two thirds of the write pass's FLOPs at the `tiny` preset).
+            scan_read: how a crop reads the scan memory besides its volume tokens: ``"mean"`` (the scan's context
+                vector, the mean encoded cell, added to every visual token) or ``"attention"`` (that plus an attention
+                over the cells biased by their offset from the crop, ``CellAttentionRead``) or ``"centred"`` (the mean
+                plus the memory re-centred on the crop, ``CentredMemoryRead``: slot ``d`` holds what lies ``d`` cells
+                from the crop).
             stage_memory: a memory configuration per encoder stage (the decoder stage of the same level takes its
                 encoder stage's), for ablations that drop the memory at some stages; default ``memory`` everywhere.
             share_memory_attention: G-MSA and V-MSA reuse each block's W-MSA projections (own LayerNorms); False
@@ -143,6 +161,11 @@ class FINE(nn.Module):
         self.num_cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
         self.memory_size = self.num_cells * num_volume_tokens  # volume tokens per stage
         self.scan_memory = mode.scan_memory
+        self.scan_position = scan_position
+        if scan_write not in SCAN_WRITES:
+            raise ValueError(f"scan_write must be one of {SCAN_WRITES}, got {scan_write!r}.")
+        self.scan_write = scan_write
+        self.scan_read = scan_read
         self.deep_supervision = deep_supervision
         self.stride = tuple(p * 2 ** (self.num_stages - 1) for p in self.patch_size)
         self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
@@ -156,6 +179,9 @@ class FINE(nn.Module):
             "num_window_tokens": num_window_tokens,
             "memory_size": self.memory_size,
             "use_checkpoint": use_checkpoint,
+            "scan_position": scan_position,
+            "scan_read": scan_read,
+            "memory_grid": self.memory_grid,
             "share_memory_attention": share_memory_attention,
             "mlp_ratio": mlp_ratio,
             "qkv_bias": qkv_bias,
@@ -200,8 +226,8 @@ class FINE(nn.Module):
         )
         self.apply(self._init_weights)
         for stage in (*self.encoder_stages, *self.decoder_stages):  # PyTorch's default init: unit-scale offsets
-            if stage.memory_encoder is not None:  # (std 0.02 would bury the scan's content under the learned tokens)
-                for m in stage.memory_encoder:
+            for part in (stage.memory_encoder, stage.scan_reader):  # (std 0.02 would bury the scan's content)
+                for m in part.modules() if part is not None else ():
                     if isinstance(m, nn.Linear):
                         m.reset_parameters()
 
@@ -219,6 +245,13 @@ class FINE(nn.Module):
     def stage_dims(self) -> list[int]:
         """Channels of every stage in forward order (encoder, then decoder)."""
         return [*self.dims, *self.dims[-2::-1]]  # decoder stages: levels num_stages - 2, ..., 0
+
+    def scan_slot(self, stage: int) -> int:
+        """The scan-memory slot that stage ``stage`` (forward order: encoder, then decoder) reads: its own, or with
+        ``scan_write="encoder"`` a decoder stage reads the encoder stage of its level."""
+        if self.scan_write == "encoder" and stage >= self.num_stages:
+            return 2 * self.num_stages - 2 - stage  # decoder stage j = stage - num_stages is level num_stages - 2 - j
+        return stage
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters to exclude from weight decay (memory tokens, position tables)."""
@@ -407,11 +440,13 @@ class FINE(nn.Module):
             skips.append(self.encoder_norms[i](x))
             if i < self.num_stages - 1:
                 x = self.downsamples[i](skips[-1])
+        if ctx.scan_write is not None and self.scan_write == "encoder":
+            return None  # the write pass: the encoder stages wrote everything the decoder stages read
         x = skips[-1]
         levels = []
         for j, (up, stage) in enumerate(zip(self.upsamples, self.decoder_stages)):
             x = up(x) + skips[self.num_stages - 2 - j]
-            x = stage(x, ctx, self.num_stages + j)
+            x = stage(x, ctx, self.scan_slot(self.num_stages + j))
             levels.append(x)
         if not heads:
             return None
