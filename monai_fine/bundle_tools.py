@@ -242,14 +242,14 @@ def create_network(
 
 CONFLICT_ARGS = frozenset({
     "preset", "in_channels", "out_channels", "feature_size", "depths", "num_heads", "patch_size", "window_size",
-    "memory", "memory_grid", "num_window_tokens", "num_volume_tokens", "scan_memory", "scan_position",
-    "scan_write", "scan_read", "share_memory_attention", "mlp_ratio", "qkv_bias",
+    "memory", "memory_grid", "num_window_tokens", "num_volume_tokens", "scan_memory", "scan_write",
+    "scan_read", "share_memory_attention", "mlp_ratio", "qkv_bias",
 })  # fmt: skip
 """Network arguments that give another network (other parameters or another function): weights recorded with one
 value do not serve a config asking for another (:func:`create_network` refuses, naming the config id)."""
 
 #: How a scan memory was read and written before these network arguments existed (weights recorded without them).
-_SCAN_MEMORY_BEFORE = {"scan_position": "absolute", "scan_write": "all", "scan_read": "mean"}
+_SCAN_MEMORY_BEFORE = {"scan_write": "all", "scan_read": "mean"}
 
 _CONFIG_IDS = {"out_channels": "num_classes", "memory": "memory", "scan_memory": "scan_memory", "preset": "preset"}
 

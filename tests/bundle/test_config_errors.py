@@ -99,26 +99,27 @@ def test_without_overrides_the_ids_follow_the_recorded_network(tmp_path):
     net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))  # strict
 
 
-def test_scan_memory_weights_without_a_recorded_scan_position_keep_the_absolute_read(tmp_path):
-    """Weights recorded before ``scan_position`` existed were trained with absolute cell positions: they are rebuilt
-    so (same outputs, strict load, the record kept as it was), while a new scan-memory network records its read."""
-    old = create_network(**TINY, scan_memory=True, scan_position="absolute").eval()
+def test_scan_memory_weights_recorded_before_the_centred_read_keep_their_read(tmp_path):
+    """Scan-memory weights recorded before ``scan_read``/``scan_write`` existed were trained with the mean read and an
+    every-stage write: they are rebuilt so (same outputs, strict load, the record kept as it was), while a new
+    scan-memory network records its (centred) read."""
+    old = create_network(**TINY, scan_memory=True, scan_read="mean").eval()
     state = old.state_dict()
-    legacy = {k: v for k, v in read_network_config_from(state).items() if k != "scan_position"}
+    legacy = {k: v for k, v in read_network_config_from(state).items() if k not in ("scan_read", "scan_write")}
     state[CONFIG_BUFFER] = _encode(legacy)
     path = tmp_path / "model.pt"
     torch.save(state, path)
     rebuilt = create_network(path, **TINY, scan_memory=True).eval()
     rebuilt.load_state_dict(torch.load(path, weights_only=True))  # strict: the record is stored back unchanged
-    assert rebuilt.scan_position == "absolute" and "scan_position" not in read_network_config(path)
+    assert rebuilt.scan_read == "mean" and "scan_read" not in read_network_config(path)
     x, view = torch.randn(1, 1, 32, 32, 16), torch.randn(1, 1, 32, 32, 16)
     box = torch.tensor([[[0.0, 0.0, 0.0], [0.5, 1.0, 1.0]]])
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x, box, scan_view=view), old(x, box, scan_view=view), rtol=0, atol=0)
-        relative = create_network(**TINY, scan_memory=True).eval()
-        relative.load_state_dict({k: v for k, v in state.items() if k != CONFIG_BUFFER}, strict=False)
-        assert not torch.allclose(relative(x, box, scan_view=view), old(x, box, scan_view=view))  # the read matters
-    assert read_network_config_from(relative.state_dict())["scan_position"] == "relative"
+    new = create_network(**TINY, scan_memory=True)
+    assert new.scan_read == "centred" and read_network_config_from(new.state_dict())["scan_read"] == "centred"
+    with pytest.raises(ValueError, match="network_def#scan_read='centred', the weights have 'mean'"):
+        create_network(path, **TINY, scan_memory=True, scan_read="centred")
 
 
 def read_network_config_from(state: dict) -> dict:

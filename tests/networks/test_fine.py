@@ -272,8 +272,8 @@ def test_an_encoder_written_memory_costs_about_half_the_write_pass_and_feeds_the
         assert (net(x, b, scan_summary=summary) - out).abs().max() > 1e-4
     with pytest.raises(ValueError, match="scan_write must be one of"):
         tiny(memory="full", scan_memory=True, scan_write="decoder")
-    with pytest.raises(ValueError, match="scan_position must be one of"):
-        tiny(memory="full", scan_memory=True, scan_position="polar")
+    with pytest.raises(ValueError, match="scan_read must be one of"):
+        tiny(memory="full", scan_memory=True, scan_read="polar")
 
 
 def test_scan_view_training_step_gives_gradients_through_the_write_pass():

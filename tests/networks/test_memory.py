@@ -10,7 +10,6 @@ import torch
 from monai_fine.networks.blocks.memory import (
     CentredMemoryRead,
     ScanSummary,
-    cell_offset_encoding,
     cell_pool,
     cell_position_encoding,
     intersecting_cells,
@@ -99,40 +98,6 @@ def test_scan_summary_means_and_slots():
     with pytest.raises(ValueError, match=r"out of range \[0, 2\): \[2\]"):
         mem.check_index(torch.tensor([2]))
     mem.check_index(torch.tensor([0, 1]))
-
-
-def test_offset_code_is_the_same_for_the_same_offset_at_either_end_and_the_hand_computed_value():
-    """The relative read: a cell a quarter of the volume to a crop's right has one code wherever the crop is, and
-    the code is sin/cos of the offset at frequencies pi/2 * 2**k (computed here by hand for one channel layout)."""
-    grid = (4, 1, 1)  # cell centres at x = 1/8, 3/8, 5/8, 7/8
-    boxes = torch.tensor([[[0.0, 0.0, 0.0], [0.25, 1.0, 1.0]], [[0.5, 0.0, 0.0], [0.75, 1.0, 1.0]]])  # centres 1/8, 5/8
-    code = cell_offset_encoding(grid, 1, 12, boxes)
-    assert code.shape == (2, 4, 12)
-    torch.testing.assert_close(code[0, 1], code[1, 3])  # +1/4 from either crop: one code
-    torch.testing.assert_close(code[0, 0], code[1, 2])  # 0 from either crop
-    assert not torch.allclose(code[1, 1], code[1, 3])  # -1/4 and +1/4 differ
-    dx = 7 / 8 - 1 / 8  # cell 3 seen from crop 0
-    per_axis = 12 // 6
-    freqs = [torch.pi / 2 * 2**k for k in range(per_axis)]
-    x_sin = [torch.sin(torch.tensor(dx * f)) for f in freqs]
-    x_cos = [torch.cos(torch.tensor(dx * f)) for f in freqs]
-    # channels: axis x (sin f0, sin f1, cos f0, cos f1), then y, then z; y and z offsets are 0
-    expected = torch.tensor([*x_sin, *x_cos, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]) * 2**0.5
-    torch.testing.assert_close(code[0, 3], expected.float())
-    assert abs(float(code.pow(2).mean()) - 1.0) < 1e-6  # unit mean square, like the absolute code
-    whole = cell_offset_encoding(grid, 2, 12, None, batch_size=3)  # no box: seen from the volume's centre
-    assert whole.shape == (3, 8, 12) and torch.equal(whole[:, 0], whole[:, 1])  # tokens of a cell share its code
-
-
-def test_a_relative_read_adds_the_offset_code_where_something_was_written():
-    mem = ScanSummary(1, (2, 1, 1), 1, [12])
-    mem.add(0, torch.tensor([0]), torch.stack([torch.ones(12), torch.zeros(12)])[None], torch.tensor([[[2.0], [0.0]]]))
-    box = torch.tensor([[[0.0, 0.0, 0.0], [0.5, 1.0, 1.0]]])
-    code = cell_offset_encoding((2, 1, 1), 1, 12, box)
-    read = mem.read(0, torch.tensor([0]), code)
-    torch.testing.assert_close(read[0, 0], 0.5 + code[0, 0])  # mean (1 / 2 per channel) + the offset code
-    assert read[0, 1].abs().sum() == 0  # nothing written there: no code either
-    torch.testing.assert_close(mem.read(0, torch.tensor([0]))[0, 0], 0.5 + mem.positions[0][0])  # absolute read
 
 
 def test_the_centred_read_puts_what_lies_d_cells_away_in_slot_d():

@@ -24,23 +24,14 @@ __all__ = [
     "intersecting_cells",
     "cell_pool",
     "cell_position_encoding",
-    "cell_offset_encoding",
-    "SCAN_POSITIONS",
     "SCAN_READS",
-    "cell_offsets",
-    "CellAttentionRead",
     "CentredMemoryRead",
     "ScanSummary",
 ]
 
-#: How a read pass codes where a memory cell lies: ``"absolute"`` (the cell's centre in the volume) or
-#: ``"relative"`` (the cell's centre seen from the reading crop's centre), see :class:`ScanSummary`.
-SCAN_POSITIONS = ("absolute", "relative")
-
 #: How a crop reads its scan's memory besides its volume tokens: ``"mean"`` (the mean encoded cell, the scan's context
-#: vector) or ``"attention"`` (that, plus :class:`CellAttentionRead`: attention over the cells, biased by where each
-#: cell lies from the crop).
-SCAN_READS = ("mean", "attention", "centred")
+#: vector) or ``"centred"`` (that, plus :class:`CentredMemoryRead`: the memory seen from the crop).
+SCAN_READS = ("mean", "centred")
 
 _EPS = 1e-6  # overlaps shorter than this (in cell widths) do not count
 
@@ -197,94 +188,6 @@ def cell_position_encoding(grid: Sequence[int], tokens_per_cell: int, dim: int) 
     return code.repeat_interleave(int(tokens_per_cell), dim=0).float()
 
 
-def cell_offset_encoding(
-    grid: Sequence[int], tokens_per_cell: int, dim: int, roi_box: torch.Tensor | None, batch_size: int = 1
-) -> torch.Tensor:
-    """``(B, cells x tokens_per_cell, dim)`` sinusoidal encoding of each memory cell's centre seen from each crop's
-    centre: the offset ``cell centre - crop centre`` (volume fractions, in ``(-1, 1)`` per axis) at wavelengths 4, 2,
-    1, ... volumes (so the slowest sinusoid is monotonic over every offset), unit mean square.
-
-    A read in the crop's own frame: "what lies half a volume to my right" is one code at either end of the body, so a
-    label that depends on what lies on the crop's own side (the kidney on the liver's side, the ``xor`` rule of the
-    context task) is a sum over cells of a function of (content, offset), not a product of the crop's position and
-    a scan-wide summary.
-
-    Args:
-        grid: cells per axis ``(gx, gy, gz)``.
-        tokens_per_cell: volume tokens per cell.
-        dim: channels.
-        roi_box: ``(B, 2, 3)`` the crops' boxes, or None (the whole volume, centre 0.5 on every axis).
-        batch_size: B when ``roi_box`` is None.
-
-    Runs on the box's device without host synchronisation.
-    """
-    centre = torch.full((batch_size, 3), 0.5) if roi_box is None else roi_box.detach().float().mean(1)  # (B, 3)
-    cells = _cell_centres(grid, torch.float32, centre.device)
-    code = _sinusoid(cells[None] - centre[:, None], dim, torch.pi / 2)  # (B, cells, dim)
-    return code.repeat_interleave(int(tokens_per_cell), dim=1)
-
-
-def cell_offsets(grid: Sequence[int], tokens_per_cell: int, roi_box: torch.Tensor | None, batch_size: int = 1):
-    """``(B, cells x tokens_per_cell, 3)`` where each memory cell's centre lies from each crop's centre, in cell
-    widths per axis (so ``(1, 0, 0)`` is the neighbouring cell along x whatever the grid). ``roi_box`` None: the
-    whole volume (centre 0.5). No host synchronisation."""
-    centre = torch.full((batch_size, 3), 0.5) if roi_box is None else roi_box.detach().float().mean(1)  # (B, 3)
-    g = torch.tensor([float(v) for v in grid], device=centre.device)
-    cells = _cell_centres(grid, torch.float32, centre.device)
-    return ((cells[None] - centre[:, None]) * g).repeat_interleave(int(tokens_per_cell), dim=1)
-
-
-class CellAttentionRead(nn.Module):
-    """A crop's read of its scan's memory by where the cells lie from it: multi-head attention of learned queries over
-    the encoded memory cells, with a bias per head that a small MLP computes from each cell's offset from the crop's
-    centre (:func:`cell_offsets`, in cell widths; continuous, so any crop or sliding-window position has one).
-
-    Why: the mean of the encoded cells (the context vector) is the same for every crop of a scan, so a label that
-    depends on the scan *and* on where the crop lies (the kidney on the liver's side; ``side XOR end`` in the context
-    task) must be computed from two features that are each useless alone, which training by gradient does not find
-    (``docs/results.md``). Attention by offset gives each head "what lies at this offset from me": a feature that
-    decides such a label linearly. At initialisation the bias is near zero and the read is near a mean of the cells.
-
-    Args:
-        dim: channels of the stage.
-        num_heads: heads (each a query and an offset bias); must divide ``dim``.
-        hidden: width of the offset MLP.
-    """
-
-    def __init__(self, dim: int, num_heads: int, hidden: int = 64) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.query = nn.Parameter(torch.randn(num_heads, self.head_dim) * self.head_dim**-0.5)
-        self.key = nn.Linear(dim, dim)
-        self.value = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-        self.offset_bias = nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, num_heads))
-
-    def forward(self, cells: torch.Tensor, written: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            cells: ``(B, V, C)`` the encoded memory cells.
-            written: ``(B, V, 1)`` 1.0 where the scan wrote something (the others are not attended).
-            offsets: ``(B, V, 3)`` :func:`cell_offsets` of the reading crops.
-
-        Returns:
-            ``(B, C)``, added to every visual token of the stage; 0 for a sample whose scan wrote nothing.
-        """
-        B, V, C = cells.shape
-        H, D = self.num_heads, self.head_dim
-        k = self.key(cells).view(B, V, H, D)
-        v = self.value(cells).view(B, V, H, D)
-        logits = torch.einsum("bvhd,hd->bhv", k, self.query) * D**-0.5
-        logits = logits + self.offset_bias(offsets.to(cells.dtype)).permute(0, 2, 1)
-        seen = written[..., 0][:, None, :] > 0  # (B, 1, V)
-        logits = logits.masked_fill(~seen, float("-inf"))
-        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a scan that wrote nothing reads 0
-        out = torch.einsum("bhv,bvhd->bhd", weights, v).reshape(B, C)
-        return self.proj(out) * seen.any(-1).to(out.dtype)
-
-
 def _tent(pos: torch.Tensor, g: int) -> torch.Tensor:
     """``(B, 2g - 1, g)`` linear-interpolation weights of cell ``c`` (of ``g``) at the points ``pos + d`` for the
     offsets ``d = -(g-1), ..., g-1`` (``pos (B,)`` in cell units, cell ``c``'s centre at ``c``); 0 outside the grid."""
@@ -399,16 +302,13 @@ class ScanSummary:
         self.sums[stage] = self.sums[stage].index_add(0, scan_index, sums.to(dtype))
         self.counts[stage] = self.counts[stage].index_add(0, scan_index, counts.to(dtype))
 
-    def read(self, stage: int, scan_index: torch.Tensor, offset_code: torch.Tensor | None = None) -> torch.Tensor:
+    def read(self, stage: int, scan_index: torch.Tensor) -> torch.Tensor:
         """``(B, V, C)`` mean visual token written per cell plus the cell's position code (zero where nothing was
-        written): its absolute position, or with ``offset_code`` ``(B, V, C)`` (:func:`cell_offset_encoding` of the
-        reading crops) that code, its position seen from each reading crop."""
+        written)."""
         counts = self.counts[stage]
         written = (counts > 0).to(counts.dtype)
         mean = self.sums[stage] / torch.where(counts > 0, counts, torch.ones_like(counts))
-        if offset_code is None:
-            return (mean + self.positions[stage] * written)[scan_index]
-        return mean[scan_index] + offset_code.to(mean.dtype) * written[scan_index]
+        return (mean + self.positions[stage] * written)[scan_index]
 
     def written(self, stage: int, scan_index: torch.Tensor) -> torch.Tensor:
         """``(B, V, 1)`` 1.0 where something was written, else 0.0."""

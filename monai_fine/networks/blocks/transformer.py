@@ -33,15 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from monai_fine.networks.blocks.attention import Attention, resolve_attn_mask
-from monai_fine.networks.blocks.memory import (
-    SCAN_POSITIONS,
-    SCAN_READS,
-    CellAttentionRead,
-    CentredMemoryRead,
-    cell_offset_encoding,
-    cell_offsets,
-    cell_pool,
-)
+from monai_fine.networks.blocks.memory import SCAN_READS, CentredMemoryRead, cell_pool
 from monai_fine.networks.blocks.memory_mode import MEMORY_CONFIGS, MemoryMode
 from monai_fine.networks.blocks.mlp import Mlp
 from monai_fine.networks.blocks.window import (
@@ -276,19 +268,15 @@ class FineStage(nn.Module):
             a cell (its mean visual token and position code) into that cell's volume-token offset, and whose mean
             over the cells is added to every visual token as the scan's context vector; without it the offset is
             what the memory holds and there is no context vector.
-        scan_position: how a read of the scan memory codes where each cell lies (:data:`SCAN_POSITIONS`):
-            ``"absolute"``, its centre in the volume, or ``"relative"``, its centre seen from the reading crop's centre
-            (:func:`~monai_fine.networks.blocks.memory.cell_offset_encoding`).
         scan_read: with ``mode.scan_memory``, how the crop reads the memory besides its volume tokens
-            (:data:`SCAN_READS`): ``"mean"``, the scan's context vector, or ``"attention"``, that plus a
-            :class:`~monai_fine.networks.blocks.memory.CellAttentionRead` over the cells by their offset from the crop,
-            or ``"centred"``, that plus the memory re-centred on the crop
+            (:data:`~monai_fine.networks.blocks.memory.SCAN_READS`): ``"mean"``, the scan's context vector, or
+            ``"centred"``, that plus the memory re-centred on the crop
             (:class:`~monai_fine.networks.blocks.memory.CentredMemoryRead`).
         memory_grid: memory cells per axis (the centred read's offsets).
         block_kwargs: passed to :class:`FineBlock`.
 
     Raises:
-        ValueError: an unknown ``scan_position`` or ``scan_read``.
+        ValueError: an unknown ``scan_read``.
     """
 
     def __init__(
@@ -302,17 +290,13 @@ class FineStage(nn.Module):
         memory_size: int,
         drop_path: list[float],
         use_checkpoint: bool = False,
-        scan_position: str = "absolute",
         scan_read: str = "mean",
         memory_grid: tuple[int, int, int] = (4, 4, 1),
         **block_kwargs,
     ) -> None:
         super().__init__()
-        if scan_position not in SCAN_POSITIONS:
-            raise ValueError(f"scan_position must be one of {SCAN_POSITIONS}, got {scan_position!r}.")
         if scan_read not in SCAN_READS:
             raise ValueError(f"scan_read must be one of {SCAN_READS}, got {scan_read!r}.")
-        self.scan_position = scan_position
         self.mode = mode
         self.window_size = window_size
         self.use_checkpoint = use_checkpoint
@@ -329,11 +313,9 @@ class FineStage(nn.Module):
             nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
             if mode.scan_memory and self.has_volume_tokens else None
         )  # fmt: skip
-        self.scan_reader = None  # a read of the memory by where its cells lie from the crop
-        if self.memory_encoder is not None and scan_read == "attention":
-            self.scan_reader = CellAttentionRead(dim, num_heads)
-        elif self.memory_encoder is not None and scan_read == "centred":
-            self.scan_reader = CentredMemoryRead(dim, memory_grid)
+        self.scan_reader = (  # the memory seen from the crop
+            CentredMemoryRead(dim, memory_grid) if self.memory_encoder is not None and scan_read == "centred" else None
+        )
         self.blocks = nn.ModuleList(
             FineBlock(
                 dim,
@@ -360,29 +342,21 @@ class FineStage(nn.Module):
             summary: the :class:`~monai_fine.networks.blocks.memory.ScanSummary` read.
             stage_index: this stage's slot in it.
             scan_index: ``(B,)`` each reading sample's slot.
-            roi_box: ``(B, 2, 3)`` the reading crops' boxes (None: the whole volume); ``scan_position="relative"``
-                codes each cell's position from the crop's centre.
+            roi_box: ``(B, 2, 3)`` the reading crops' boxes (None: the whole volume), where ``scan_read="centred"``
+                centres the memory.
 
         Returns:
             ``held (B, V, C)``, added to the volume tokens (the memory encoder's output for written cells; without an
             encoder, what the memory holds), and ``context (B, C)`` the mean encoded written cell, added to every
-            visual token (None without an encoder); with ``scan_read="attention"`` plus the attention read.
+            visual token (None without an encoder), plus with ``scan_read="centred"`` the centred read.
         """
-        offset_code = None
-        if self.scan_position == "relative":
-            offset_code = cell_offset_encoding(
-                summary.grid, summary.tokens_per_cell, summary.sums[stage_index].shape[-1], roi_box, len(scan_index)
-            ).to(scan_index.device)
-        held = summary.read(stage_index, scan_index, offset_code)
+        held = summary.read(stage_index, scan_index)
         if self.memory_encoder is None:
             return held, None
         written = summary.written(stage_index, scan_index)
         held = self.memory_encoder(held) * written
         context = held.sum(1) / written.sum(1).clamp(min=1.0)
-        if isinstance(self.scan_reader, CellAttentionRead):
-            offsets = cell_offsets(summary.grid, summary.tokens_per_cell, roi_box, len(scan_index))
-            context = context + self.scan_reader(held, written, offsets.to(held.device))
-        elif self.scan_reader is not None:
+        if self.scan_reader is not None:
             context = context + self.scan_reader(held, written, roi_box)
         return held, context
 

@@ -54,9 +54,8 @@ class FINE(nn.Module):
         num_window_tokens: int = 1,
         num_volume_tokens: int = 1,
         scan_memory: bool = False,
-        scan_position: str = "relative",
+        scan_read: str = "centred",
         scan_write: str = "all",
-        scan_read: str = "mean",
         share_memory_attention: bool = True,
         deep_supervision: bool = False,
         use_checkpoint: bool = False,
@@ -95,18 +94,14 @@ class FINE(nn.Module):
                 (the scan view) writes what every crop then reads (see :meth:`forward`,
                 :py:mod:`monai_fine.transforms.scan_view`, ``docs/design.md`` section 5); adds a memory encoder per
                 stage (``FineStage.memory_encoder``). Needs ``memory="full"``.
-            scan_position: how a crop's read of the scan memory codes where each memory cell lies: ``"relative"``
-                (the cell's centre seen from the crop's centre, so "what lies on my side" is one code at either end of
-                the body) or ``"absolute"`` (its centre in the volume; the first design, kept for its weights and for
-                comparison). See ``docs/design.md`` section 5.
             scan_write: which stages the scan view writes: ``"all"`` (every stage writes its own slot) or
                 ``"encoder"`` (the write pass runs the encoder only, and each decoder stage reads what the encoder
                 stage of its level wrote: two thirds of the write pass's FLOPs at the `tiny` preset).
-            scan_read: how a crop reads the scan memory besides its volume tokens: ``"mean"`` (the scan's context
-                vector, the mean encoded cell, added to every visual token) or ``"attention"`` (that plus an attention
-                over the cells biased by their offset from the crop, ``CellAttentionRead``) or ``"centred"`` (the mean
-                plus the memory re-centred on the crop, ``CentredMemoryRead``: slot ``d`` holds what lies ``d`` cells
-                from the crop).
+            scan_read: how a crop reads the scan memory besides its volume tokens: ``"centred"`` (the scan's context
+                vector, the mean encoded cell, plus the memory re-centred on the crop, ``CentredMemoryRead``: slot
+                ``d`` holds what lies ``d`` cells from the crop; both added to every visual token) or ``"mean"`` (the
+                context vector alone: the first design, kept for its weights and for comparison). See
+                ``docs/design.md`` section 5.
             stage_memory: a memory configuration per encoder stage (the decoder stage of the same level takes its
                 encoder stage's), for ablations that drop the memory at some stages; default ``memory`` everywhere.
             share_memory_attention: G-MSA and V-MSA reuse each block's W-MSA projections (own LayerNorms); False
@@ -161,7 +156,6 @@ class FINE(nn.Module):
         self.num_cells = self.memory_grid[0] * self.memory_grid[1] * self.memory_grid[2]
         self.memory_size = self.num_cells * num_volume_tokens  # volume tokens per stage
         self.scan_memory = mode.scan_memory
-        self.scan_position = scan_position
         if scan_write not in SCAN_WRITES:
             raise ValueError(f"scan_write must be one of {SCAN_WRITES}, got {scan_write!r}.")
         self.scan_write = scan_write
@@ -179,7 +173,6 @@ class FINE(nn.Module):
             "num_window_tokens": num_window_tokens,
             "memory_size": self.memory_size,
             "use_checkpoint": use_checkpoint,
-            "scan_position": scan_position,
             "scan_read": scan_read,
             "memory_grid": self.memory_grid,
             "share_memory_attention": share_memory_attention,
