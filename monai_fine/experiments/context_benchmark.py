@@ -14,10 +14,14 @@ it, and with its memory written from the same case with the marker on the other 
 ``OUT/results.csv`` has one row per config and seed: the *swap rate* (twin voxels predicted as
 the other twin, over the twin voxels given either twin's label, all held-out cases pooled; chance is about 0.5), Dice
 per label, the probe's swap
-rate, training minutes and seconds per iteration. ``OUT/summary.md`` gives mean ± std over seeds::
+rate, training minutes and seconds per iteration, and for ``full+scan`` the linear probes of :func:`linear_probes` (is
+the marker's side in the scan view, in the context vector a twin's crop reads, in the features at the twin; is the
+twin's label). ``OUT/summary.md`` gives mean ± std over seeds. ``--resume`` keeps the finished runs of ``OUT`` (each
+has its ``result.json``) and runs the rest::
 
     python -m monai_fine context_benchmark --out runs/context_benchmark               # 3 configs x 3 seeds, CPU
     python -m monai_fine context_benchmark --out DIR --dataset_dir DATA                # own data, same label layout
+    python -m monai_fine context_benchmark --out runs/context_benchmark --resume      # after a stop: the rest
 
 ``--dataset_dir`` takes any data set with ``dataset_0.json`` (``training``/``validation``) and labels 0 background,
 1 and 2 the twins, 3 the marker (or more classes with ``--num_classes``; the swap rate is always between labels 1
@@ -91,6 +95,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="parallel runs of 1 torch thread each")
     p.add_argument("--threads", type=int, default=None, help="torch threads of a run")
     p.add_argument("--override", action="append", default=[], metavar="ID=JSON", help="extra bundle override")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the finished runs in --out (each has runs/<config>/seed<k>/result.json) and run the others; "
+        "without it an --out that holds finished runs is refused",
+    )
     p.add_argument("--_runs", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     bad = [c for c in args.configs if c not in CONFIGS]
@@ -477,6 +487,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
         torch.set_num_threads(args.threads)
     t0 = time.time()
+    finished = sorted(Path(args.out).resolve().glob("runs/*/seed*/result.json"))
+    if finished and not args.resume and args._runs is None:
+        raise SystemExit(
+            f"context_benchmark: {args.out} already holds {len(finished)} finished run(s) "
+            f"({', '.join(str(f.parent.relative_to(Path(args.out).resolve())) for f in finished[:4])}"
+            f"{', ...' if len(finished) > 4 else ''}); pass --resume to keep them and run the rest, or choose another "
+            "--out."
+        )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     data = _data(args)
     tasks = [(c, s) for s in args.seeds for c in args.configs]

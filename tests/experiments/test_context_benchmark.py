@@ -77,8 +77,18 @@ def test_context_benchmark_command_writes_one_row_per_config_and_seed(tmp_path):
         swap = float(r["swap_rate"])
         assert swap != swap or 0.0 <= swap <= 1.0  # nan when no twin voxel got a twin label
         assert (r["swap_rate_scan_off"] != "") == (r["config"] == "full+scan")  # the memory probe
-    assert "| full+scan |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| full+scan |" in summary and "label, twin features" in summary  # the probes' table
+    assert all((r["probe_view"] != "") == (r["config"] == "full+scan") for r in rows)
     assert json.loads((out / "data" / "dataset_0.json").read_text())["labels"]["1"] == "twin_a"
+    # a second call: refused without --resume (nothing lost), and with it the finished runs are kept as they are
+    before = (out / "results.csv").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode != 0 and "already holds 4 finished run(s)" in again.stderr and "--resume" in again.stderr
+    assert (out / "results.csv").read_text() == before
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (out / "results.csv").read_text() == before
 
 
 def test_ridge_probe_finds_a_linear_rule_and_not_a_random_one():
