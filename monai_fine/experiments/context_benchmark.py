@@ -336,10 +336,13 @@ def linear_probes(args: argparse.Namespace, net, preprocess, pairs: int = 16) ->
                     group_rows.append(k)
                     summary = net.write_scan_memory(view)
                     shape = torch.tensor(lab.shape, dtype=torch.float64)
-                    for twin in (1, 2):
-                        where = torch.nonzero(lab == twin).double()
+                    twins = torch.isin(lab, torch.tensor([1, 2]))
+                    low_x = (torch.arange(lab.shape[0]) < lab.shape[0] / 2)[:, None, None]
+                    for end in (low_x, ~low_x):  # each twin by its end of the volume (both may have one label)
+                        where = torch.nonzero(twins & end).double()
                         if not len(where):
                             continue
+                        twin = int(lab[tuple(where[0].long())])
                         start = (where.mean(0) - torch.tensor(roi) / 2).round().clamp(min=0)
                         start = torch.minimum(start, shape - torch.tensor(roi)).long()
                         sl = tuple(slice(int(a), int(a) + r) for a, r in zip(start, roi))
@@ -350,14 +353,14 @@ def linear_probes(args: argparse.Namespace, net, preprocess, pairs: int = 16) ->
                         captured.clear()
                         net(img[(slice(None), slice(None), *sl)], box, scan_index=idx, scan_summary=summary)
                         feat = captured[-1][0]  # (X', Y', Z', C)
-                        mask = F.max_pool3d((lab[sl] == twin).float()[None, None], patch, patch)[0, 0] > 0
+                        mask = F.max_pool3d((twins & end)[sl].float()[None, None], patch, patch)[0, 0] > 0
                         twin_rows.append(feat[mask].mean(0))
                         ctx_rows.append(ctx)  # one (C_stage,) per stage
                         label_rows.append((side, twin - 1))
                         twin_groups.append(k)
     finally:
         hook.remove()
-    out: dict[str, Any] = {"probe_pairs": pairs}
+    out: dict[str, Any] = {"probe_pairs": pairs, "probe_twin_crops": len(twin_rows)}
     out["probe_view"] = ridge_cv_accuracy(torch.stack(view_rows), side_rows, group_rows)
     sides = [s for s, _ in label_rows]
     labels = [t for _, t in label_rows]

@@ -120,15 +120,16 @@ def test_linear_probes_read_the_side_from_the_scan_view_of_an_untrained_network(
     from monai_fine.bundle_tools import bundle_dir, create_network
     from monai_fine.experiments import context_benchmark as cb
 
-    args = cb.parse_args(["--out", str(tmp_path), "--rule", "xor", "--preset", "test"])
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir() / "configs" / "train.json"))
-    parser.update(cb.overrides(args, "full+scan", 0, tmp_path))
-    preprocess = parser.get_parsed_content("validate#preprocessing")
     torch.manual_seed(0)
     net = create_network(None, "test", 1, 4, scan_memory=True, roi_size=[32, 32, 16]).eval()
-    out = cb.linear_probes(args, net, preprocess, pairs=6)
-    assert out["probe_view"] == 1.0 and out["probe_pairs"] == 6
-    assert len(out["probe_context_stages"]) == 7 and len(out["probe_context_label_stages"]) == 7
-    for key in ("probe_context", "probe_context_label", "probe_twin", "probe_twin_label"):
-        assert 0.0 <= out[key] <= 1.0
+    for rule in ("xor", "side"):  # under "side" both twins of a case have one label: still two twin crops a scan
+        args = cb.parse_args(["--out", str(tmp_path), "--rule", rule, "--preset", "test"])
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir() / "configs" / "train.json"))
+        parser.update(cb.overrides(args, "full+scan", 0, tmp_path))
+        preprocess = parser.get_parsed_content("validate#preprocessing")
+        out = cb.linear_probes(args, net, preprocess, pairs=6)
+        assert out["probe_view"] == 1.0 and out["probe_pairs"] == 6 and out["probe_twin_crops"] == 24
+        assert len(out["probe_context_stages"]) == 7 and len(out["probe_context_label_stages"]) == 7
+        for key in ("probe_context", "probe_context_label", "probe_twin", "probe_twin_label"):
+            assert 0.0 <= out[key] <= 1.0
