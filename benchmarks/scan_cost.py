@@ -8,15 +8,16 @@ by torch's ``FlopCounterMode``:
 - ``full_b1``: one crop (the per-crop reference of earlier measurements);
 - ``full_b2``: two crops of one scan, no scan memory (the step the scan memory is compared with);
 - ``scan``: the same two crops reading the memory their scan's view writes (``forward(scan_view=...)``, the bundle's
-  training form: the view's write pass, then the crops' pass);
-- ``scan_enc``: the same with ``scan_write="encoder"`` (the view's pass runs the encoder only; the decoder stages
-  read what the encoder stage of their level wrote).
+  training form: the view's write pass, then the crops' pass), the network's defaults (the centred read, the
+  encoder-only write);
+- ``scan_all``: the same with ``scan_write="all"`` (the view's pass runs every stage; demo only);
+- ``scan_mean``: the first design, ``scan_read="mean"`` and ``scan_write="all"`` (demo only).
 
     python -m benchmarks.scan_cost                         # demo (tiny 32x32x16) and bcv (128x128x64)
     python -m benchmarks.scan_cost --settings demo --rounds 20
 
-The ratios (median of per-round ratios, 95 % interval) are ``scan/full_b2`` and ``scan_enc/full_b2`` (target <= 1.6)
-and ``full_b2/full_b1``.
+The ratios (median of per-round ratios, 95 % interval) are ``scan/full_b2`` (target <= 1.6), ``scan_all/full_b2``,
+``scan_mean/full_b2`` and ``full_b2/full_b1``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ __all__ = ["SETTINGS", "main", "measure", "steps"]
 #: preset, roi, default rounds, warm-up rounds, steps (bcv: the two that are compared; four nets of 121 M parameters
 #: and a batch of 3 at 128x128x64 would not fit this machine's 24 GiB)
 SETTINGS = {
-    "demo": ("tiny", (32, 32, 16), 12, 2, ("full_b1", "full_b2", "scan", "scan_enc")),
+    "demo": ("tiny", (32, 32, 16), 12, 2, ("full_b1", "full_b2", "scan", "scan_all", "scan_mean")),
     "bcv": ("bcv", (128, 128, 64), 3, 0, ("full_b2", "scan")),
 }
 TARGET = 1.6
@@ -57,7 +58,8 @@ STEPS = {
     "full_b1": ("full", 1, {}),
     "full_b2": ("full", 2, {}),
     "scan": ("full+scan", 2, {}),
-    "scan_enc": ("full+scan", 2, {"scan_write": "encoder"}),
+    "scan_all": ("full+scan", 2, {"scan_write": "all"}),
+    "scan_mean": ("full+scan", 2, {"scan_read": "mean", "scan_write": "all"}),
 }
 
 
@@ -92,7 +94,9 @@ def measure(name: str, rounds: int | None = None) -> list[dict]:
               "torch": torch.__version__, "machine": platform_cpu()}  # fmt: skip
     rows = [{**common, "measure": k, "median_s": round(statistics.median(v), 4), "gflop": round(flops[k] / 1e9, 2)}
             for k, v in times.items()]  # fmt: skip
-    for a, b, bound in (("scan", "full_b2", TARGET), ("scan_enc", "full_b2", TARGET), ("full_b2", "full_b1", None)):
+    pairs = (("scan", "full_b2", TARGET), ("scan_all", "full_b2", None), ("scan_mean", "full_b2", None),
+             ("full_b2", "full_b1", None))  # fmt: skip
+    for a, b, bound in pairs:
         if a not in times or b not in times:
             continue
         pr = paired_ratio(times, a, b)

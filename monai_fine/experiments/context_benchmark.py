@@ -16,7 +16,8 @@ the other twin, over the twin voxels given either twin's label, all held-out cas
 per label, the probe's swap
 rate, training minutes and seconds per iteration, and for ``full+scan`` the linear probes of :func:`linear_probes` (is
 the marker's side in the scan view, in the context vector a twin's crop reads, in the features at the twin; is the
-twin's label). ``OUT/summary.md`` gives mean ± std over seeds. ``--resume`` keeps the finished runs of ``OUT`` (each
+twin's label). ``OUT/summary.md`` gives mean ± std over seeds, ``OUT/context_benchmark.png`` the swap rates and the
+label probe per config and seed. ``--resume`` keeps the finished runs of ``OUT`` (each
 has its ``result.json``) and runs the rest::
 
     python -m monai_fine context_benchmark --out runs/context_benchmark               # 3 configs x 3 seeds, CPU
@@ -482,6 +483,42 @@ def summary(args: argparse.Namespace, rows: list[dict[str, Any]], command: str, 
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict[str, Any]], configs: Sequence[str], path: Path, title: str = "") -> None:
+    """``path`` (PNG): per config, the swap rate as trained and with the scan memory off, and the label probe at the
+    twin's features (bars: mean over seeds; dots: each seed)."""
+    from monai_fine.optional import require
+
+    matplotlib = require("matplotlib", "the context benchmark's plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = (("swap_rate", "swap rate"), ("swap_rate_scan_off", "swap, memory off"),
+                ("probe_twin_label", "label probe at the twin"))  # fmt: skip
+    configs = [c for c in configs if any(r["config"] == c for r in rows)]
+    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(configs), 3.6))
+    width = 0.8 / len(measures)
+    for m, (key, name) in enumerate(measures):
+        for i, config in enumerate(configs):
+            vals = [100.0 * float(r[key]) for r in rows if r["config"] == config and r.get(key) not in ("", None)]
+            vals = [v for v in vals if v == v]
+            if not vals:
+                continue
+            x = i + (m - (len(measures) - 1) / 2) * width
+            ax.bar(x, sum(vals) / len(vals), width, color=plt.get_cmap("tab10")(m), label=name if i == 0 else None)
+            ax.plot([x] * len(vals), vals, "k.", ms=4)
+    ax.axhline(50.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(configs)))
+    ax.set_xticklabels(configs)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 125)
+    ax.set_yticks(range(0, 101, 25))
+    ax.legend(fontsize=8, loc="upper center", ncol=len(measures))
+    ax.set_title(title or "context-only benchmark (dashed: chance)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -549,6 +586,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     command = "python -m monai_fine context_benchmark " + shlex.join(argv)
     (out / "summary.md").write_text(summary(args, rows, command, (time.time() - t0) / 60))
     print((out / "summary.md").read_text())
+    try:
+        plot(rows, args.configs, out / "context_benchmark.png", f"rule {args.rule}, {args.iterations} iterations")
+    except ImportError as e:  # the CSV and the summary are written: say what the plot needs
+        print(f"[context] no plot: {e}", flush=True)
     return rows
 
 

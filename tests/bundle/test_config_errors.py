@@ -103,7 +103,7 @@ def test_scan_memory_weights_recorded_before_the_centred_read_keep_their_read(tm
     """Scan-memory weights recorded before ``scan_read``/``scan_write`` existed were trained with the mean read and an
     every-stage write: they are rebuilt so (same outputs, strict load, the record kept as it was), while a new
     scan-memory network records its (centred) read."""
-    old = create_network(**TINY, scan_memory=True, scan_read="mean").eval()
+    old = create_network(**TINY, scan_memory=True, scan_read="mean", scan_write="all").eval()
     state = old.state_dict()
     legacy = {k: v for k, v in read_network_config_from(state).items() if k not in ("scan_read", "scan_write")}
     state[CONFIG_BUFFER] = _encode(legacy)

@@ -80,6 +80,7 @@ def test_context_benchmark_command_writes_one_row_per_config_and_seed(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| full+scan |" in summary and "label, twin features" in summary  # the probes' table
     assert all((r["probe_view"] != "") == (r["config"] == "full+scan") for r in rows)
+    assert (out / "context_benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "data" / "dataset_0.json").read_text())["labels"]["1"] == "twin_a"
     # a second call: refused without --resume (nothing lost), and with it the finished runs are kept as they are
     before = (out / "results.csv").read_text()

@@ -55,7 +55,7 @@ class FINE(nn.Module):
         num_volume_tokens: int = 1,
         scan_memory: bool = False,
         scan_read: str = "centred",
-        scan_write: str = "all",
+        scan_write: str = "encoder",
         share_memory_attention: bool = True,
         deep_supervision: bool = False,
         use_checkpoint: bool = False,
@@ -94,9 +94,9 @@ class FINE(nn.Module):
                 (the scan view) writes what every crop then reads (see :meth:`forward`,
                 :py:mod:`monai_fine.transforms.scan_view`, ``docs/design.md`` section 5); adds a memory encoder per
                 stage (``FineStage.memory_encoder``). Needs ``memory="full"``.
-            scan_write: which stages the scan view writes: ``"all"`` (every stage writes its own slot) or
-                ``"encoder"`` (the write pass runs the encoder only, and each decoder stage reads what the encoder
-                stage of its level wrote: two thirds of the write pass's FLOPs at the `tiny` preset).
+            scan_write: which stages the scan view writes: ``"encoder"`` (the write pass runs the encoder only, and
+                each decoder stage reads what the encoder stage of its level wrote: two thirds of the write pass's
+                FLOPs at the `tiny` preset) or ``"all"`` (every stage writes its own slot; the first design).
             scan_read: how a crop reads the scan memory besides its volume tokens: ``"centred"`` (the scan's context
                 vector, the mean encoded cell, plus the memory re-centred on the crop, ``CentredMemoryRead``: slot
                 ``d`` holds what lies ``d`` cells from the crop; both added to every visual token) or ``"mean"`` (the
