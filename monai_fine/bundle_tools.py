@@ -212,7 +212,8 @@ def create_network(
         recorded = {**_SCAN_MEMORY_BEFORE, **recorded}
     config = dict(wanted)
     if config.get("scan_memory"):  # recorded, so that a later default cannot change what the weights compute
-        config = {**{k: _effective(config)[k] for k in _SCAN_MEMORY_BEFORE}, **config}
+        effective = _effective(config)
+        config = {**{k: effective[k] for k in _SCAN_MEMORY_BEFORE}, **config}
     if recorded:
         config = {**recorded, **{k: wanted[k] for k in RUNTIME_ARGS if k in wanted}}
         mine, theirs = _effective(wanted), _effective(recorded)

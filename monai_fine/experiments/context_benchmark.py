@@ -170,13 +170,13 @@ def load_run(args: argparse.Namespace, config: str, seed: int, data: Path):
     return net.eval(), parser.get_parsed_content("validate#preprocessing")
 
 
-def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path) -> dict[str, float]:
+def evaluate_run(args: argparse.Namespace, config: str, seed: int, data: Path, loaded=None) -> dict[str, float]:
     """Segment the held-out cases with the run's final model; swap rate and Dice (with and without scan memory)."""
     import torch
 
     from monai_fine.inferers import FINEInferer
 
-    net, preprocess = load_run(args, config, seed, data)
+    net, preprocess = loaded or load_run(args, config, seed, data)  # loaded: load_run's answer, reused
     items = json.loads((data / "dataset_0.json").read_text())["validation"]
     n = args.num_classes
     conditions = {"as_trained": CONFIGS[config].scan_memory}
@@ -414,9 +414,10 @@ def run_one(args: argparse.Namespace, config: str, seed: int, data: Path) -> dic
         "swap_rate_scan_off": "",
         "memory_swap_flips": "",
     }
-    row.update(evaluate_run(args, config, seed, data))
+    loaded = load_run(args, config, seed, data)
+    row.update(evaluate_run(args, config, seed, data, loaded))
     if CONFIGS[config].scan_memory and args.dataset_dir is None:
-        row.update(linear_probes(args, *load_run(args, config, seed, data)))
+        row.update(linear_probes(args, *loaded))
     row["eval_minutes"] = round((time.time() - t1) / 60, 2)
     result_file.write_text(json.dumps(row, indent=1) + "\n")
     print(

@@ -164,27 +164,16 @@ def _position_code(grid: tuple[int, int, int], tokens_per_cell: int, dim: int) -
         return cell_position_encoding(grid, tokens_per_cell, dim)
 
 
-def _sinusoid(coords: torch.Tensor, dim: int, base: float) -> torch.Tensor:
-    """``(..., 3)`` coordinates -> ``(..., dim)`` sinusoids of frequencies ``base * 2**k`` per axis, unit mean square,
-    the channels split between the three axes (sin and cos per axis and frequency, zero-padded to ``dim``)."""
-    per_axis = max(dim // 6, 1)
-    freqs = base * 2.0 ** torch.arange(per_axis, dtype=coords.dtype, device=coords.device)
-    angles = coords[..., None] * freqs  # (..., 3, per_axis)
-    code = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
-    return torch.nn.functional.pad(code, (0, max(dim - code.shape[-1], 0)))[..., :dim] * 2**0.5
-
-
-def _cell_centres(grid: Sequence[int], dtype=torch.float64, device=None) -> torch.Tensor:
-    """``(cells, 3)`` centre of every memory cell in volume fractions, cells flattened x-major."""
-    axes = [(torch.arange(int(g), dtype=dtype, device=device) + 0.5) / int(g) for g in grid]
-    return torch.cartesian_prod(*axes).reshape(-1, 3)
-
-
 def cell_position_encoding(grid: Sequence[int], tokens_per_cell: int, dim: int) -> torch.Tensor:
-    """``(cells x tokens_per_cell, dim)`` sinusoidal encoding of each memory cell's centre (fractions of the volume,
-    wavelengths 2, 1, 1/2, ... volumes), unit mean square, the channels split between the three axes; every token of a
-    cell gets its cell's code."""
-    code = _sinusoid(_cell_centres(grid), dim, torch.pi)
+    """``(cells x tokens_per_cell, dim)`` sinusoidal encoding of each memory cell's centre (fractions of the volume),
+    unit mean square, the channels split between the three axes; every token of a cell gets its cell's code."""
+    centres = torch.cartesian_prod(*[(torch.arange(int(g), dtype=torch.float64) + 0.5) / int(g) for g in grid])
+    centres = centres.reshape(-1, 3)
+    per_axis = max(dim // 6, 1)  # sin and cos per axis
+    freqs = torch.pi * 2.0 ** torch.arange(per_axis, dtype=torch.float64)  # wavelengths 2, 1, 1/2, ... volumes
+    angles = centres[:, :, None] * freqs[None, None, :]  # (cells, 3, per_axis)
+    code = torch.cat([angles.sin(), angles.cos()], dim=-1).reshape(len(centres), -1)
+    code = torch.nn.functional.pad(code, (0, max(dim - code.shape[1], 0)))[:, :dim] * 2**0.5
     return code.repeat_interleave(int(tokens_per_cell), dim=0).float()
 
 
@@ -222,6 +211,7 @@ class CentredMemoryRead(nn.Module):
             slots *= 2 * g - 1
         self.reduce = nn.Linear(dim, rank)
         self.proj = nn.Linear(rank * slots, dim)
+        self.register_buffer("grid_size", torch.tensor(self.grid, dtype=torch.float32), persistent=False)
 
     def forward(self, cells: torch.Tensor, written: torch.Tensor, roi_box: torch.Tensor | None) -> torch.Tensor:
         """
@@ -244,7 +234,7 @@ class CentredMemoryRead(nn.Module):
         gx, gy, gz = self.grid
         per_cell = cells.view(B, gx, gy, gz, V // (gx * gy * gz), R).mean(4)
         centre = torch.full((B, 3), 0.5, device=cells.device) if roi_box is None else roi_box.detach().mean(1)
-        pos = centre.to(cells.dtype) * torch.tensor(self.grid, dtype=cells.dtype, device=cells.device) - 0.5
+        pos = centre.to(cells.dtype) * self.grid_size.to(cells.dtype) - 0.5
         wx, wy, wz = (_tent(pos[:, a], g) for a, g in enumerate(self.grid))
         return torch.einsum("bai,bcj,bdk,bijkr->bacdr", wx, wy, wz, per_cell)
 
