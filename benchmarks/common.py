@@ -148,8 +148,8 @@ def build_model(cfg: dict):
     import torch
     from monai.losses import DeepSupervisionLoss, DiceCELoss
 
-    from benchmarks.peers import ds_loss_weights, ds_outputs, nnunet_dynunet, swinunetr
     from monai_fine.networks import memory_mode
+    from monai_fine.networks.peers import ds_loss_weights, ds_outputs, nnunet_dynunet, swinunetr
 
     loss = DiceCELoss(to_onehot_y=True, softmax=True)
     if cfg["model"] == "swinunetr":

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from benchmarks.common import ROI_BOX, PeakMemory, build_model, cpu_name, fine_network, timed_calls
 from benchmarks.gpu_report_output import Report, dims
-from benchmarks.peers import nnunet_plan
 from monai_fine.bundle_tools import bundle_workflow
+from monai_fine.networks.peers import nnunet_plan
 
 __all__ = [
     "Device",

@@ -176,9 +176,12 @@ def create_network(
     preset: str = "bcv",
     in_channels: int = 1,
     out_channels: int = 14,
+    arch: str | None = None,
+    spacing: Any = None,
     **kwargs: Any,
 ) -> torch.nn.Module:
-    """Build FINE with :func:`monai_fine.networks.create_fine` and record its arguments in its weights.
+    """Build FINE with :func:`monai_fine.networks.create_fine` (or a peer, ``arch``) and record its arguments in its
+    weights.
 
     Args:
         checkpoint: weights whose recorded network arguments decide the architecture when the file exists and has a
@@ -190,7 +193,15 @@ def create_network(
         preset: ``"bcv"`` or ``"tiny"``.
         in_channels: input channels.
         out_channels: output channels (classes incl. background).
-        kwargs: any other :class:`monai_fine.networks.FINE` argument.
+        arch: ``"fine"``, or a peer trained, evaluated and served by the same bundle in its place
+            (:func:`monai_fine.networks.peers.create_peer`: ``"dynunet"``, nnU-Net's 3d_fullres plan for ``roi_size``
+            at ``spacing``; ``"swinunetr"``). None: the one recorded in ``checkpoint``, else ``"fine"``. With a peer,
+            the FINE-only arguments of the bundle's ``network_def`` (``preset``, ``memory``) are not used and
+            ``scan_memory`` must be false.
+        spacing: the training voxel size in mm (the bundle's ``pixdim``): DynUNet's plan depends on it; FINE's
+            architecture does not (not recorded).
+        kwargs: any other :class:`monai_fine.networks.FINE` argument (with a peer: ``roi_size``,
+            ``deep_supervision``, ``use_checkpoint`` and the arguments of :data:`monai_fine.networks.peers.PEERS`).
 
     Returns:
         the network, with a ``network_config`` buffer (JSON of ``{"preset": ..., **kwargs}``; when rebuilt from a
@@ -203,10 +214,19 @@ def create_network(
     """
     from monai_fine.networks import create_fine
 
+    record = read_network_config(checkpoint)  # stored back unchanged, so that the weights load strictly
+    recorded_arch = record.get("arch", "fine") if record else None
+    if arch is not None and recorded_arch is not None and arch != recorded_arch:
+        raise ValueError(
+            f"the weights in {checkpoint} are of arch {recorded_arch!r}, the config asks for arch={arch!r}. Drop the "
+            "override (the bundle's arch follows the weights), or train in another bundle_root / ckpt_dir."
+        )
+    arch = arch or recorded_arch or "fine"
+    if arch != "fine":
+        return _create_peer_network(checkpoint, record, arch, in_channels, out_channels, spacing, kwargs)
     wanted = {"preset": preset, "in_channels": in_channels, "out_channels": out_channels}
     wanted.update({k: _plain(v) for k, v in kwargs.items()})
     check_roi_size(wanted.get("roi_size"), preset, wanted)
-    record = read_network_config(checkpoint)  # stored back unchanged, so that the weights load strictly
     recorded = dict(record)
     if recorded.get("scan_memory"):  # scan-memory weights recorded before these choices existed were trained so
         recorded = {**_SCAN_MEMORY_BEFORE, **recorded}
@@ -237,6 +257,49 @@ def create_network(
     args = dict(config)
     net = create_fine(args.pop("preset"), **args)
     if not checkpoint or not os.path.isfile(checkpoint) or recorded:
+        net.register_buffer(CONFIG_BUFFER, _encode(record or config))
+    return net
+
+
+def _create_peer_network(
+    checkpoint: Any,
+    record: Mapping[str, Any],
+    arch: str,
+    in_channels: int,
+    out_channels: int,
+    spacing: Any,
+    kwargs: dict[str, Any],
+) -> torch.nn.Module:
+    """:func:`create_network` for a peer: its record is ``arch``, the channels, ``roi_size`` and the arch's
+    arguments; rebuilt from the record, only ``use_checkpoint`` and ``deep_supervision`` come from the caller."""
+    from monai_fine.networks.peers import PEERS, create_peer
+
+    kwargs = dict(kwargs)
+    kwargs.pop("memory", None)  # the bundle's network_def always gives the FINE-only memory; a peer has none
+    if kwargs.pop("scan_memory", False):
+        raise ValueError(f"scan_memory=True needs FINE (memory 'full'); arch {arch!r} has no per-scan memory.")
+    runtime = {k: kwargs.pop(k) for k in ("deep_supervision", "use_checkpoint") if k in kwargs}
+    if arch in PEERS and "spacing" in PEERS[arch] and spacing is not None:
+        kwargs.setdefault("spacing", spacing)
+    wanted = {"arch": arch, "in_channels": in_channels, "out_channels": out_channels}
+    wanted.update({k: _plain(v) for k, v in kwargs.items()})
+    if wanted.get("roi_size") is None and not record:
+        raise ValueError(f"arch {arch!r} needs roi_size (the training crop; network_def#roi_size).")
+    config = wanted
+    if record:  # the recorded peer; the channels and the arch's own arguments, when given otherwise, conflict
+        config = dict(record)
+        asked = ("in_channels", "out_channels", *(k for k in PEERS.get(arch, ()) if k != "spacing"))
+        conflicts = {k: (wanted[k], record.get(k)) for k in asked if k in wanted and wanted[k] != record.get(k)}
+        if conflicts:
+            raise ValueError(
+                f"the weights in {checkpoint} are of another {arch} than the one asked for: "
+                + "; ".join(f"{_CONFIG_IDS.get(k, 'network_def#' + k)}={a!r}, the weights have {b!r}"
+                            for k, (a, b) in conflicts.items())
+                + ". Drop the override, or train in another bundle_root / ckpt_dir."
+            )  # fmt: skip
+    args = {k: v for k, v in config.items() if k != "arch"}
+    net = create_peer(arch, **args, **runtime)
+    if not checkpoint or not os.path.isfile(checkpoint) or record:
         net.register_buffer(CONFIG_BUFFER, _encode(record or config))
     return net
 

@@ -3,12 +3,15 @@
 
 Trains FINE with ``memory="none"`` (nnFormer-equivalent), ``"window"`` (+ window tokens), ``"released"`` (what the
 official code computes), ``"full"`` (+ volume tokens, the paper's design) and ``"full"`` with a per-scan memory
-(``full+scan``) under identical budgets (iterations, crops per iteration, seed, data), through the MONAI bundle's
+(``full+scan``), and the peers a user would train instead (``dynunet``: MONAI's DynUNet as nnU-Net's 3d_fullres plan;
+``swinunetr``: SwinUNETR(48), the Model Zoo's BTCV network) under identical budgets (iterations, crops per
+iteration, loss, optimizer, seed, data), through the MONAI bundle's
 ``train.json``, evaluates the final model of each on the held-out cases with ``evaluate.json`` (per-organ Dice and
 HD95 in mm), and writes into ``--out``:
 
 - ``results.csv``: one row per (variant, subset of held-out cases, seed, config, organ) with Dice, HD95 (mm), the
-  voxels of the organ predicted as its twin (right/left kidney, right/left adrenal, liver/spleen) and the wall time;
+  voxels of the organ predicted as its twin (right/left kidney, right/left adrenal, liver/spleen), the voxels
+  predicted as the organ or its twin (for the pair's Dice regardless of side) and the wall time;
 - ``summary.md``: the command, the machine, the settings and one table per variant (mean +- std over seeds);
 - ``ablation.png``: bar charts of the mean Dice, the context organs' Dice and the twin swaps per config.
 
@@ -53,15 +56,30 @@ from typing import Any
 from monai_fine.data.phantom import PHANTOM
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS, SYNAPSE8_ORGANS
 from monai_fine.networks import MEMORY_CONFIGS, PRESETS, MemoryMode
+from monai_fine.networks.peers import PEERS
 from monai_fine.optional import require
 from monai_fine.reports import case_name as _case_name
 from monai_fine.reports import nanmean as _nanmean
 from monai_fine.reports import read_metric_csv as read_raw
 
-__all__ = ["CONFIGS", "VARIANTS", "parse_args", "bundle_overrides", "train_and_evaluate", "collect_run", "main"]
+__all__ = [
+    "CONFIGS",
+    "PEER_CONFIGS",
+    "ALL_CONFIGS",
+    "VARIANTS",
+    "config_network",
+    "parse_args",
+    "bundle_overrides",
+    "train_and_evaluate",
+    "collect_run",
+    "main",
+]
 
 # the compared memory configurations (monai_fine.networks.MEMORY_CONFIGS): name -> MemoryMode
 CONFIGS: dict[str, MemoryMode] = dict(MEMORY_CONFIGS)
+# the peers (monai_fine.networks.peers.PEERS), trained by the same bundle with network_def#arch
+PEER_CONFIGS: tuple[str, ...] = tuple(PEERS)
+ALL_CONFIGS: tuple[str, ...] = (*CONFIGS, *PEER_CONFIGS)
 VARIANTS: dict[str, float] = {"normal": 0.0, "situs": 0.5}  # variant -> default fraction of situs inversus cases
 ORGANS: dict[int, str] = {k: BTCV_LABELS[k] for k in BTCV13_ORGANS}  # column class<j> of the CSVs is organ j + 1
 SYNAPSE8 = SYNAPSE8_ORGANS
@@ -72,9 +90,17 @@ CONTEXT_ORGANS = (2, 3, 12, 13, 6, 1)
 SHORT = {1: "spleen", 2: "R kidney", 3: "L kidney", 6: "liver", 12: "R adrenal", 13: "L adrenal"}
 RESULT_FIELDS = (
     "variant", "subset", "seed", "config", "memory", "scan_memory", "label", "organ", "synapse8", "dice", "hd95_mm",
-    "dice_cases", "hd95_cases", "truth_voxels", "to_twin_voxels", "twin_swap", "cases", "iterations", "train_minutes",
-    "eval_minutes",
+    "dice_cases", "hd95_cases", "truth_voxels", "to_twin_voxels", "twin_swap", "pred_voxels", "truth_as_pair_voxels",
+    "cases", "iterations", "train_minutes", "eval_minutes",
 )  # fmt: skip
+
+
+def config_network(config: str) -> dict[str, Any]:
+    """The bundle tunables of a config: ``memory`` and ``scan_memory`` for FINE, ``arch`` for a peer (whose
+    ``memory`` the bundle does not use), and the ``memory`` column of the results (``-`` for a peer)."""
+    if config in PEER_CONFIGS:
+        return {"arch": config, "memory": "-", "scan_memory": False}
+    return dict(CONFIGS[config].network_kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
@@ -107,7 +133,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="training voxel size in mm; default: the phantom spacing, 0.76 0.76 3.0 with --dataset_dir",
     )
-    p.add_argument("--configs", type=_csv_list, default=list(CONFIGS), help="comma-separated, of " + ",".join(CONFIGS))
+    p.add_argument(
+        "--configs",
+        type=_csv_list,
+        default=list(CONFIGS),
+        help="comma-separated, of " + ",".join(ALL_CONFIGS) + " (the peers need a --roi they take: SwinUNETR multiples "
+        "of 32, e.g. --roi 32 32 32)",
+    )
     p.add_argument("--variants", type=_csv_list, default=list(VARIANTS), help="phantom variants: normal,situs")
     p.add_argument("--iterations", type=int, default=1500, help="training iterations per run (same for every config)")
     p.add_argument(
@@ -181,9 +213,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--_t_start", type=float, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    unknown = [c for c in args.configs if c not in ALL_CONFIGS]
     if unknown or not args.configs:
-        p.error(f"--configs must be a non-empty subset of {list(CONFIGS)}, got {args.configs}")
+        p.error(f"--configs must be a non-empty subset of {list(ALL_CONFIGS)}, got {args.configs}")
     if args.dataset_dir is None:
         bad = [v for v in args.variants if v not in VARIANTS]
         if bad or not args.variants:
@@ -280,19 +312,22 @@ def subsets_of(cases: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 # -------------------------------------------------------------------------------------------------------- one run
 def bundle_overrides(args: argparse.Namespace, config: str, seed: int, dataset_dir: Path, root: Path) -> dict:
-    memory, scan = CONFIGS[config].memory, CONFIGS[config].scan_memory
+    net = config_network(config)
     o: dict[str, Any] = {
         "bundle_root": str(root),
         "dataset_dir": str(dataset_dir),
         "preset": args.preset,
-        "memory": memory,
-        "scan_memory": scan,
+        "scan_memory": net["scan_memory"],
         "roi_size": list(args.roi),
         "pixdim": list(args.pixdim),
         "seed": seed,
         "num_workers": args.num_workers,
         "resume": bool(args.resume),
     }
+    if "arch" in net:
+        o["arch"] = net["arch"]
+    else:
+        o["memory"] = net["memory"]
     if args.datalist:
         o["datalist"] = str(Path(args.datalist).resolve())
     if args.device:
@@ -371,6 +406,8 @@ def collect_run(eval_dir: Path, cases: list[dict[str, Any]]) -> list[dict[str, A
             mats = [conf[n] for n in names if conf.get(n) is not None]
             truth = int(sum(m[label].sum() for m in mats)) if mats else 0
             to_twin = int(sum(m[label, TWIN[label]] for m in mats)) if mats and label in TWIN else 0
+            pred = int(sum(m[:, label].sum() for m in mats)) if mats else 0
+            as_pair = int(sum(m[label, label] + (m[label, TWIN[label]] if label in TWIN else 0) for m in mats))
             rows.append(
                 {
                     "subset": subset,
@@ -384,10 +421,30 @@ def collect_run(eval_dir: Path, cases: list[dict[str, Any]]) -> list[dict[str, A
                     "truth_voxels": truth,
                     "to_twin_voxels": to_twin if label in TWIN else "",
                     "twin_swap": (to_twin / truth if truth else float("nan")) if label in TWIN else "",
+                    "pred_voxels": pred if mats else "",
+                    "truth_as_pair_voxels": as_pair if mats else "",
                     "cases": len(d),
                 }
             )
     return rows
+
+
+def _add_pair_counts(done: Path, eval_dir: Path, cases: list[dict[str, Any]]) -> None:
+    """Fill ``pred_voxels`` and ``truth_as_pair_voxels`` into a finished run's rows written before they existed,
+    from its saved predictions (nothing else in the rows changes; without predictions the rows stay as they are)."""
+    rows = _read_csv(done)
+    if not rows or rows[0].get("pred_voxels") not in (None, ""):
+        return
+    if not all((eval_dir / "predictions" / f"{c['case']}_seg.nii.gz").is_file() for c in cases):
+        return
+    fresh = {(r["subset"], str(r["label"])): r for r in collect_run(eval_dir, cases)}
+    for r in rows:
+        new = fresh.get((r["subset"], str(r["label"])))
+        if new is not None:
+            r["pred_voxels"], r["truth_as_pair_voxels"] = new["pred_voxels"], new["truth_as_pair_voxels"]
+    tmp = done.with_suffix(".tmp")
+    _write_csv(tmp, rows)
+    os.replace(tmp, done)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], fields: Sequence[str] = RESULT_FIELDS) -> None:
@@ -419,6 +476,7 @@ def run_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
         "dice8": _nanmean([_f(by[k]["dice"]) for k in SYNAPSE8 if k in by]),
         "hd95_8": _nanmean([_f(by[k]["hd95_mm"]) for k in SYNAPSE8 if k in by]),
         "train_minutes": _f(rows[0]["train_minutes"]) if rows else float("nan"),
+        "sec_per_iter": 60.0 * _f(rows[0]["train_minutes"]) / _f(rows[0]["iterations"]) if rows else float("nan"),
     }
     for k in CONTEXT_ORGANS:
         out[f"dice_{k}"] = _f(by[k]["dice"]) if k in by else float("nan")
@@ -426,6 +484,10 @@ def run_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
         truth = sum(_f(by[k]["truth_voxels"]) for k in (a, b) if k in by)
         swapped = sum(_f(by[k]["to_twin_voxels"]) for k in (a, b) if k in by)
         out[f"swap_{name}"] = swapped / truth if truth > 0 else float("nan")
+        # the pair's Dice regardless of side: is the organ found at all (both twins as one label)?
+        found = sum(_f(by[k].get("truth_as_pair_voxels")) for k in (a, b) if k in by)
+        pred = sum(_f(by[k].get("pred_voxels")) for k in (a, b) if k in by)
+        out[f"pair_dice_{name}"] = 2 * found / (truth + pred) if truth + pred > 0 else float("nan")
     return out
 
 
@@ -537,17 +599,19 @@ def summary_markdown(
         "Synapse organs). HD95 skips a case where the organ is absent from the prediction or the truth (a missed "
         "organ counts as Dice 0, not in HD95). *Swap* = voxels of one twin predicted as the other "
         "(right kidney as left kidney and vice versa, likewise adrenals, liver/spleen), as a fraction of the pair's "
-        "voxels, pooled over cases. With several seeds: mean ± std over seeds.",
+        "voxels, pooled over cases. *Kidneys, either side*: the Dice of both kidneys taken as one label (is the organ "
+        "found, whichever side it is given), pooled over cases. *s / iter*: training wall time per iteration. With "
+        "several seeds: mean ± std over seeds.",
     ]
     variants = list(dict.fromkeys(k[0] for k in agg))
     head = (
         "| config | Dice | HD95 mm | Dice Syn8 | HD95 Syn8 | "
         + " | ".join(SHORT[k] for k in CONTEXT_ORGANS)
-        + " | swap kidneys % | swap adrenals % | swap liver/spleen % | train min |"
+        + " | kidneys, either side | swap kidneys % | swap adrenals % | swap liver/spleen % | train min | s / iter |"
     )
     for variant in variants:
         for subset in ("all", "normal", "situs"):
-            configs = [c for c in CONFIGS if (variant, subset, c) in agg]
+            configs = [c for c in ALL_CONFIGS if (variant, subset, c) in agg]
             if not configs:
                 continue
             lines += ["", f"## {variant}: {SUBSET_TITLE[subset]}", "", head, "|" + "---|" * (head.count("|") - 1)]
@@ -555,8 +619,9 @@ def summary_markdown(
                 a = agg[(variant, subset, c)]
                 cells = [c, _fmt(a["dice"]), _fmt(a["hd95"], 1), _fmt(a["dice8"]), _fmt(a["hd95_8"], 1)]
                 cells += [_fmt(a[f"dice_{k}"]) for k in CONTEXT_ORGANS]
+                cells += [_fmt(a["pair_dice_kidneys"])]
                 cells += [_fmt(a[f"swap_{p}"], pct=True) for p in PAIRS]
-                cells += [_fmt(a["train_minutes"], 1)]
+                cells += [_fmt(a["train_minutes"], 1), _fmt(a["sec_per_iter"], 3)]
                 lines.append("| " + " | ".join(cells) + " |")
     if skipped:
         why = f"over --budget_minutes {args.budget_minutes:g}" if args.budget_minutes is not None else "interrupted"
@@ -583,7 +648,7 @@ def plot(agg: dict, path: Path, title: str = "") -> None:
     )
     colors = plt.get_cmap("tab10")
     for row, (variant, subset) in enumerate(panels):
-        configs = [c for c in CONFIGS if (variant, subset, c) in agg]
+        configs = [c for c in ALL_CONFIGS if (variant, subset, c) in agg]
         width = 0.8 / max(len(configs), 1)
         for col, (keys, names, scale, ylabel) in enumerate(
             [(dice_keys, dice_names, 1.0, "Dice"), (swap_keys, list(PAIRS), 100.0, "twin swap (% of voxels)")]
@@ -641,6 +706,9 @@ def run_task(
     done = root / "run_results.csv"
     if done.is_file():
         print(f"[ablation] {tag}: done before, reusing {done}", flush=True)
+        _add_pair_counts(
+            done, root / "eval", held_out_cases(json.loads(_datalist_path(args, dataset_dir).read_text()), dataset_dir)
+        )
         return "reused"
     if args.budget_minutes is not None and (time.time() - t_start) / 60.0 > args.budget_minutes:
         print(f"[ablation] {tag}: skipped (over --budget_minutes {args.budget_minutes:g})", flush=True)
@@ -653,10 +721,12 @@ def run_task(
             return "claimed"
     (root / "run_failed.txt").unlink(missing_ok=True)
     cases = held_out_cases(json.loads(_datalist_path(args, dataset_dir).read_text()), dataset_dir)
-    memory, scan = CONFIGS[config].memory, CONFIGS[config].scan_memory
+    net = config_network(config)
+    memory, scan = net["memory"], net["scan_memory"]
     print(
-        f"[ablation] {tag}: training {args.max_epochs * args.epoch_length} iterations (memory={memory}, "
-        f"scan_memory={scan}), then evaluating {len(cases)} held-out cases",
+        f"[ablation] {tag}: training {args.max_epochs * args.epoch_length} iterations ("
+        + (f"arch={net['arch']}" if "arch" in net else f"memory={memory}, scan_memory={scan}")
+        + f"), then evaluating {len(cases)} held-out cases",
         flush=True,
     )
     try:

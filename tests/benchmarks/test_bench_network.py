@@ -49,7 +49,7 @@ def test_quick_sweep(tmp_path):
             assert float(r[key]) > 0, (r["config"], key, r[key])
 
     # the DynUNet rows are nnU-Net's plan at each crop, with the filters asked for
-    from benchmarks.peers import nnunet_dynunet
+    from monai_fine.networks.peers import nnunet_dynunet
 
     for r in rows:
         if r["config"].startswith("dynunet"):

@@ -135,7 +135,7 @@ def test_num_windows_matches_monai_sliding_window(image, roi, overlap):
 
 def test_nnunet_plan_for_btcv():
     """nnU-Net's 3d_fullres topology at the paper's crop, worked out by hand from nnU-Net v2's planner rules."""
-    from benchmarks.peers import ds_loss_weights, nnunet_dynunet, nnunet_plan
+    from monai_fine.networks.peers import ds_loss_weights, nnunet_dynunet, nnunet_plan
 
     plan = nnunet_plan((128, 128, 64), (0.76, 0.76, 3.0))
     assert plan["strides"] == [[1, 1, 1], [2, 2, 1]] + [[2, 2, 2]] * 4
@@ -160,7 +160,7 @@ def test_swinunetr_without_einops(monkeypatch):
     einops = pytest.importorskip("einops")
     from monai.networks.nets import swin_unetr
 
-    from benchmarks.peers import permute_rearrange, swinunetr
+    from monai_fine.networks.peers import permute_rearrange, swinunetr
 
     x = torch.randn(2, 3, 4, 5, 6)
     for pattern in ("b c d h w -> b d h w c", "b d h w c -> b c d h w", "n c h w -> n h w c"):

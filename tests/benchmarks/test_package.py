@@ -62,12 +62,12 @@ def private_cross_imports(tree: ast.Module) -> list[str]:
 def test_the_checks_catch_what_they_look_for():
     bad = ast.parse(
         "import sys\nfrom sys import path\nsys.path.insert(0, 'x')\nsys.path = []\nimport site\nsite.addsitedir('x')\n"
-        "import bench_network\nfrom peers import swinunetr\nfrom benchmarks.common import _no_sync\n"
+        "import bench_network\nfrom common import roi_str\nfrom benchmarks.common import _no_sync\n"
         "def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES
     )
     assert path_changes(bad) == [2, 3, 4, 6]
     assert long_functions(bad) == [("f", MAX_FUNCTION_LINES + 1)]
-    assert private_cross_imports(bad) == ["bench_network", "from peers import ...", "benchmarks.common._no_sync"]
+    assert private_cross_imports(bad) == ["bench_network", "from common import ...", "benchmarks.common._no_sync"]
     good = ast.parse("import os\nos.path.join('a')\nfrom benchmarks.common import roi_str\ndef g():\n    return 1\n")
     assert path_changes(good) == [] and long_functions(good) == [] and private_cross_imports(good) == []
 

@@ -149,3 +149,41 @@ def test_view_probe_classifies_every_case_and_refuses_data_without_situs_cases(t
                                   num_test=0, val_fraction=0.34).parent  # fmt: skip
     with pytest.raises(ValueError, match=r"needs situs inversus and normal cases; .* has 0 of 3"):
         memory_probe.main(["--data", str(normal), "--view_probe", "--pixdim", "4", "4", "4"])
+
+
+@pytest.mark.slow
+def test_peers_train_and_evaluate_through_the_same_bundle(ablation, tmp_path):
+    """``--configs full,dynunet,swinunetr``: the peers go through the same train.json / evaluate.json (the bundle's
+    ``arch``), their weights record what they are, and their rows carry the same metrics; a finished run written
+    before the pair counts existed gets them from its saved predictions on ``--resume``."""
+    from monai_fine.bundle_tools import read_network_config
+
+    out = tmp_path / "peers"
+    argv = ["--out", str(out), "--configs", "full,dynunet,swinunetr", *MINIMAL, "--roi", "64", "32", "32",
+            "--shape", "64", "48", "32"]  # fmt: skip
+    res = ablation.main(argv)
+    assert not res["failed"] and not res["skipped"], res
+    runs = out / "runs" / "situs" / "seed0"
+    for arch in ("dynunet", "swinunetr"):
+        record = read_network_config(runs / arch / "models" / "model_final.pt")
+        assert record["arch"] == arch and record["roi_size"] == [64, 32, 32]
+    assert "arch" not in read_network_config(runs / "full" / "models" / "model_final.pt")
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["config"], r["memory"]) for r in rows} == {("full", "full"), ("dynunet", "-"), ("swinunetr", "-")}
+    for r in rows:
+        assert 0 <= int(r["truth_as_pair_voxels"]) <= int(r["truth_voxels"])
+    md = (out / "summary.md").read_text()
+    assert "| dynunet |" in md and "| swinunetr |" in md and "s / iter" in md and "kidneys, either side" in md
+
+    done = runs / "dynunet" / "run_results.csv"
+    with open(done) as f:
+        before = list(csv.DictReader(f))
+    with open(done, "w", newline="") as f:  # as written before the pair counts existed
+        w = csv.DictWriter(f, fieldnames=[k for k in before[0] if k not in ("pred_voxels", "truth_as_pair_voxels")],
+                           extrasaction="ignore")  # fmt: skip
+        w.writeheader()
+        w.writerows(before)
+    ablation.main([*argv, "--configs", "dynunet", "--resume"])
+    with open(done) as f:
+        assert list(csv.DictReader(f)) == before

@@ -1,10 +1,14 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""The networks a user would train instead of FINE, as the benchmarks build them (one definition for
-``bench_network.py`` and ``gpu_report.py``).
+"""The networks a user would train instead of FINE, defined once: for the bundle (``arch``: ``"dynunet"`` or
+``"swinunetr"``, through :func:`create_peer` and :class:`PeerNetwork`) and the benchmarks (``bench_network.py``,
+``gpu_report.py``).
 
 - :func:`swinunetr`: MONAI's ``SwinUNETR(in_channels=1, out_channels=14, feature_size=48)``, the Model Zoo BTCV
   network, with MONAI's defaults.
 - :func:`nnunet_dynunet`: MONAI's ``DynUNet`` configured as nnU-Net's ``3d_fullres`` plan for BTCV at a given patch.
+- :func:`create_peer`: either of them as the bundle trains, evaluates and serves it (:class:`PeerNetwork`: it takes
+  the crop's ``roi_box`` that the bundle's ``prepare_batch`` and ``FINEInferer`` give every network, and returns
+  deep supervision as the list ``DeepSupervisionLoss`` takes).
 
 How the nnU-Net plan is derived (read in nnU-Net v2, ``MIC-DKFZ/nnUNet``,
 ``nnunetv2/experiment_planning/experiment_planners/network_topology.py`` (``get_pool_and_conv_props``) and
@@ -37,9 +41,16 @@ norm follows each one, so this changes no output) and its transposed convolution
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
 
 __all__ = [
     "BTCV_SPACING",
+    "PEERS",
+    "PeerNetwork",
+    "create_peer",
     "ds_loss_weights",
     "ds_outputs",
     "nnunet_dynunet",
@@ -129,12 +140,20 @@ def ds_loss_weights(deep_supr_num: int) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
-def nnunet_dynunet(patch_size: Sequence[int], in_channels: int = 1, out_channels: int = 14, **plan_kwargs):
+def nnunet_dynunet(
+    patch_size: Sequence[int],
+    in_channels: int = 1,
+    out_channels: int = 14,
+    deep_supervision: bool = True,
+    **plan_kwargs: Any,
+):
     """MONAI ``DynUNet`` with nnU-Net's 3d_fullres plan for BTCV at ``patch_size`` (see the module docstring).
 
     Args:
         patch_size: the crop in voxels (x, y, z).
         in_channels, out_channels: image channels and classes (background included).
+        deep_supervision: the plan's deep supervision (nnU-Net's: every decoder output but the lowest); ``False``
+            builds the same network without the extra heads.
         plan_kwargs: further arguments of :func:`nnunet_plan` (``spacing``, ``base_features``, ``max_features``;
             the benchmarks' tiny CPU mode uses smaller filters).
 
@@ -155,7 +174,7 @@ def nnunet_dynunet(patch_size: Sequence[int], in_channels: int = 1, out_channels
         filters=plan["filters"],
         norm_name=("INSTANCE", {"affine": True, "eps": 1e-5}),
         act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
-        deep_supervision=plan["deep_supr_num"] > 0,
+        deep_supervision=deep_supervision and plan["deep_supr_num"] > 0,
         deep_supr_num=max(plan["deep_supr_num"], 1),
         res_block=False,
     )
@@ -165,8 +184,6 @@ def nnunet_dynunet(patch_size: Sequence[int], in_channels: int = 1, out_channels
 def ds_outputs(out):
     """DynUNet's stacked deep-supervision output ``(B, K, C, ...)`` as the list ``[full, lower...]`` that MONAI's
     ``DeepSupervisionLoss`` takes; any other output is returned unchanged."""
-    import torch
-
     if isinstance(out, torch.Tensor) and out.ndim == 6:
         return list(torch.unbind(out, dim=1))
     return out
@@ -186,7 +203,7 @@ def permute_rearrange(x, pattern: str):
     return x.permute(*[src.index(a) for a in dst])
 
 
-def swinunetr(in_channels: int = 1, out_channels: int = 14, feature_size: int = 48):
+def swinunetr(in_channels: int = 1, out_channels: int = 14, feature_size: int = 48, use_checkpoint: bool = False):
     """MONAI's ``SwinUNETR`` with its defaults (``feature_size=48``: the Model Zoo BTCV network).
 
     SwinUNETR moves channels with ``einops.rearrange``, an optional MONAI dependency; where einops is not installed
@@ -198,4 +215,89 @@ def swinunetr(in_channels: int = 1, out_channels: int = 14, feature_size: int = 
 
     if not optional_import("einops")[1]:
         swin_unetr.rearrange = permute_rearrange
-    return SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size)
+    return SwinUNETR(
+        in_channels=in_channels, out_channels=out_channels, feature_size=feature_size, use_checkpoint=use_checkpoint
+    )
+
+
+#: the peers :func:`create_peer` builds, and the arguments each takes besides the channels and ``roi_size``: ``spacing``
+#: (the training voxel size in mm, x y z) and the filters plan DynUNet; ``feature_size`` sizes SwinUNETR.
+PEERS: dict[str, tuple[str, ...]] = {
+    "dynunet": ("spacing", "base_features", "max_features"),
+    "swinunetr": ("feature_size",),
+}
+
+
+class PeerNetwork(nn.Module):
+    """A peer as the bundle runs it, in place of FINE.
+
+    The bundle's ``prepare_batch`` and :py:class:`monai_fine.inferers.FINEInferer` give every network each crop's
+    ``roi_box``; a peer has no location input, so it takes the box and does not use it (that is the difference the
+    comparison measures). In training mode a DynUNet's stacked deep-supervision output becomes the list
+    ``[full, lower...]`` that ``DeepSupervisionLoss`` takes; in eval mode the network returns its logits.
+
+    Attributes:
+        net: the MONAI network.
+        arch: its name in :data:`PEERS`.
+        roi_size: the crop it was built for.
+        scan_memory: ``False`` (a peer has no per-scan memory; read by :py:class:`~monai_fine.inferers.FINEInferer`).
+    """
+
+    scan_memory = False
+
+    def __init__(self, net: nn.Module, arch: str, roi_size: Sequence[int]) -> None:
+        super().__init__()
+        self.net, self.arch, self.roi_size = net, arch, tuple(int(r) for r in roi_size)
+
+    def forward(self, x: torch.Tensor, roi_box: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
+        out = self.net(x)
+        return ds_outputs(out) if self.training else out
+
+
+def create_peer(
+    arch: str,
+    roi_size: Sequence[int],
+    in_channels: int = 1,
+    out_channels: int = 14,
+    deep_supervision: bool = True,
+    use_checkpoint: bool = False,
+    **kwargs: Any,
+) -> PeerNetwork:
+    """A peer network for the bundle (:func:`monai_fine.bundle_tools.create_network` with ``arch``).
+
+    Args:
+        arch: ``"dynunet"`` (nnU-Net's 3d_fullres plan for ``roi_size`` at ``spacing``, :func:`nnunet_dynunet`) or
+            ``"swinunetr"`` (:func:`swinunetr`).
+        roi_size: the training crop (x, y, z): it decides DynUNet's plan; SwinUNETR needs multiples of 32, one of
+            them at least 64.
+        in_channels, out_channels: image channels and classes (background included).
+        deep_supervision: DynUNet's deep supervision as nnU-Net plans it (SwinUNETR has none).
+        use_checkpoint: SwinUNETR's activation checkpointing (DynUNet has none).
+        kwargs: the arch's arguments of :data:`PEERS` (``spacing`` default :data:`BTCV_SPACING`; ``feature_size``
+            default 48; ``base_features`` 32, ``max_features`` 320).
+
+    Raises:
+        ValueError: an unknown ``arch``, an argument the arch does not take (naming the ones it does), a
+            ``roi_size`` it cannot take (naming the value and the nearest sizes it can).
+    """
+    if arch not in PEERS:
+        raise ValueError(f"arch must be 'fine' or one of the peers {sorted(PEERS)}, got {arch!r}.")
+    unknown = sorted(set(kwargs) - set(PEERS[arch]))
+    if unknown:
+        raise ValueError(f"arch {arch!r} takes {list(PEERS[arch])} besides the channels and roi_size, got {unknown}.")
+    roi = [int(r) for r in roi_size]
+    if len(roi) != 3 or min(roi) < 1:
+        raise ValueError(f"roi_size must be 3 positive sizes (x, y, z), got {roi_size!r}.")
+    if arch == "swinunetr":
+        if any(r % 32 for r in roi) or max(roi) < 64:
+            ok = [max(-(-r // 32) * 32, 64 if i == 0 and max(roi) <= 32 else 32) for i, r in enumerate(roi)]
+            raise ValueError(
+                f"SwinUNETR needs roi_size in multiples of 32 (its 5 halvings), one of them at least 64 (its instance "
+                f"norm at the bottleneck needs more than one voxel), got {roi}; the nearest larger is {ok}."
+            )
+        net = swinunetr(in_channels, out_channels, int(kwargs.get("feature_size", 48)), use_checkpoint=use_checkpoint)
+        return PeerNetwork(net, arch, roi)
+    spacing = [float(s) for s in kwargs.get("spacing") or BTCV_SPACING]
+    plan = {k: int(kwargs[k]) for k in ("base_features", "max_features") if k in kwargs}
+    net, _ = nnunet_dynunet(roi, in_channels, out_channels, deep_supervision=deep_supervision, spacing=spacing, **plan)
+    return PeerNetwork(net, arch, roi)
