@@ -308,3 +308,29 @@ def test_training_leaves_the_cached_volumes_unchanged(phantom_dir, tmp_path, sam
                     assert value.meta.keys() == now[key].meta.keys(), key
             elif isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
                 assert all(torch.equal(a, b) for a, b in zip(value, now[key])), key
+
+
+@pytest.mark.slow
+def test_a_peer_trains_and_infers_through_the_unmodified_configs(phantom_dir, tmp_path):
+    """``--arch dynunet``: train.json trains nnU-Net's plan with the same loop, loss and crops; inference.json, which
+    names no arch (as MONAI Label and a Zoo download run it), rebuilds the peer from the weights and segments every
+    test image on its own grid."""
+    from monai_fine.bundle_tools import read_network_config
+    from monai_fine.networks.peers import PeerNetwork
+
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(phantom_dir)}
+    wf = workflow(["train.json"], "train", max_epochs=1, epoch_length=2, val_interval=1, arch="dynunet", **common)
+    assert isinstance(wf.parser.get_parsed_content("network"), PeerNetwork)
+    wf.run()
+    wf.finalize()
+    record = read_network_config(tmp_path / "models" / "model.pt")
+    assert record["arch"] == "dynunet" and record["spacing"] == wf.parser.get_parsed_content("pixdim")
+    out_dir = tmp_path / "seg"
+    wf = workflow(["inference.json"], "infer", output_dir=str(out_dir), **common)
+    net = wf.parser.get_parsed_content("network")
+    assert isinstance(net, PeerNetwork) and net.arch == "dynunet"
+    wf.run()
+    wf.finalize()
+    for image in sorted((phantom_dir / "imagesTs").glob("*.nii.gz")):
+        seg = nib.load(out_dir / image.name.replace(".nii.gz", "_seg.nii.gz"))
+        assert seg.shape == nib.load(image).shape
