@@ -11,8 +11,8 @@ on), under one time budget (``--budget_s``) that skips what no longer fits and s
    peak CUDA memory (``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``) at 128x128x64, batch 2,
    with AMP off (fp32, no TF32 unless ``--tf32``) and on (``torch.autocast``, bfloat16 by default), for ``fine_bcv``
    ``memory="none"``, ``"full"``, ``"full"`` + scan memory (2 crops of one scan), MONAI ``SwinUNETR(feature_size=48)``
-   and MONAI ``DynUNet`` as nnU-Net's 3d_fullres plan for BTCV (``monai_fine/networks/peers.py``). DiceCE loss (with deep supervision
-   where the network has it), SGD step.
+   and MONAI ``DynUNet`` as nnU-Net's 3d_fullres plan for BTCV (``monai_fine/networks/peers.py``). DiceCE loss (with
+   deep supervision where the network has it), SGD step.
 2. **infer**: ``FINEInferer`` (roi 128x128x64, overlap 0.5, ``--sw_batch_size``) over a synthetic 512x512x200 scan
    with ``fine_bcv`` ``memory="full"``, one pass and with scan memory (scan view, then one pass), AMP on, windows and
    stitching on the GPU.
