@@ -56,7 +56,7 @@ from typing import Any
 from monai_fine.data.phantom import PHANTOM
 from monai_fine.labels import BTCV13_ORGANS, BTCV_LABELS, SYNAPSE8_ORGANS
 from monai_fine.networks import MEMORY_CONFIGS, PRESETS, MemoryMode
-from monai_fine.networks.peers import PEERS
+from monai_fine.networks.peers import PEERS, check_roi
 from monai_fine.optional import require
 from monai_fine.reports import case_name as _case_name
 from monai_fine.reports import nanmean as _nanmean
@@ -138,7 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=_csv_list,
         default=list(CONFIGS),
         help="comma-separated, of " + ",".join(ALL_CONFIGS) + " (the peers need a --roi they take: SwinUNETR multiples "
-        "of 32, e.g. --roi 32 32 32)",
+        "of 32, one of them at least 64, e.g. --roi 64 32 32)",
     )
     p.add_argument("--variants", type=_csv_list, default=list(VARIANTS), help="phantom variants: normal,situs")
     p.add_argument("--iterations", type=int, default=1500, help="training iterations per run (same for every config)")
@@ -203,6 +203,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="extra bundle override, repeatable, e.g. network_def#feature_size=12",
     )
     p.add_argument(
+        "--config_override",
+        action="append",
+        default=[],
+        metavar="CONFIG:ID=JSON",
+        help="a bundle override for one config only, repeatable, e.g. swinunetr:network_def#feature_size=12 (a "
+        "peer's size; an --override of network_def would change FINE too)",
+    )
+    p.add_argument(
         "--jobs",
         type=int,
         default=1,
@@ -229,6 +237,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             args.roi = list(PHANTOM.roi_size)
         else:
             args.roi = list(PRESETS[args.preset]["roi_size"])
+    for peer in (c for c in args.configs if c in PEER_CONFIGS):
+        try:
+            check_roi(peer, args.roi)
+        except ValueError as err:
+            p.error(f"--configs {peer} with --roi {' '.join(map(str, args.roi))}: {err}")
     if args.pixdim is None:
         args.pixdim = list(args.spacing) if args.dataset_dir is None else [0.76, 0.76, 3.0]
     if args.optimizer is None:
@@ -240,6 +253,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.epoch_length = max(1, min(args.epoch_length, args.iterations))
     args.max_epochs = max(1, round(args.iterations / args.epoch_length))
     args.overrides = parse_overrides(p, args.override)
+    args.config_overrides = {}
+    for item in args.config_override:
+        config, sep, rest = item.partition(":")
+        if not sep or config not in args.configs:
+            p.error(f"--config_override needs CONFIG:ID=JSON with CONFIG one of --configs {args.configs}, got {item!r}")
+        args.config_overrides.setdefault(config, {}).update(parse_overrides(p, [rest]))
     return args
 
 
@@ -335,6 +354,7 @@ def bundle_overrides(args: argparse.Namespace, config: str, seed: int, dataset_d
     if args.optimizer == "adamw":  # the bundle's optimizer_name tunable (AdamW, weight decay 0.01)
         o["optimizer_name"] = "adamw"
     o.update(args.overrides)
+    o.update(args.config_overrides.get(config, {}))
     return o
 
 
@@ -592,6 +612,8 @@ def summary_markdown(
         "is evaluated",
         f"- training seeds: {seeds} (the data are the same for every seed and config)",
     ]
+    for config, o in args.config_overrides.items():
+        lines.append(f"- `{config}` only: " + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in o.items()))
     lines += [f"- {n}" for n in data_notes]
     lines += [
         "",

@@ -50,6 +50,7 @@ __all__ = [
     "BTCV_SPACING",
     "PEERS",
     "PeerNetwork",
+    "check_roi",
     "create_peer",
     "ds_loss_weights",
     "ds_outputs",
@@ -254,6 +255,26 @@ class PeerNetwork(nn.Module):
         return ds_outputs(out) if self.training else out
 
 
+def check_roi(arch: str, roi_size: Sequence[int]) -> list[int]:
+    """``roi_size`` as ints when the peer ``arch`` takes it as its training crop (checked before any work is done).
+
+    Raises:
+        ValueError: not 3 positive sizes; for ``"swinunetr"`` not multiples of 32 (its 5 halvings) with one of them at
+            least 64 (its instance norm at the bottleneck needs more than one voxel), naming the nearest larger roi.
+            DynUNet's plan follows the roi, so its divisibility is checked by :func:`nnunet_plan` with the spacing.
+    """
+    roi = [int(r) for r in roi_size]
+    if len(roi) != 3 or min(roi) < 1:
+        raise ValueError(f"roi_size must be 3 positive sizes (x, y, z), got {roi_size!r}.")
+    if arch == "swinunetr" and (any(r % 32 for r in roi) or max(roi) < 64):
+        ok = [max(-(-r // 32) * 32, 64 if i == 0 and max(roi) <= 32 else 32) for i, r in enumerate(roi)]
+        raise ValueError(
+            f"SwinUNETR needs roi_size in multiples of 32 (its 5 halvings), one of them at least 64 (its instance "
+            f"norm at the bottleneck needs more than one voxel), got {roi}; the nearest larger is {ok}."
+        )
+    return roi
+
+
 def create_peer(
     arch: str,
     roi_size: Sequence[int],
@@ -285,16 +306,8 @@ def create_peer(
     unknown = sorted(set(kwargs) - set(PEERS[arch]))
     if unknown:
         raise ValueError(f"arch {arch!r} takes {list(PEERS[arch])} besides the channels and roi_size, got {unknown}.")
-    roi = [int(r) for r in roi_size]
-    if len(roi) != 3 or min(roi) < 1:
-        raise ValueError(f"roi_size must be 3 positive sizes (x, y, z), got {roi_size!r}.")
+    roi = check_roi(arch, roi_size)
     if arch == "swinunetr":
-        if any(r % 32 for r in roi) or max(roi) < 64:
-            ok = [max(-(-r // 32) * 32, 64 if i == 0 and max(roi) <= 32 else 32) for i, r in enumerate(roi)]
-            raise ValueError(
-                f"SwinUNETR needs roi_size in multiples of 32 (its 5 halvings), one of them at least 64 (its instance "
-                f"norm at the bottleneck needs more than one voxel), got {roi}; the nearest larger is {ok}."
-            )
         net = swinunetr(in_channels, out_channels, int(kwargs.get("feature_size", 48)), use_checkpoint=use_checkpoint)
         return PeerNetwork(net, arch, roi)
     spacing = [float(s) for s in kwargs.get("spacing") or BTCV_SPACING]

@@ -82,7 +82,7 @@ def test_context_ablation_end_to_end(ablation, tmp_path):
     assert all(before[(r["subset"], r["config"], r["label"])] == r["dice"] for r in again)
 
 
-def test_budget_skips_runs_and_arguments(ablation, tmp_path):
+def test_budget_skips_runs_and_arguments(ablation, tmp_path, capsys):
     out = tmp_path / "budget"
     res = ablation.main(["--out", str(out), "--configs", "none,window", "--budget_minutes", "0", *MINIMAL])
     # the budget is checked before each launch: with 0 minutes nothing runs, and the summary says so
@@ -95,6 +95,19 @@ def test_budget_skips_runs_and_arguments(ablation, tmp_path):
     assert (
         ablation.parse_args(["--configs", "full+scan", "--num_samples", "1"]).num_samples == 1
     )  # the scan view writes
+    # a roi a peer cannot take is refused before the first run, naming the roi it can take
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--configs", "full,swinunetr", "--roi", "32", "32", "32"])
+    assert "the nearest larger is [64, 32, 32]" in capsys.readouterr().err
+    args = ablation.parse_args(["--configs", "full,swinunetr", "--roi", "64", "32", "32",
+                                "--config_override", "swinunetr:network_def#feature_size=12"])  # fmt: skip
+    assert args.roi == [64, 32, 32]
+    # a per-config override reaches that config's bundle only (a peer's size, not FINE's)
+    o = {c: ablation.bundle_overrides(args, c, 0, Path("/d"), Path("/r")) for c in ("full", "swinunetr")}
+    assert o["swinunetr"]["network_def#feature_size"] == 12 and "network_def#feature_size" not in o["full"]
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--configs", "full", "--config_override", "swinunetr:network_def#feature_size=12"])
+    assert "CONFIG one of --configs ['full']" in capsys.readouterr().err
     # phantom defaults: small crops, AdamW; real data: the paper's crop, spacing and the bundle's SGD recipe
     args = ablation.parse_args(["--iterations", "600"])
     assert args.max_epochs * args.epoch_length == 600 and args.roi == [32, 32, 16] and args.pixdim == [3.0, 3.0, 3.0]
