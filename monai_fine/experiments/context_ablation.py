@@ -256,8 +256,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.config_overrides = {}
     for item in args.config_override:
         config, sep, rest = item.partition(":")
-        if not sep or config not in args.configs:
-            p.error(f"--config_override needs CONFIG:ID=JSON with CONFIG one of --configs {args.configs}, got {item!r}")
+        if not sep or config not in ALL_CONFIGS:  # one for a config not in --configs is kept and unused (a rerun)
+            p.error(f"--config_override needs CONFIG:ID=JSON with CONFIG one of {list(ALL_CONFIGS)}, got {item!r}")
         args.config_overrides.setdefault(config, {}).update(parse_overrides(p, [rest]))
     return args
 
@@ -612,7 +612,7 @@ def summary_markdown(
         "is evaluated",
         f"- training seeds: {seeds} (the data are the same for every seed and config)",
     ]
-    for config, o in args.config_overrides.items():
+    for config, o in ((c, o) for c, o in args.config_overrides.items() if c in args.configs):
         lines.append(f"- `{config}` only: " + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in o.items()))
     lines += [f"- {n}" for n in data_notes]
     lines += [

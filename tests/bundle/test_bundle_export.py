@@ -114,3 +114,33 @@ def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         _compare("onnx_export onnxruntime", out, eager(x))
+
+
+def test_a_peer_exports_with_the_same_commands(tmp_path):
+    """A peer's weights (``arch`` recorded) export with the same ``ckpt_export --use_trace`` and ``onnx_export`` calls
+    on the unmodified inference.json: the config rebuilds the peer from the record, and both files agree with it."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    eager = create_network(
+        None, "test", 1, 14, arch="dynunet", roi_size=(32, 32, 16), spacing=[3.0, 3.0, 3.0], base_features=8,
+        max_features=32, deep_supervision=True,
+    )  # fmt: skip
+    ckpt = tmp_path / "model.pt"
+    torch.save(eager.state_dict(), ckpt)
+    eager.eval()
+    ts, onnx = tmp_path / "model.ts", tmp_path / "model.onnx"
+    _ckpt_export(ts, ckpt, use_trace=True, input_shape=SHAPE)
+    onnx_export(
+        net_id="network_def", filepath=str(onnx), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"), checkpoint=str(ckpt), use_trace=True, input_shape=SHAPE,
+        **TINY,
+    )  # fmt: skip
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    torch.manual_seed(4)
+    x = torch.rand(SHAPE)
+    with torch.no_grad():
+        ref = eager(x)
+        assert ref.shape == (1, 14, 32, 32, 16)  # eval mode: the full-resolution output only
+        _compare("peer ckpt_export trace", torch.jit.load(str(ts))(x).numpy(), ref)
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    _compare("peer onnx_export onnxruntime", out, ref)

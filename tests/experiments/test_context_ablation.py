@@ -106,8 +106,8 @@ def test_budget_skips_runs_and_arguments(ablation, tmp_path, capsys):
     o = {c: ablation.bundle_overrides(args, c, 0, Path("/d"), Path("/r")) for c in ("full", "swinunetr")}
     assert o["swinunetr"]["network_def#feature_size"] == 12 and "network_def#feature_size" not in o["full"]
     with pytest.raises(SystemExit):
-        ablation.parse_args(["--configs", "full", "--config_override", "swinunetr:network_def#feature_size=12"])
-    assert "CONFIG one of --configs ['full']" in capsys.readouterr().err
+        ablation.parse_args(["--configs", "full", "--config_override", "swin:network_def#feature_size=12"])
+    assert "CONFIG one of ['none'," in capsys.readouterr().err
     # phantom defaults: small crops, AdamW; real data: the paper's crop, spacing and the bundle's SGD recipe
     args = ablation.parse_args(["--iterations", "600"])
     assert args.max_epochs * args.epoch_length == 600 and args.roi == [32, 32, 16] and args.pixdim == [3.0, 3.0, 3.0]
@@ -167,19 +167,21 @@ def test_view_probe_classifies_every_case_and_refuses_data_without_situs_cases(t
 @pytest.mark.slow
 def test_peers_train_and_evaluate_through_the_same_bundle(ablation, tmp_path):
     """``--configs full,dynunet,swinunetr``: the peers go through the same train.json / evaluate.json (the bundle's
-    ``arch``), their weights record what they are, and their rows carry the same metrics; a finished run written
+    ``arch``), their weights record what they are (SwinUNETR at the size ``--config_override`` gives it, FINE
+    untouched), and their rows carry the same metrics; a finished run written
     before the pair counts existed gets them from its saved predictions on ``--resume``."""
     from monai_fine.bundle_tools import read_network_config
 
     out = tmp_path / "peers"
     argv = ["--out", str(out), "--configs", "full,dynunet,swinunetr", *MINIMAL, "--roi", "64", "32", "32",
-            "--shape", "64", "48", "32"]  # fmt: skip
+            "--shape", "64", "48", "32", "--config_override", "swinunetr:network_def#feature_size=12"]  # fmt: skip
     res = ablation.main(argv)
     assert not res["failed"] and not res["skipped"], res
     runs = out / "runs" / "situs" / "seed0"
     for arch in ("dynunet", "swinunetr"):
         record = read_network_config(runs / arch / "models" / "model_final.pt")
         assert record["arch"] == arch and record["roi_size"] == [64, 32, 32]
+    assert read_network_config(runs / "swinunetr" / "models" / "model_final.pt")["feature_size"] == 12
     assert "arch" not in read_network_config(runs / "full" / "models" / "model_final.pt")
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
