@@ -726,11 +726,10 @@ def run_task(
     tag = f"{variant}/seed{seed}/{config}"
     root = task_root(args, variant, seed, config)
     done = root / "run_results.csv"
+    cases = held_out_cases(json.loads(_datalist_path(args, dataset_dir).read_text()), dataset_dir)
     if done.is_file():
         print(f"[ablation] {tag}: done before, reusing {done}", flush=True)
-        _add_pair_counts(
-            done, root / "eval", held_out_cases(json.loads(_datalist_path(args, dataset_dir).read_text()), dataset_dir)
-        )
+        _add_pair_counts(done, root / "eval", cases)
         return "reused"
     if args.budget_minutes is not None and (time.time() - t_start) / 60.0 > args.budget_minutes:
         print(f"[ablation] {tag}: skipped (over --budget_minutes {args.budget_minutes:g})", flush=True)
@@ -742,7 +741,6 @@ def run_task(
         except FileExistsError:
             return "claimed"
     (root / "run_failed.txt").unlink(missing_ok=True)
-    cases = held_out_cases(json.loads(_datalist_path(args, dataset_dir).read_text()), dataset_dir)
     net = config_network(config)
     memory, scan = net["memory"], net["scan_memory"]
     print(

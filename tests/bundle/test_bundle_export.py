@@ -68,6 +68,15 @@ def _ckpt_export(path: Path, ckpt: Path, **kw) -> None:
     )  # fmt: skip
 
 
+def _onnx_export(path: Path, ckpt: Path) -> None:
+    """``onnx_export`` (torch's default exporter) of inference.json's network at the crop size."""
+    onnx_export(
+        net_id="network_def", filepath=str(path), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"), checkpoint=str(ckpt), use_trace=True, input_shape=SHAPE,
+        **TINY,
+    )  # fmt: skip
+
+
 def test_ckpt_export_trace_runs_at_the_traced_size(checkpoint, tmp_path):
     """What works without the network change: a trace at one size, without ``roi_box`` (whole-volume input)."""
     ckpt, eager = checkpoint
@@ -103,11 +112,7 @@ def test_onnx_export_runs_in_onnxruntime(checkpoint, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     ckpt, eager = checkpoint
     path = tmp_path / "model.onnx"
-    onnx_export(
-        net_id="network_def", filepath=str(path), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
-        config_file=str(CONFIGS / "inference.json"), checkpoint=str(ckpt), use_trace=True, input_shape=SHAPE,
-        **TINY,
-    )  # fmt: skip
+    _onnx_export(path, ckpt)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     torch.manual_seed(3)
     x = torch.rand(SHAPE)
@@ -130,11 +135,7 @@ def test_a_peer_exports_with_the_same_commands(tmp_path):
     eager.eval()
     ts, onnx = tmp_path / "model.ts", tmp_path / "model.onnx"
     _ckpt_export(ts, ckpt, use_trace=True, input_shape=SHAPE)
-    onnx_export(
-        net_id="network_def", filepath=str(onnx), ckpt_file=str(ckpt), meta_file=str(CONFIGS / "metadata.json"),
-        config_file=str(CONFIGS / "inference.json"), checkpoint=str(ckpt), use_trace=True, input_shape=SHAPE,
-        **TINY,
-    )  # fmt: skip
+    _onnx_export(onnx, ckpt)
     session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     torch.manual_seed(4)
     x = torch.rand(SHAPE)
