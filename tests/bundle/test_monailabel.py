@@ -169,11 +169,18 @@ def _post_form(url: str, params: dict, timeout: float = 600) -> bytes:
 
 
 @contextlib.contextmanager
-def _server(tmp_path: Path, totalseg_dir: Path, extra_env: dict | None = None, extra_images: dict | None = None):
+def _server(
+    tmp_path: Path,
+    totalseg_dir: Path,
+    extra_env: dict | None = None,
+    extra_images: dict | None = None,
+    weights: Path | None = None,
+):
     """A real MONAI Label server on 127.0.0.1 with the Zoo zip of this bundle (tiny random weights) in a copy of the
     ``monaibundle`` sample app, a datastore of 4 phantom cases with labels and the example CT; yields
     ``(base_url, process, log_path, bundle_dir)`` once ``/info/`` answers, and stops the server after.
-    ``extra_images``: ``{name: nibabel image}`` added to the datastore."""
+    ``extra_images``: ``{name: nibabel image}`` added to the datastore; ``weights``: the bundle's ``model.pt``
+    (default: tiny FINE ``full`` weights)."""
     python = _monailabel_python()
     if python is None:
         pytest.skip("MONAI Label not found: set MONAI_FINE_MONAILABEL_PYTHON to a python with monailabel installed")
@@ -189,7 +196,7 @@ def _server(tmp_path: Path, totalseg_dir: Path, extra_env: dict | None = None, e
     # the app with our bundle, as downloaded from the Zoo (code inside, no monai_fine install in MONAI Label's venv)
     app = tmp_path / "monaibundle"
     shutil.copytree(sample, app, ignore=shutil.ignore_patterns("__pycache__"))
-    weights = _tiny_weights(tmp_path / "w" / "model.pt", memory="full")
+    weights = weights or _tiny_weights(tmp_path / "w" / "model.pt", memory="full")
     with zipfile.ZipFile(package_bundle(tmp_path / "zip", weights=weights)) as zf:
         zf.extractall(app / "model")
     bundle = app / "model" / BUNDLE_NAME
@@ -337,6 +344,47 @@ def test_monailabel_server_infer_and_train(tmp_path, totalseg_dir):
         first = re.findall(r"Epoch: 1/1, Iter: 1/2 -- train_loss: ([0-9.]+)", text)
         assert len(first) == 2 and first[0] != first[1], first
         assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0] if k != CONFIG_BUFFER)
+
+
+@pytest.mark.slow
+def test_monailabel_serves_a_peer_from_its_recorded_weights(tmp_path, totalseg_dir):
+    """A peer's weights (DynUNet, ``arch`` recorded) in the unmodified bundle: MONAI Label, which passes no overrides,
+    serves the peer, and its label map is the one the bundle's own ``inference.json`` writes for the same CT (up to
+    the rounding of near-tied logits of random weights)."""
+    from monai_fine.bundle_tools import read_network_config, run_bundle
+
+    torch.manual_seed(0)
+    weights = _tiny_weights(
+        tmp_path / "w" / "model.pt", arch="dynunet", spacing=[3.0, 3.0, 3.0], base_features=8, max_features=32
+    )
+    with _server(tmp_path, totalseg_dir, weights=weights) as (base, _, log, bundle):
+        assert read_network_config(bundle / "models" / "model.pt")["arch"] == "dynunet"
+        assert _get(f"{base}/info/", timeout=30)["models"][BUNDLE_NAME]["labels"]["spleen"] == 1
+        seg = _post_form(
+            f"{base}/infer/{BUNDLE_NAME}?image=example_ct_sm&output=image",
+            {"device": "cpu", "sw_overlap": 0.0, "sw_batch_size": 4},
+        )
+    served = nib.load(str(_write(tmp_path / "served.nii.gz", seg)))
+    local_in = tmp_path / "local_in" / "imagesTs"
+    local_in.mkdir(parents=True)
+    shutil.copy(totalseg_dir / "example_ct_sm.nii.gz", local_in / "example_ct_sm.nii.gz")
+    run_bundle(
+        ["inference.json"], "infer", bundle_root=str(bundle), dataset_dir=str(local_in.parent),
+        output_dir=str(tmp_path / "local_out"), device="$torch.device('cpu')", overlap=0.0, sw_batch_size=4,
+    )  # fmt: skip
+    (local,) = (tmp_path / "local_out").rglob("*.nii.gz")
+    local = nib.load(str(local))
+    assert served.shape == local.shape and np.allclose(served.affine, local.affine, atol=1e-4), log.read_text()[-4000:]
+    served, local = np.asarray(served.dataobj).astype(np.int64), np.asarray(local.dataobj).astype(np.int64)
+    # random weights leave near-ties between the logits everywhere, which the server (1 thread) and this process (its
+    # own thread count) can round apart: 0.27 % of the voxels on 2026-12-03; another network would agree on ~1/14
+    assert (served != local).mean() < 0.01, ((served != local).mean(), log.read_text()[-4000:])
+    assert len(np.unique(served)) > 1  # random weights still give more than one label
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def _decode(seg: bytes, folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
