@@ -237,13 +237,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             args.roi = list(PHANTOM.roi_size)
         else:
             args.roi = list(PRESETS[args.preset]["roi_size"])
-    for peer in (c for c in args.configs if c in PEER_CONFIGS):
-        try:
-            check_roi(peer, args.roi)
-        except ValueError as err:
-            p.error(f"--configs {peer} with --roi {' '.join(map(str, args.roi))}: {err}")
     if args.pixdim is None:
         args.pixdim = list(args.spacing) if args.dataset_dir is None else [0.76, 0.76, 3.0]
+    for peer in (c for c in args.configs if c in PEER_CONFIGS):
+        try:
+            check_roi(peer, args.roi, args.pixdim)  # the bundle plans DynUNet at pixdim
+        except ValueError as err:
+            p.error(f"--configs {peer} with --roi {' '.join(map(str, args.roi))}: {err}")
     if args.optimizer is None:
         args.optimizer = "adamw" if args.dataset_dir is None else "bundle"
     if args.learning_rate is None:

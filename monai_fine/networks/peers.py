@@ -255,13 +255,19 @@ class PeerNetwork(nn.Module):
         return ds_outputs(out) if self.training else out
 
 
-def check_roi(arch: str, roi_size: Sequence[int]) -> list[int]:
+def check_roi(arch: str, roi_size: Sequence[int], spacing: Sequence[float] | None = None) -> list[int]:
     """``roi_size`` as ints when the peer ``arch`` takes it as its training crop (checked before any work is done).
+
+    Args:
+        arch: a peer of :data:`PEERS`.
+        roi_size: the crop (x, y, z).
+        spacing: with ``"dynunet"``, the training spacing: the crop is also checked against nnU-Net's plan for it
+            (:func:`nnunet_plan`); None leaves that to :func:`nnunet_dynunet`, which plans anyway.
 
     Raises:
         ValueError: not 3 positive sizes; for ``"swinunetr"`` not multiples of 32 (its 5 halvings) with one of them at
-            least 64 (its instance norm at the bottleneck needs more than one voxel), naming the nearest larger roi.
-            DynUNet's plan follows the roi, so its divisibility is checked by :func:`nnunet_plan` with the spacing.
+            least 64 (its instance norm at the bottleneck needs more than one voxel), naming the nearest larger roi;
+            for ``"dynunet"`` with ``spacing``, a crop the plan's total stride does not divide.
     """
     roi = [int(r) for r in roi_size]
     if len(roi) != 3 or min(roi) < 1:
@@ -272,6 +278,8 @@ def check_roi(arch: str, roi_size: Sequence[int]) -> list[int]:
             f"SwinUNETR needs roi_size in multiples of 32 (its 5 halvings), one of them at least 64 (its instance "
             f"norm at the bottleneck needs more than one voxel), got {roi}; the nearest larger is {ok}."
         )
+    if arch == "dynunet" and spacing is not None:
+        nnunet_plan(roi, spacing)
     return roi
 
 

@@ -99,6 +99,9 @@ def test_budget_skips_runs_and_arguments(ablation, tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablation.parse_args(["--configs", "full,swinunetr", "--roi", "32", "32", "32"])
     assert "the nearest larger is [64, 32, 32]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # DynUNet's plan at 3 mm halves every axis 3 times: 36 is not divisible by 8
+        ablation.parse_args(["--configs", "full,dynunet", "--roi", "36", "32", "32"])
+    assert "must be divisible by the plan's total stride (8, 8, 8)" in capsys.readouterr().err
     args = ablation.parse_args(["--configs", "full,swinunetr", "--roi", "64", "32", "32",
                                 "--config_override", "swinunetr:network_def#feature_size=12"])  # fmt: skip
     assert args.roi == [64, 32, 32]
