@@ -287,7 +287,8 @@ class PeakMemory:
     allocated when the meter was made (``cuda_baseline=False``: nothing subtracted). CPU: the kernel's resident-set
     high-water mark ``VmHWM`` of this process, reset per phase by writing ``5`` to ``/proc/self/clear_refs``
     (Linux >= 4.0), minus the RSS measured when the meter was made; where that reset is not allowed, RSS sampled
-    every 2 ms with psutil, minus the same baseline.
+    every 2 ms with psutil, minus the same baseline. A CPU phase whose peak stays below that baseline (pages the
+    allocator gave back between the meter's making and ``start()``) reads 0: it grew nothing.
     """
 
     def __init__(self, device, cuda_baseline: bool = True) -> None:
@@ -354,6 +355,8 @@ class PeakMemory:
             self._running = False
             self._sampler.join()
             peak = max(self._peak, self._current())
+        if not self.cuda:
+            return round(max(peak - self.baseline, 0.0), 1)
         return round(peak - self.baseline, 1)
 
 
