@@ -46,6 +46,7 @@ __all__ = [
     "RUNTIME_ARGS",
     "CONFLICT_ARGS",
     "check_roi_size",
+    "keep_largest_component_enabled",
     "create_network",
     "read_network_config",
     "load_network",
@@ -327,6 +328,27 @@ def _effective(args: Mapping[str, Any]) -> dict[str, Any]:
     }
     preset = PRESETS.get(args.get("preset", "bcv"), {})
     return {k: _plain(v) for k, v in {**defaults, **preset, **args}.items()}
+
+
+def keep_largest_component_enabled(value: Any) -> bool:
+    """The ``keep_largest_component`` tunable of ``evaluate.json`` and ``inference.json`` as a ``bool``.
+
+    When true, the label map keeps, for each organ, only its largest 26-connected component (MONAI's
+    ``KeepLargestConnectedComponentd`` with ``independent=True``; every abdominal organ of the BTCV label map is one
+    connected structure, so a second component is a false positive). MONAI labels the components with
+    scikit-image on CPU; a missing scikit-image is refused here, before any case is read, not at the first case.
+
+    Raises:
+        ValueError: ``value`` is not a boolean (:func:`monai_fine.bools.as_bool`).
+        ImportError: enabled without scikit-image; names the extra that installs it.
+    """
+    from monai_fine.bools import as_bool
+    from monai_fine.optional import require
+
+    enabled = as_bool(value, "keep_largest_component")
+    if enabled:
+        require("skimage.measure", "keep_largest_component (MONAI's KeepLargestConnectedComponentd)")
+    return enabled
 
 
 def check_roi_size(roi_size: Any, preset: str = "bcv", kwargs: Mapping[str, Any] | None = None) -> bool:

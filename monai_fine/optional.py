@@ -3,7 +3,8 @@
 which extra installs them.
 
 The network and the bundle need only the hard dependencies; pictures, TensorBoard curves, DICOM input, experiment
-tracking and ONNX export each come with an extra (``pip install 'monai_fine[matplotlib]'``, ``[all]`` for all).
+tracking, ONNX export and the largest-component post-processing each come with an extra (``pip install
+'monai_fine[matplotlib]'``, ``[all]`` for all).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EXTRAS = {
     "mlflow": "tracking",
     "onnx": "export",
     "onnxruntime": "export",
+    "skimage": "postprocessing",
 }
 
 

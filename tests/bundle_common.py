@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.bundle import ConfigWorkflow
 
 from monai_fine.data import make_phantom_dataset
 
-__all__ = ["BUNDLE", "CONFIGS", "META", "LOGGING", "SMALL", "max_abs_diff", "small_phantom", "workflow"]
+__all__ = [
+    "BUNDLE", "CONFIGS", "META", "LOGGING", "SMALL", "assert_largest_components_of", "max_abs_diff", "small_phantom",
+    "workflow",
+]  # fmt: skip
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 CONFIGS = BUNDLE / "configs"
@@ -55,3 +59,22 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     """Largest absolute difference between two state dicts with the same keys."""
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+def assert_largest_components_of(kept: np.ndarray, raw: np.ndarray) -> int:
+    """Assert that the label map ``kept`` is ``raw`` with each label cut to one of its largest 26-connected
+    components and everything else set to background, by an independent labelling (``scipy.ndimage.label``; MONAI's
+    ``KeepLargestConnectedComponent`` uses scikit-image). Returns how many components were removed."""
+    from scipy import ndimage
+
+    full = np.ones((3, 3, 3), dtype=bool)
+    assert kept.shape == raw.shape and ((kept == raw) | (kept == 0)).all(), "voxels changed to another organ"
+    removed = 0
+    for label in np.unique(raw[raw > 0]):
+        components, n = ndimage.label(raw == label, structure=full)
+        sizes = np.bincount(components.ravel())[1:]
+        mask = kept == label
+        ids = np.unique(components[mask])
+        assert len(ids) == 1 and sizes[ids[0] - 1] == sizes.max() == mask.sum(), f"label {label}"
+        removed += n - 1
+    return removed

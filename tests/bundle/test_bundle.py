@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_common import CONFIGS, META, workflow
+from bundle_common import CONFIGS, META, assert_largest_components_of, workflow
 from monai.bundle import ConfigParser, verify_net_in_out
 
 from monai_fine.data import make_phantom_dataset
@@ -123,6 +123,26 @@ def test_train_evaluate_infer_resume(phantom_dir, tmp_path):
         pred = nib.load(root / "eval" / "predictions" / Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz"))
         ref = nib.load(phantom_dir / case["image"])
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
+    # keep_largest_component: the saved predictions are those cut to one component per organ, and the metrics are
+    # computed on the cut maps
+    lcc = {**common, "output_dir": str(root / "eval_lcc"), "keep_largest_component": True}
+    wf = workflow(["train.json", "evaluate.json"], "eval", save_predictions=True, **lcc)
+    wf.run()
+    wf.finalize()
+    dice = {}
+    for folder in ("eval", "eval_lcc"):
+        with open(root / folder / "val_mean_dice_raw.csv") as f:
+            dice[folder] = {r[0]: [float(v) for v in r[1:]] for r in list(csv.reader(f))[1:]}
+    for case in val_cases:
+        name = Path(case["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+        raw, kept = (np.asarray(nib.load(root / d / "predictions" / name).dataobj) for d in ("eval", "eval_lcc"))
+        assert_largest_components_of(kept, raw)
+        truth = np.asarray(nib.load(phantom_dir / case["label"]).dataobj)
+        row = next(v for k, v in dice["eval_lcc"].items() if Path(case["image"]).name.split(".")[0] in k)
+        for organ, value in zip(range(1, 14), row[:13]):
+            p, t = kept == organ, truth == organ
+            expected = 2 * (p & t).sum() / (p.sum() + t.sum()) if p.sum() + t.sum() else float("nan")
+            assert np.isclose(value, expected, equal_nan=True), (case["image"], organ)
 
     # inference: every imagesTs file, saved on its own grid with its own affine
     out_dir = tmp_path / "seg"

@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_common import BUNDLE, CONFIGS, workflow
+from bundle_common import BUNDLE, CONFIGS, assert_largest_components_of, workflow
 from monai.bundle import ConfigWorkflow
 
 # random weights: these tests are about the files, not the segmentation
@@ -80,6 +80,27 @@ def test_boolean_overrides_in_process(tmp_path):
     with pytest.raises(Exception) as err:
         infer(tmp_path, [image], tmp_path / "out", amp="maybe")
     assert "amp must be a boolean" in str(err.value) + str(err.value.__cause__)
+
+
+def test_keep_largest_component_leaves_each_organ_its_largest_component(tmp_path):
+    image = ct(tmp_path / "c.nii.gz", shape=(48, 40, 32))
+    infer(tmp_path, [image], tmp_path / "raw").run()
+    infer(tmp_path, [image], tmp_path / "kept", keep_largest_component="true").run()
+    raw, kept = (np.asarray(nib.load(tmp_path / d / "c_seg.nii.gz").dataobj) for d in ("raw", "kept"))
+    # random weights on noise: a label map of many islands, so the step has components to remove
+    assert assert_largest_components_of(kept, raw) > 10
+    with pytest.raises(Exception) as err:
+        infer(tmp_path, [image], tmp_path / "out", keep_largest_component="sometimes")
+    assert "keep_largest_component must be a boolean" in str(err.value) + str(err.value.__cause__)
+
+
+def test_keep_largest_component_without_scikit_image_is_refused_before_any_case(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # what `import skimage` meets where it is not installed
+    monkeypatch.setitem(sys.modules, "skimage.measure", None)
+    with pytest.raises(Exception) as err:
+        infer(tmp_path, [ct(tmp_path / "c.nii.gz")], tmp_path / "out", keep_largest_component=True)
+    assert "pip install 'monai_fine[postprocessing]'" in str(err.value) + str(err.value.__cause__)
+    assert not (tmp_path / "out").exists()
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
