@@ -49,6 +49,11 @@ DOCUMENTED = [
       "network_def#num_heads": [1, 2, 2, 4], "max_epochs": 2, "resume": "false", "sw_progress": True,
       "num_workers": 0}),
     ("evaluate --eval_split test --save_predictions", {"eval_split": "test", "save_predictions": True}),
+    (("evaluate --bundle_root fine_demo --dataset_dir fine_demo/data --pixdim \"[3.0,3.0,3.0]\" --preset tiny "
+      "--roi_size \"[32,32,16]\" --output_dir fine_demo/eval_raw --keep_largest_component false"),
+     {"bundle_root": "fine_demo", "dataset_dir": "fine_demo/data", "pixdim": [3.0, 3.0, 3.0], "preset": "tiny",
+      "roi_size": [32, 32, 16], "output_dir": "fine_demo/eval_raw", "keep_largest_component": "false"}),
+    ("demo --keep_largest_component false", {"keep_largest_component": False}),
     ("infer --output_dir /o --load_pretrain 'no way' --noamp",
      {"output_dir": "/o", "load_pretrain": "no way", "amp": False}),
     ("verify --preset tiny", {"preset": "tiny"}),
