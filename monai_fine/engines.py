@@ -112,8 +112,9 @@ class PrepareScanBatch(PrepareBatchExtraInput):
     (:py:meth:`monai_fine.networks.FINE.forward`).
 
     Everything it returns is a plain ``torch.Tensor`` (:func:`plain`): the network and the loss need no metadata, and
-    a ``MetaTensor`` would make each of their operations pay its dispatch. The batch itself (``engine.state.batch``)
-    keeps its metadata for the handlers that name the case files.
+    a ``MetaTensor`` would make each of their operations pay its dispatch. The bundle's training batches are plain
+    already (:class:`monai_fine.transforms.PlainTensord` ends the crops' transforms, keeping the file names in
+    ``image_meta_dict``); a batch of ``MetaTensor`` items keeps its metadata in ``engine.state.batch``.
 
     Args:
         roi_box_key, scan_id_key, view_key, view_box_key: keys in the batch dictionary.

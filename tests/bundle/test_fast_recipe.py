@@ -1,7 +1,8 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """The GPU recipe's tunables (``cache_device``, ``thread_loader``, ``amp``/``amp_dtype``, ``compile``) of
 ``train.json``: on the CPU the recipe trains to the same weights as the default path, and its misuses are refused
-before any work."""
+before any work. The default loop's plain batches and unset gradients train to the weights of MetaTensor batches
+and zeroed gradients."""
 
 from __future__ import annotations
 
@@ -44,6 +45,28 @@ def test_the_gpu_recipe_on_the_cpu_trains_to_the_same_weights(data_dir, tmp_path
     assert type(default_loader) is DataLoader and isinstance(recipe_loader, ThreadDataLoader)
     assert max_abs_diff(default, recipe) == 0.0  # the same crops in the same order, the same arithmetic
     assert max_abs_diff(earlier, recipe) > 1e-4  # the weights moved: not a comparison of two untrained networks
+
+
+# the loop before its plain batches: MetaTensor crops into the collate and the engines, gradients zeroed in place
+METATENSOR_LOOP = {
+    "train#preprocessing#transforms": "$@train#deterministic_transforms + @train#scan_view_transforms"
+    " + [t for t in @train#random_transforms if type(t).__name__ != 'PlainTensord']",
+    "train#trainer#optim_set_to_none": False,
+}
+
+
+@pytest.mark.slow
+def test_plain_batches_and_unset_gradients_train_to_the_weights_of_the_metatensor_loop(data_dir, tmp_path):
+    from monai.data import MetaTensor
+
+    default, earlier, loader = _train(tmp_path / "default", data_dir)
+    batch = next(iter(loader))
+    assert type(batch["image"]) is torch.Tensor and type(batch["label"]) is torch.Tensor
+    assert all(n.endswith(".nii.gz") for n in batch["image_meta_dict"]["filename_or_obj"])  # the guard names cases
+    metatensor, _, old_loader = _train(tmp_path / "metatensor", data_dir, **METATENSOR_LOOP)
+    assert isinstance(next(iter(old_loader))["image"], MetaTensor)  # the override restored the old loop
+    assert max_abs_diff(default, metatensor) == 0.0
+    assert max_abs_diff(earlier, default) > 1e-4  # the weights moved
 
 
 def test_workers_with_the_cache_on_an_accelerator_are_refused():
