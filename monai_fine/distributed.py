@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from monai_fine.handlers.case_errors import batch_case_names
+
 __all__ = ["init_distributed", "ShardLogger"]
 
 _TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -51,12 +53,13 @@ def init_distributed(backend: str | None = None) -> torch.device:
 class ShardLogger:
     """Log, at the end of every epoch, the cases this rank's engine has loaded in that epoch.
 
-    The case name is the file name of ``batch[image_key].meta["filename_or_obj"]``; the log line reads
+    The case name is the file name of the image's ``filename_or_obj`` (``batch_case_names``); the log line reads
     ``rank R/W <name> epoch E cases: [...]``.
 
     Args:
         name: label of the engine in the log line (``"train"``, ``"validate"``).
-        image_key: batch key of the MetaTensor whose ``filename_or_obj`` names the case.
+        image_key: batch key of the image whose ``filename_or_obj`` names the case (in its ``MetaTensor`` metadata or,
+            for a plain tensor, in ``f"{image_key}_meta_dict"``; :func:`monai_fine.handlers.batch_case_names`).
         logger_name: logger to write to.
     """
 
@@ -74,10 +77,7 @@ class ShardLogger:
 
     def record(self, engine: Engine) -> None:
         """Add the cases of the current batch (collated, or decollated into a list of items by MONAI's engines)."""
-        batch = engine.state.batch
-        for item in batch if isinstance(batch, list) else [batch]:
-            names = getattr(item[self.image_key], "meta", {}).get("filename_or_obj", [])
-            self.cases.update(Path(str(n)).name for n in ([names] if isinstance(names, str) else names))
+        self.cases.update(Path(n).name for n in batch_case_names(engine.state.batch, self.image_key))
 
     def log(self, engine: Engine) -> None:
         """Log the epoch's cases with this rank's number."""
