@@ -27,17 +27,17 @@ from benchmarks.common import cpu_name, median_interval
 
 __all__ = ["CHILD", "export_package", "step_ms", "main"]
 
-#: the timed step, run in a fresh process with the exported package first on ``sys.path``
+#: the timed step, run by ``python -c`` in a fresh process whose working folder holds the exported package (``-c``
+#: puts that folder first on the import path, ahead of an installed ``monai_fine``; the assert checks it)
 CHILD = r"""
-import statistics, sys, time
-sys.path.insert(0, sys.argv[1])
+import os, statistics, sys, time
 import torch
-torch.set_num_threads(int(sys.argv[3]))
+torch.set_num_threads(int(sys.argv[2]))
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 import monai_fine
 from monai_fine.networks import create_fine
 from monai_fine.optim import create_optimizer
-assert monai_fine.__file__.startswith(sys.argv[1]), monai_fine.__file__
+assert monai_fine.__file__.startswith(os.getcwd()), monai_fine.__file__
 torch.manual_seed(0)
 roi = (32, 32, 16)
 net = create_fine("tiny", 1, 14, memory="full", roi_size=roi, deep_supervision=True).train()
@@ -56,7 +56,7 @@ def step():
 for _ in range(8):
     step()
 times = []
-for _ in range(int(sys.argv[2])):
+for _ in range(int(sys.argv[1])):
     t = time.perf_counter()
     step()
     times.append(time.perf_counter() - t)
@@ -76,7 +76,7 @@ def export_package(repo: Path, commit: str, out: Path) -> str:
 
 def step_ms(package_root: Path, steps: int, threads: int) -> float:
     """Median step time (ms) of the package under ``package_root``, in a fresh process."""
-    run = subprocess.run([sys.executable, "-c", CHILD, str(package_root), str(steps), str(threads)], check=True,
+    run = subprocess.run([sys.executable, "-c", CHILD, str(steps), str(threads)], cwd=package_root, check=True,
                          capture_output=True, text=True)  # fmt: skip
     return float(run.stdout.strip().splitlines()[-1])
 
