@@ -165,13 +165,19 @@ class LoopTimer:
         self._t[name] = time.perf_counter()
 
     def _next(self, _engine, last: bool = False) -> None:
+        self.close()
+        if not last:
+            self.between()
+            self._t, self._prep = {"start": time.perf_counter()}, 0.0
+
+    def close(self, _engine=None) -> None:
+        """End the iteration being timed now (also called on Ignite's ``INTERRUPT``, for a trainer that is run one
+        iteration at a time)."""
         self.sync()
         now = time.perf_counter()
         if "start" in self._t:
             self.rows.append(self._parts(now))
-        if not last:
-            self.between()
-            self._t, self._prep = {"start": time.perf_counter()}, 0.0
+        self._t = {}
 
     def _parts(self, end: float) -> dict[str, float]:
         t = self._t

@@ -26,6 +26,7 @@ __all__ = [
     "ROI_BOX_2",
     "SWEEP_ROIS",
     "PeakMemory",
+    "alternating_runs",
     "build_model",
     "counted_flops",
     "matmul_peak_gflops",
@@ -391,6 +392,17 @@ def paired_ratio(paired_times: dict[str, list[float]], mode: str = "full", base:
     med, low, high, cover = median_interval(ratios)
     return {"ratio": round(med, 3), "low": round(low, 3), "high": round(high, 3), "coverage": round(cover, 3),
             "rounds": len(ratios)}  # fmt: skip
+
+
+def alternating_runs(run: Callable[[str], float], names: tuple[str, str], pairs: int) -> dict[str, list[float]]:
+    """``pairs`` pairs of ``run(name)`` calls (one fresh measurement each, e.g. a subprocess), the order of each pair
+    alternating (``a b``, ``b a``, ...) so that a drift of the machine's speed hits both names alike; returns each
+    name's values, pair by pair (the per-pair ratios are then ``values[a][i] / values[b][i]``)."""
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(pairs):
+        for name in names if i % 2 == 0 else names[::-1]:
+            out[name].append(run(name))
+    return out
 
 
 def interval_verdict(low: float, high: float, bound: float) -> str:

@@ -23,7 +23,7 @@ import tempfile
 from io import BytesIO
 from pathlib import Path
 
-from benchmarks.common import cpu_name, median_interval
+from benchmarks.common import alternating_runs, cpu_name, median_interval
 
 __all__ = ["CHILD", "export_package", "step_ms", "main"]
 
@@ -93,10 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         roots = {name: Path(tmp) / name for name in ("base", "new")}
         shas = {name: export_package(args.repo, getattr(args, name), root) for name, root in roots.items()}
-        times: dict[str, list[float]] = {"base": [], "new": []}
-        for i in range(args.pairs):
-            for name in ("base", "new") if i % 2 == 0 else ("new", "base"):
-                times[name].append(step_ms(roots[name], args.steps, args.threads))
+        times = alternating_runs(lambda name: step_ms(roots[name], args.steps, args.threads), ("base", "new"),
+                                 args.pairs)  # fmt: skip
     ratio, low, high, coverage = median_interval([b / n for b, n in zip(times["base"], times["new"])])
     result = {"base": shas["base"][:7], "new": shas["new"][:7], "machine": cpu_name(), "threads": args.threads,
               "base_ms": statistics.median(times["base"]), "new_ms": statistics.median(times["new"]),
