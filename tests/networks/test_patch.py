@@ -1,5 +1,6 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
-"""Patch embedding, merging and expanding: shapes and the channel LayerNorm against torch's functional one."""
+"""Patch embedding, merging and expanding: shapes, the channel LayerNorm against torch's functional one, and the
+convolution that keeps a single CPU sample on oneDNN against ``F.conv3d``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_fine.networks.blocks.patch import ChannelLayerNorm3d, PatchEmbed3d, PatchExpand3d, PatchMerging3d
+from monai_fine.networks.blocks.patch import ChannelLayerNorm3d, Conv3d, PatchEmbed3d, PatchExpand3d, PatchMerging3d
 
 
 def test_channel_layer_norm_normalises_channels():
@@ -41,3 +42,44 @@ def test_merging_and_expanding_halve_and_double():
     merge = PatchMerging3d(10)
     changed = (merge(x2) - merge(x)).abs().sum(-1) > 0
     assert changed[:, 0, 0, 0].all() and changed.sum() == 2
+
+
+def _kernels(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if "conv" in e.key}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs a torch with oneDNN")
+@pytest.mark.parametrize("stride, channels_last", [(1, False), (2, True)], ids=["s1", "s2-permuted"])
+def test_a_single_sample_runs_onednn_with_the_gradients_of_the_native_kernel(stride, channels_last):
+    torch.manual_seed(0)
+    conv = Conv3d(6, 12, 3, stride=stride, padding=1)
+    ref = torch.nn.Conv3d(6, 12, 3, stride=stride, padding=1)
+    ref.load_state_dict(conv.state_dict())  # the same parameter names: checkpoints load either way
+    x = torch.randn(1, 8, 8, 4, 6).permute(0, 4, 1, 2, 3) if channels_last else torch.randn(1, 6, 8, 8, 4)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    assert "aten::slow_conv3d_forward" in _kernels(lambda: ref(xb))  # torch's own choice for this input
+    kernels = _kernels(lambda: conv(xa))
+    assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
+    out, expect = conv(xa), ref(xb)
+    torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expect.backward(grad)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_batches_tracing_and_autocast_keep_torchs_own_convolution():
+    torch.manual_seed(0)
+    conv = Conv3d(2, 4, 3, padding=1)
+    ref = torch.nn.Conv3d(2, 4, 3, padding=1)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 2, 6, 6, 4)
+    assert torch.equal(conv(x), ref(x))  # a batch of two: the same call, the same kernel
+    graph = str(torch.jit.trace(conv, x[:1]).graph)
+    assert "aten::_convolution" in graph and "mkldnn" not in graph  # an export sees a plain convolution
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x[:1]).dtype == torch.bfloat16  # autocast's own cast, not the float32 oneDNN call

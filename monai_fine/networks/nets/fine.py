@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from monai_fine.config import is_eager
 from monai_fine.networks.blocks.memory import ScanSummary, check_roi_box, intersecting_cells
 from monai_fine.networks.blocks.memory_mode import MemoryMode, memory_mode
 from monai_fine.networks.blocks.patch import PatchEmbed3d, PatchExpand3d, PatchMerging3d
@@ -21,17 +22,10 @@ from monai_fine.networks.blocks.transformer import FineStage, MemoryContext
 SCAN_WRITES = ("all", "encoder")
 
 
-def _eager() -> bool:
-    """True outside ``torch.jit`` tracing/scripting and ``torch.compile``/``torch.export`` tracing."""
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or _is_compiling())
-
-
 def _plain(t):
     """A ``torch.Tensor`` subclass (MONAI's MetaTensor) as a plain tensor view, still in the autograd graph."""
     return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor else t
 
-
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)  # torch < 2.3: never
 
 __all__ = ["FINE", "PRESETS", "create_fine"]
 
@@ -319,7 +313,7 @@ class FINE(nn.Module):
     def _inputs(self, x: torch.Tensor, roi_box: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x`` and ``roi_box`` as the forward passes use them: plain tensors (eager), checked, the box normalised
         once onto ``x``'s device."""
-        if _eager():
+        if is_eager():
             # a MONAI MetaTensor (what MONAI's transforms and inferers hand over) would route each of the forward's
             # thousands of operations through its Python ``__torch_function__`` (32 % of the demo's training time,
             # py-spy); the logits carry no metadata (the inferers give the stitched output the input's)
@@ -390,7 +384,7 @@ class FINE(nn.Module):
         if scan_index is None:
             return torch.zeros(batch, dtype=torch.long, device=device)
         scan_index = _plain(torch.as_tensor(scan_index))  # a MetaTensor index would make every read a MetaTensor
-        if _eager() and scan_index.device.type == "cpu":
+        if is_eager() and scan_index.device.type == "cpu":
             summary.check_index(scan_index)
         return scan_index.to(device).long().reshape(-1)
 
