@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from monai_fine.networks.blocks.patch import ChannelLayerNorm3d, Conv3d, PatchEmbed3d, PatchExpand3d, PatchMerging3d
 
@@ -83,3 +84,6 @@ def test_batches_tracing_and_autocast_keep_torchs_own_convolution():
     assert "aten::_convolution" in graph and "mkldnn" not in graph  # an export sees a plain convolution
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(x[:1]).dtype == torch.bfloat16  # autocast's own cast, not the float32 oneDNN call
+    with FlopCounterMode(display=False) as flops:  # a FLOP count sees the convolution it knows
+        conv(x[:1])
+    assert flops.get_total_flops() == 2 * 4 * 2 * 27 * 6 * 6 * 4

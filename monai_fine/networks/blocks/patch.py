@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from monai_fine.config import is_eager
 
@@ -21,7 +22,7 @@ class Conv3d(nn.Conv3d):
     is every convolution of the scan view's write pass (one view, batch 1), whose 12-channel convolutions then take
     1.6 to 1.8 x the time of oneDNN's, forward and backward (2 threads). The same arithmetic; the parameters, the
     state dict and every other path (other devices and dtypes, autocast, tracing, scripting, ``torch.compile`` and
-    ``torch.export``, larger batches) are ``nn.Conv3d``'s own.
+    ``torch.export``, a dispatch mode such as ``FlopCounterMode``, larger batches) are ``nn.Conv3d``'s own.
     """
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -35,9 +36,11 @@ class Conv3d(nn.Conv3d):
 
 
 def _onednn_eager() -> bool:
-    """oneDNN is there and enabled, and this is a plain eager call (no tracer, scripting, compiler or CPU autocast)."""
+    """oneDNN is there and enabled, and this is a plain eager call: no tracer, scripting, compiler, CPU autocast or
+    dispatch mode (``FlopCounterMode`` and other op counters see the ``aten.convolution`` they know)."""
     return (  # is_eager first: a compiler or tracer reads no further
         is_eager()
+        and _get_current_dispatch_mode() is None
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
