@@ -276,6 +276,10 @@ def measure(cfg: dict[str, Any], rounds: int, warmup: int, device: str | None, w
     _first(trainer, Events.EPOCH_COMPLETED, lambda _e: epoch_end.setdefault("t0", time.perf_counter()))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _e: epoch_end.setdefault("t1", time.perf_counter()))
     trainer.run()
+    if "t1" not in epoch_end:  # stopped before its epoch ended (a signal: the bundle's preemption handler)
+        state_ = trainer.state
+        raise RuntimeError(f"the trainer stopped at iteration {state_.iteration} of {state_.epoch_length}, before its "
+                           "epoch ended: no measurement (was the run signalled?)")  # fmt: skip
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
     validation_s = timed_calls(lambda: evaluator.run(), 1, sync)[0][0]
     rows = timer.rows[warmup:]

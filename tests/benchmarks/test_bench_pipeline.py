@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -99,3 +100,28 @@ def test_quick_parts_add_up_to_at_most_the_iteration(quick_run):
             assert float(r["coverage"]) == pytest.approx(cover, abs=1e-3)
         r = at["bundle/bare"]
         assert r["verdict"] == interval_verdict(float(r["low"]), float(r["high"]), 1.10)
+
+
+@pytest.mark.slow
+def test_a_signalled_run_says_it_measured_nothing(tmp_path):
+    """SIGTERM to the benchmark's PID mid-loop: the bundle's preemption handler ends the trainer early, and the
+    benchmark says so instead of writing a table of a partial epoch."""
+    out = tmp_path / "pipeline.csv"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.bench_pipeline", "--quick", "--settings", "demo", "--threads", "1",
+           "--device", "cpu", "--rounds", "100000", "--csv", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in iter(proc.stdout.readline, ""):  # the progress bar: the loop is running
+            seen.append(line)
+            if "Iteration" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    text = "".join(seen) + rest
+    assert proc.returncode != 0, text[-3000:]
+    assert "before its epoch ended" in text, text[-3000:]
+    assert not out.exists()
