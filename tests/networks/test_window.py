@@ -102,3 +102,37 @@ def test_geometry_clamps_window_and_pads():
     assert geom.shift == (2, 0, 2)
     assert geom.pad == (2, 0, 0)
     assert geom.grid == (2, 1, 2)
+
+
+def _rolled_partition(x: torch.Tensor, geom, shift) -> torch.Tensor:
+    """The definition: pad at the far end, roll by ``-shift``, cut into windows (channels last)."""
+    B, C = x.shape[0], x.shape[-1]
+    x = torch.nn.functional.pad(x, (0, 0, 0, geom.pad[2], 0, geom.pad[1], 0, geom.pad[0]))
+    x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    (gx, gy, gz), (wx, wy, wz) = geom.grid, geom.window
+    x = x.reshape(B, gx, wx, gy, wy, gz, wz, C).permute(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(B, gx * gy * gz, wx * wy * wz, C)
+
+
+@pytest.mark.parametrize("res", [(8, 8, 8), (6, 8, 4), (12, 10, 5), (16, 16, 8)])
+def test_shifted_windows_are_the_rolled_partition_exactly_with_its_gradients(res):
+    """The shifted partition and its reverse are the roll and the cut of their definition, bit for bit, forward and
+    backward, with padding; a trace records the same roll."""
+    geom = window_geometry(res, 4)
+    assert any(geom.shift)
+    x = torch.randn(2, *res, 5, requires_grad=True)
+    got = window_partition(x, geom, True)
+    ref = _rolled_partition(x, geom, geom.shift)
+    assert torch.equal(got, ref)
+    weight = torch.randn_like(ref)
+    assert torch.equal(*(torch.autograd.grad((t * weight).sum(), x)[0] for t in (got, ref)))
+    windows = torch.randn_like(ref, requires_grad=True)
+    back = window_reverse(windows, geom, True)
+    # the reverse puts every window value back where the definition took it from (padding is cropped)
+    valid = _rolled_partition(torch.ones(1, *res, 1), geom, geom.shift)[0, ..., 0] > 0  # not padding
+    assert torch.equal(_rolled_partition(back, geom, geom.shift)[:, valid], windows[:, valid])
+    g_back = torch.randn_like(back)
+    (g,) = torch.autograd.grad((back * g_back).sum(), windows)
+    assert torch.equal(g, _rolled_partition(g_back, geom, geom.shift) * valid[None, :, :, None])
+    traced = torch.jit.trace(lambda t: window_partition(t, geom, True), x.detach())
+    assert "aten::roll" in str(traced.graph) and torch.equal(traced(x.detach()), ref)
