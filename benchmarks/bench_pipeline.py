@@ -49,7 +49,7 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, cpu_name, interval_verdict, paired_ratio, timed_calls, write_csv
 
 __all__ = ["CSV_FIELDS", "PARTS", "QUICK", "SETTINGS", "BareSteps", "LoopTimer", "build_trainer", "main", "markdown",
-           "measure", "setting_overrides", "summarize"]  # fmt: skip
+           "measure", "set_overrides", "setting_overrides", "setting_phantom", "summarize"]  # fmt: skip
 
 PARTS = ("data", "prepare_batch", "forward", "loss", "backward_step", "handlers", "other")
 TARGET = 1.10  # the bundle loop costs at most ~10 % over the bare step
@@ -103,7 +103,7 @@ def setting_overrides(cfg: dict[str, Any], data_dir: Path, root: Path, rounds: i
     return over
 
 
-def _phantom(cfg: dict[str, Any], out: Path) -> Path:
+def setting_phantom(cfg: dict[str, Any], out: Path) -> Path:
     """The setting's phantom in BTCV layout under ``out``."""
     from monai_fine.data import make_phantom_dataset
 
@@ -257,7 +257,8 @@ def measure(cfg: dict[str, Any], rounds: int, warmup: int, device: str | None, w
     import torch
     from ignite.engine import Events
 
-    wf = build_trainer(setting_overrides(cfg, _phantom(cfg, work / "data"), work / "run", rounds, warmup), device)
+    data = setting_phantom(cfg, work / "data")
+    wf = build_trainer(setting_overrides(cfg, data, work / "run", rounds, warmup), device)
     trainer = wf.parser.get_parsed_content("train#trainer")
     dev = torch.device(wf.parser.get_parsed_content("device"))
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -394,7 +395,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _overrides(items: list[str]) -> dict[str, Any]:
+def set_overrides(items: list[str]) -> dict[str, Any]:
     """``--set ID=VALUE`` items as bundle overrides (``VALUE`` as JSON when it parses, else the string)."""
     out: dict[str, Any] = {}
     for item in items:
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if args.num_workers is not None:
             cfg = {**cfg, "overrides": {**cfg["overrides"], "num_workers": args.num_workers}}
         if args.set:
-            cfg = {**cfg, "overrides": {**cfg["overrides"], **_overrides(args.set)}}
+            cfg = {**cfg, "overrides": {**cfg["overrides"], **set_overrides(args.set)}}
         rounds, warmup = _rounds(args, name)
         with tempfile.TemporaryDirectory(prefix=f"bench_pipeline_{name}_") as work:
             res = measure(cfg, rounds, warmup, args.device, Path(work))

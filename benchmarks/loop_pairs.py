@@ -24,7 +24,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_pipeline import QUICK, SETTINGS, LoopTimer, _overrides, _phantom, build_trainer, setting_overrides
+from benchmarks.bench_pipeline import (
+    QUICK,
+    SETTINGS,
+    LoopTimer,
+    build_trainer,
+    set_overrides,
+    setting_overrides,
+    setting_phantom,  # fmt: skip
+)
 from benchmarks.common import RESULTS_DIR, cpu_name, interval_verdict, markdown_table, paired_ratio, write_csv
 
 __all__ = ["CSV_FIELDS", "main", "measure_pair"]
@@ -39,7 +47,7 @@ def measure_pair(cfg: dict[str, Any], new: dict[str, Any], rounds: int, warmup: 
     dropped), round by round."""
     from ignite.engine import Engine, Events
 
-    data = _phantom(cfg, work / "data")
+    data = setting_phantom(cfg, work / "data")
     trainers, timers = {}, {}
     for name, extra in (("base", {}), ("new", new)):
         over = setting_overrides({**cfg, "overrides": {**cfg["overrides"], **extra}}, data, work / name, rounds, warmup)
@@ -92,9 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = (QUICK if args.quick else SETTINGS)[args.settings]
-    cfg = {**cfg, "overrides": {**cfg["overrides"], **_overrides(args.base)}}
+    cfg = {**cfg, "overrides": {**cfg["overrides"], **set_overrides(args.base)}}
     with tempfile.TemporaryDirectory(prefix="loop_pairs_") as work:
-        times = measure_pair(cfg, _overrides(args.new), args.rounds, args.warmup, args.device, Path(work))
+        times = measure_pair(cfg, set_overrides(args.new), args.rounds, args.warmup, args.device, Path(work))
     pr = paired_ratio(times, "new", "base")
     row = {"setting": args.settings, "measure": "bundle iteration new/base", **pr,
            "verdict": interval_verdict(pr["low"], pr["high"], args.bound) if args.bound else "",
