@@ -69,10 +69,8 @@ def measure_pair(cfg: dict[str, Any], new: dict[str, Any], rounds: int, warmup: 
     trainers["new"].add_event_handler(Events.ITERATION_COMPLETED, lambda e: e.interrupt())  # the last handler
     timers["base"] = LoopTimer(trainers["base"], lambda: None, new_iteration)
     trainers["base"].run()
-    while state["started"] and trainers["new"].state.iteration < trainers["new"].state.epoch_length:
+    if state["started"]:  # it ran as many iterations as the base, one before each: resume it for its epoch's end
         Engine.run(trainers["new"])
-    if state["started"]:
-        Engine.run(trainers["new"])  # the end of its epoch: the interrupted run ends cleanly
     n = min(len(timers["base"].rows), len(timers["new"].rows), warmup + rounds)
     return {name: [r["total"] for r in timers[name].rows[warmup:n]] for name in ("base", "new")}
 
