@@ -7,7 +7,11 @@ Dice + CE, backward, the bundle's AdamW from ``monai_fine.optim``) on random ten
 timed steps; and the peak: the best of 2048^3 fp32 matmuls, timed in the same process before and after the steps
 (the larger of the two is the peak).
 
-    python -m benchmarks.flops_table [--settings demo,tiny64,bcv128] [--csv out.csv]
+The process first keeps freed host memory for its next tensors, as the bundle's training does by default
+(``monai_fine.config.retain_freed_cpu_memory``, bundle tunable ``retain_cpu_memory``); ``--default-malloc`` leaves
+glibc's ``malloc`` as it is, where every large tensor of a step is faulted in anew.
+
+    python -m benchmarks.flops_table [--settings demo,tiny64,bcv128] [--csv out.csv] [--default-malloc]
 
 Settings: ``demo`` (``tiny`` ``full``, 2 crops of 32x32x16, what the README's demo trains), ``tiny64`` (``tiny``
 ``full``, one 64x64x32 crop), ``bcv128`` (``bcv`` ``full``, one 128x128x64 crop, the paper's).
@@ -30,6 +34,7 @@ from benchmarks.common import (
     timed_calls,
     write_csv,
 )
+from monai_fine.config import retain_freed_cpu_memory
 
 __all__ = ["SETTINGS", "FIELDS", "measure", "main"]
 
@@ -41,7 +46,7 @@ SETTINGS = {
 }
 FIELDS = (
     "setting", "preset", "roi", "batch", "gflop_per_step", "step_s", "gflops_per_s", "matmul_peak_gflops_per_s",
-    "peak_fraction", "threads", "torch", "machine",
+    "peak_fraction", "retain_cpu_memory", "threads", "torch", "machine",
 )  # fmt: skip
 
 
@@ -66,8 +71,9 @@ def _step(preset: str, roi: tuple[int, int, int], batch: int):
     return step
 
 
-def measure(name: str, peak_before: float) -> dict:
-    """One row of the table for setting ``name``; the peak is the larger of ``peak_before`` and one measured after."""
+def measure(name: str, peak_before: float, retained: bool = False) -> dict:
+    """One row of the table for setting ``name``; the peak is the larger of ``peak_before`` and one measured after;
+    ``retained`` is recorded: whether the process keeps freed memory (:func:`main` sets it)."""
     preset, roi, batch, steps = SETTINGS[name]
     step = _step(preset, roi, batch)
     step()  # warm-up (allocations, layouts)
@@ -79,7 +85,8 @@ def measure(name: str, peak_before: float) -> dict:
     return {
         "setting": name, "preset": preset, "roi": roi_str(roi), "batch": batch, "gflop_per_step": round(flops / 1e9, 2),
         "step_s": round(seconds, 4), "gflops_per_s": round(rate, 1), "matmul_peak_gflops_per_s": round(peak, 1),
-        "peak_fraction": round(rate / peak, 3), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "peak_fraction": round(rate / peak, 3), "retain_cpu_memory": retained, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         "machine": platform_cpu(),
     }  # fmt: skip
 
@@ -88,14 +95,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {','.join(SETTINGS)}")
     p.add_argument("--csv", default=None, help="write the rows here")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc as it is (the bundle: "
+                   "retain_cpu_memory false)")  # fmt: skip
     args = p.parse_args(argv)
     names = [s for s in args.settings.split(",") if s]
     unknown = [s for s in names if s not in SETTINGS]
     if unknown or not names:
         p.error(f"--settings must be a non-empty subset of {list(SETTINGS)}, got {names}")
+    retained = False if args.default_malloc else retain_freed_cpu_memory()
     rows = []
     for name in names:
-        rows.append(measure(name, matmul_peak_gflops()))
+        rows.append(measure(name, matmul_peak_gflops(), retained))
         r = rows[-1]
         print(
             f"{name}: {r['gflop_per_step']} GFLOP in {r['step_s']} s = {r['gflops_per_s']} GFLOP/s, "
