@@ -54,3 +54,41 @@ def test_dropout_only_in_training_and_bool_masks_required():
         resolve_attn_mask(torch.zeros(1), torch.zeros(1, dtype=torch.float32))
     with pytest.raises(ValueError, match="divisible"):
         Attention(10, 3)
+
+
+def _sdpa_reference(attn: Attention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The module's function written with torch's SDPA directly (on the CPU its math path, for a mask with grad)."""
+    B, L, C = x.shape
+    q, k, v = attn.qkv(x).reshape(B, L, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.proj(out.transpose(1, 2).reshape(B, L, C))
+
+
+def _aten_ops(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+def test_a_learned_bias_on_the_cpu_skips_the_sdpa_math_fallback_with_the_same_function():
+    attn = Attention(32, 4, use_flash_attention=True)
+    x = torch.randn(3, 10, 32, requires_grad=True)
+    bias = torch.randn(1, 4, 10, 10, requires_grad=True)  # a learned bias: the mask takes a gradient
+    mask = (torch.rand(3, 1, 10, 10) > 0.5) | torch.eye(10, dtype=torch.bool)
+    out = attn(x, resolve_attn_mask(bias, mask))
+    grads = torch.autograd.grad(out.square().sum(), (x, bias))
+    ref = _sdpa_reference(attn, x, resolve_attn_mask(bias, mask))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, bias))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+    def step(b):
+        attn(x, resolve_attn_mask(b, mask)).sum().backward()
+
+    with_grad = _aten_ops(lambda: step(bias))
+    assert "aten::_scaled_dot_product_attention_math" not in with_grad and "aten::_safe_softmax" not in with_grad
+    assert "aten::_scaled_dot_product_attention_math" in _aten_ops(lambda: _sdpa_reference(attn, x, bias).sum())
+    # a mask without a gradient (the memory's bool keys, a frozen bias) keeps SDPA's fused kernel
+    without = _aten_ops(lambda: step(bias.detach()))
+    assert any(n.startswith("aten::_scaled_dot_product_flash_attention") for n in without), sorted(without)

@@ -1,6 +1,10 @@
 # Copyright (c) monai_fine contributors. Licensed under the Apache License, Version 2.0.
 """Multi-head self-attention with a fused (SDPA) and a manual path that compute the same function.
 
+On the CPU a float mask that takes a gradient (a learned bias: W-MSA's relative positions) runs the manual path even
+where the fused one is chosen: SDPA's CPU kernel takes no gradient for a mask, so it would fall back to its unfused
+math path, which does the same products with more kernels (two scalings, a softmax that checks for empty rows).
+
 :class:`AttentionRecorder` is an opt-in probe for analysis (:py:mod:`monai_fine.memory_map`): while one is active,
 every :class:`Attention` call also computes its softmax weights explicitly and stores them. With no recorder active the
 forward only checks an empty list (eager) and traces to the same graph as before (``torch.compile`` guards on it,
@@ -69,6 +73,17 @@ class AttentionRecorder:
         _RECORDERS.remove(self)
 
 
+def _sdpa_falls_back(x: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
+    """Whether SDPA would run its unfused math path for a fused-kernel call: a CPU float mask that takes a gradient."""
+    return (
+        attn_mask is not None
+        and attn_mask.dtype != torch.bool
+        and attn_mask.requires_grad
+        and torch.is_grad_enabled()
+        and x.device.type == "cpu"
+    )
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over ``(B, L, C)`` tokens (timm vocabulary)."""
 
@@ -120,7 +135,7 @@ class Attention(nn.Module):
         """
         B, L, C = x.shape
         q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fused_attn:
+        if self.fused_attn and not _sdpa_falls_back(x, attn_mask):
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
             )
