@@ -5,7 +5,8 @@ For each setting, one training step as the bundle runs it (forward with deep sup
 Dice + CE, backward, the bundle's AdamW from ``monai_fine.optim``) on random tensors; its FLOPs as torch's
 ``FlopCounterMode`` counts them (matmuls, convolutions, attention; 2 per multiply-add); the median wall time of the
 timed steps; and the peak: the best of 2048^3 fp32 matmuls, timed in the same process before and after the steps
-(the larger of the two is the peak).
+(the larger of the two is the peak); the minor page faults a timed step makes, and the process's peak resident memory
+so far.
 
 The process first keeps freed host memory for its next tensors, as the bundle's training does by default
 (``monai_fine.config.retain_freed_cpu_memory``, bundle tunable ``retain_cpu_memory``); ``--default-malloc`` leaves
@@ -20,6 +21,7 @@ Settings: ``demo`` (``tiny`` ``full``, 2 crops of 32x32x16, what the README's de
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 from pathlib import Path
 
@@ -46,7 +48,7 @@ SETTINGS = {
 }
 FIELDS = (
     "setting", "preset", "roi", "batch", "gflop_per_step", "step_s", "gflops_per_s", "matmul_peak_gflops_per_s",
-    "peak_fraction", "retain_cpu_memory", "threads", "torch", "machine",
+    "peak_fraction", "retain_cpu_memory", "page_faults_per_step", "process_peak_rss_mib", "threads", "torch", "machine",
 )  # fmt: skip
 
 
@@ -78,15 +80,18 @@ def measure(name: str, peak_before: float, retained: bool = False) -> dict:
     step = _step(preset, roi, batch)
     step()  # warm-up (allocations, layouts)
     flops = counted_flops(step)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     wall, _ = timed_calls(step, steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     seconds = statistics.median(wall)
     peak = max(peak_before, matmul_peak_gflops())
     rate = flops / seconds / 1e9
     return {
         "setting": name, "preset": preset, "roi": roi_str(roi), "batch": batch, "gflop_per_step": round(flops / 1e9, 2),
         "step_s": round(seconds, 4), "gflops_per_s": round(rate, 1), "matmul_peak_gflops_per_s": round(peak, 1),
-        "peak_fraction": round(rate / peak, 3), "retain_cpu_memory": retained, "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "peak_fraction": round(rate / peak, 3), "retain_cpu_memory": retained, "page_faults_per_step": round(faults),
+        "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
         "machine": platform_cpu(),
     }  # fmt: skip
 

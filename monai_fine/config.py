@@ -50,8 +50,8 @@ def retain_freed_cpu_memory() -> bool:
 
     glibc's ``malloc`` serves every large block (above 128 KiB to 32 MiB, by its adaptive threshold) with a fresh
     ``mmap`` and unmaps it when it is freed, so the large tensors of each training step are faulted in again, one
-    zeroed 4 KiB page at a time: about 1.4 million page faults a ``bcv`` 128x128x64 CPU training step, 15 to 35 % of
-    its time (``docs/benchmarks.md``). This sets ``M_MMAP_MAX`` to 0 (every block comes from the heap) and
+    zeroed 4 KiB page at a time: about 800 thousand page faults a ``bcv`` 128x128x64 CPU training step, 10 to 30 %
+    of its time (``docs/benchmarks.md``). This sets ``M_MMAP_MAX`` to 0 (every block comes from the heap) and
     ``M_TRIM_THRESHOLD`` to its maximum (the heap is never shrunk), as ``MALLOC_MMAP_MAX_=0
     MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment would: a step reuses the memory the previous one freed.
 

@@ -22,6 +22,8 @@ def test_the_demo_row_is_consistent_and_counts_forward_and_backward(tmp_path):
     assert row["step_s"] > 0 and row["matmul_peak_gflops_per_s"] > 0
     assert row["gflops_per_s"] == pytest.approx(row["gflop_per_step"] / row["step_s"], rel=0.01)
     assert row["peak_fraction"] == pytest.approx(row["gflops_per_s"] / row["matmul_peak_gflops_per_s"], abs=1e-3)
+    assert isinstance(row["retain_cpu_memory"], bool) and row["page_faults_per_step"] >= 0
+    assert row["process_peak_rss_mib"] > 100  # torch and a network: at least that much
     # a training step does the forward's products once and about twice again in the backward (input and weight
     # gradients): between 2.5 and 3.5 forward passes, counted here independently on the forward alone
     net = fine_network("tiny", "full", (32, 32, 16), deep_supervision=True).train()
