@@ -9,7 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_fine.networks.blocks.patch import ChannelLayerNorm3d, Conv3d, PatchEmbed3d, PatchExpand3d, PatchMerging3d
+from monai_fine.networks.blocks.patch import (
+    ChannelLayerNorm3d,
+    Conv3d,
+    PatchEmbed3d,
+    PatchExpand3d,
+    PatchMerging3d,
+    expand_2x2x2,
+    merge_2x2x2,
+)
 
 
 def test_channel_layer_norm_normalises_channels():
@@ -87,3 +95,50 @@ def test_batches_tracing_and_autocast_keep_torchs_own_convolution():
     with FlopCounterMode(display=False) as flops:  # a FLOP count sees the convolution it knows
         conv(x[:1])
     assert flops.get_total_flops() == 2 * 4 * 2 * 27 * 6 * 6 * 4
+
+
+@pytest.mark.parametrize("grid", [(8, 6, 4), (5, 7, 3)], ids=["even", "odd"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_merging_by_matmul_is_the_strided_convolution_with_its_gradients(grid, with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(2, *grid, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, 6, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(10, dtype=torch.float64, requires_grad=True) if with_bias else None
+    out = merge_2x2x2(x, w, b)
+    ref = F.conv3d(x.permute(0, 4, 1, 2, 3), w, b, stride=2).permute(0, 2, 3, 4, 1)  # an odd slice dropped too
+    assert out.shape == ref.shape == (2, *(g // 2 for g in grid), 10)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    params = (x, w) if b is None else (x, w, b)
+    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_expanding_by_matmul_is_the_transposed_convolution_with_its_gradients(with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 6, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if with_bias else None
+    out = expand_2x2x2(x, w, b)
+    ref = F.conv_transpose3d(x.permute(0, 4, 1, 2, 3), w, b, stride=2).permute(0, 2, 3, 4, 1)
+    assert out.shape == ref.shape == (2, 6, 8, 10, 6)
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    params = (x, w) if b is None else (x, w, b)
+    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(got, want)
+
+
+def test_merging_and_expanding_keep_the_convolutions_parameters_and_their_function():
+    torch.manual_seed(0)
+    merge, expand = PatchMerging3d(6), PatchExpand3d(6)
+    assert set(merge.state_dict()) == {"norm.weight", "norm.bias", "reduction.weight", "reduction.bias"}
+    assert set(expand.state_dict()) == {"norm.weight", "norm.bias", "expand.weight", "expand.bias"}
+    x = torch.randn(1, 4, 4, 2, 6)  # one sample: the scan view's write pass
+    as_conv = merge.reduction(merge.norm(merge.act(x)).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+    torch.testing.assert_close(merge(x), as_conv, rtol=1e-5, atol=1e-6)
+    y = torch.randn(1, 2, 2, 1, 12)
+    torch.testing.assert_close(
+        expand(y), expand.expand(expand.norm(y).permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1), rtol=1e-5, atol=1e-6
+    )
