@@ -129,8 +129,8 @@ def merge_2x2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     as a matmul of the 2x2x2 blocks: ``(B, X // 2, Y // 2, Z // 2, O)``, channels-last.
 
     The same sums as the convolution (an odd trailing slice is dropped, as the convolution drops it), without its
-    two layout changes, and on the matmul's kernel: at this network's token grids on a 2-core CPU the convolution
-    took 0.98 to 5.6 x its time, forward and backward (1.6 to 5.6 x at the demo's, where most of the calls are).
+    two layout changes and on the matmul's kernel instead of the convolution's (``docs/benchmarks.md``, "How near the
+    machine", for what it saves).
     """
     nx, ny, nz = (s // 2 for s in x.shape[1:4])
     c, o = x.shape[-1], weight.shape[0]
