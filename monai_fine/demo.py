@@ -30,7 +30,7 @@ def demo(
     scan_memory: bool = False,
     num_samples: int = 2,
     optimizer_name: str = "adamw",
-    learning_rate: float = 0.002,
+    learning_rate: float = 0.001,
     num_workers: int | None = None,
     device: str | None = None,
     shape: tuple[int, int, int] = PHANTOM.shape,
@@ -38,6 +38,7 @@ def demo(
     crop_sampler: str = "classes",
     val_interval: int | None = 10,
     keep_largest_component: bool = True,
+    sw_batch_size: int = 8,
 ) -> str:
     """Phantom -> training through the bundle -> evaluation on held-out cases -> inference; prints a table.
 
@@ -53,8 +54,9 @@ def demo(
         seed: phantom and training seed.
         max_epochs, epoch_length: training length (iterations = max_epochs x epoch_length).
         preset, memory, scan_memory, num_samples: bundle tunables.
-        optimizer_name, learning_rate: the demo trains with AdamW (lr 2e-3): in a CPU budget of minutes the paper's
-            SGD recipe (the bundle default) did not leave the all-background solution on the phantom.
+        optimizer_name, learning_rate: the demo trains with AdamW at lr 1e-3: in a CPU budget of minutes the paper's
+            SGD recipe (the bundle default) did not leave the all-background solution on the phantom, and AdamW at
+            2e-3 left it late on some seeds (``docs/benchmarks.md``, "The demo in 10 minutes").
         num_workers: data-loader workers; default the bundle's (``monai_fine.engines.default_num_workers``: none on a
             CPU of fewer than 8 cores, where workers would take the training threads' cores).
         device: e.g. ``"cpu"`` or ``"cuda:0"``; default CUDA if available.
@@ -68,8 +70,16 @@ def demo(
         keep_largest_component: the held-out evaluation and the test segmentations keep each organ's largest
             connected component (the bundle tunable of ``evaluate.json`` and ``inference.json``, off there by
             default; needs scikit-image, the ``postprocessing`` extra); false: the network's label map as it is.
+        sw_batch_size: windows per sliding-window batch in the validation, evaluation and inference (the bundle's
+            default, 2, is sized for ``bcv``'s 128x128x64 windows; the demo's 32x32x16 windows go 8 at a time).
+
+    Raises:
+        ValueError: ``sw_batch_size`` is not a positive integer (before anything is written).
     """
     scan_memory = as_bool(scan_memory, "scan_memory")  # `--scan_memory false` arrives as the string 'false'
+    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+        # before the training: MONAI's sliding window would fail only at the first validation
+        raise ValueError(f"sw_batch_size must be a positive integer (windows per batch), got {sw_batch_size!r}.")
     # before the training: a missing scikit-image would otherwise stop the demo at its evaluation
     post = {"keep_largest_component": keep_largest_component_enabled(keep_largest_component)}
     t0 = time.time()
@@ -85,6 +95,7 @@ def demo(
         seed=seed,
         roi_size=roi_size,
         device=device,
+        sw_batch_size=sw_batch_size,
     )
     print(f"[demo] training {preset} FINE (memory={memory}, scan_memory={scan_memory}) on {data_dir}", flush=True)
     val_interval = max_epochs if val_interval is None else min(int(val_interval), max_epochs)  # at least one validation

@@ -279,6 +279,14 @@ def test_verify():
     assert "passed" in verify(preset="tiny")
 
 
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True])
+def test_demo_refuses_a_bad_sliding_window_batch_before_writing_anything(tmp_path, bad):
+    out = tmp_path / "demo"
+    with pytest.raises(ValueError, match=f"sw_batch_size must be a positive integer.*got {bad!r}"):
+        demo(out=str(out), sw_batch_size=bad)
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_small(tmp_path):
     """The README's main job on a minimal budget: phantom -> train -> evaluate -> infer -> table, CSV, PNG."""
