@@ -14,6 +14,7 @@ from typing import Any
 from monai_fine.bools import as_bool
 from monai_fine.bundle_tools import keep_largest_component_enabled, run_bundle
 from monai_fine.data.phantom import PHANTOM, phantom
+from monai_fine.inferers import check_sw_batch_size
 from monai_fine.reports import case_name, format_organ_table, nanmean, organ_table, overlay_png, training_png
 
 __all__ = ["demo", "demo_overrides"]
@@ -77,9 +78,7 @@ def demo(
         ValueError: ``sw_batch_size`` is not a positive integer (before anything is written).
     """
     scan_memory = as_bool(scan_memory, "scan_memory")  # `--scan_memory false` arrives as the string 'false'
-    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
-        # before the training: MONAI's sliding window would fail only at the first validation
-        raise ValueError(f"sw_batch_size must be a positive integer (windows per batch), got {sw_batch_size!r}.")
+    check_sw_batch_size(sw_batch_size)  # before the phantom is written (the bundle's inferer checks it again)
     # before the training: a missing scikit-image would otherwise stop the demo at its evaluation
     post = {"keep_largest_component": keep_largest_component_enabled(keep_largest_component)}
     t0 = time.time()

@@ -37,7 +37,22 @@ from monai_fine.networks.blocks.memory import check_roi_box
 from monai_fine.transforms.location import trace_operations
 from monai_fine.transforms.scan_view import scan_view, whole_box
 
-__all__ = ["FINEInferer", "CastStitchInferer", "input_frames", "window_roi_boxes"]
+__all__ = ["FINEInferer", "CastStitchInferer", "check_sw_batch_size", "input_frames", "window_roi_boxes"]
+
+
+def check_sw_batch_size(sw_batch_size: Any) -> int:
+    """``sw_batch_size`` (windows per network call) as an int; refused unless a positive integer.
+
+    MONAI's sliding window takes any value and fails only at its first call (``range() arg 3 must not be zero``): in a
+    bundle at the first validation, after the training's first epochs. :class:`FINEInferer` checks it when it is
+    built.
+
+    Raises:
+        ValueError: not a positive integer (``bool`` and ``float`` included).
+    """
+    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be a positive integer (windows per batch), got {sw_batch_size!r}.")
+    return sw_batch_size
 
 
 def input_frames(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +141,7 @@ class FINEInferer(SlidingWindowInferer):
         kwargs: further :py:class:`~monai.inferers.SlidingWindowInferer` keywords.
 
     Raises:
-        ValueError: for ``scan_memory=True`` with ``pass_roi_box=False``, or a bad ``roi_size``.
+        ValueError: for ``scan_memory=True`` with ``pass_roi_box=False``, a bad ``roi_size`` or ``sw_batch_size``.
     """
 
     def __init__(
@@ -147,6 +162,7 @@ class FINEInferer(SlidingWindowInferer):
         if any(int(r) < 1 for r in roi_size):
             raise ValueError(f"roi_size must be positive, got {roi_size}.")
         super().__init__(roi_size, *args, with_coord=pass_roi_box, **kwargs)
+        check_sw_batch_size(self.sw_batch_size)
         if scan_memory and not pass_roi_box:
             raise ValueError("scan_memory=True needs pass_roi_box=True (the memory is addressed by roi_box).")
         self.pass_roi_box = pass_roi_box

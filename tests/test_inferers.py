@@ -225,6 +225,14 @@ def test_network_without_roi_box_raises_unless_switched_off():
     assert FINEInferer(ROI, 2, 0.25, "constant", progress=True).progress  # MONAI's positional order and progress
 
 
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "4"])
+def test_a_bad_sw_batch_size_is_refused_when_the_inferer_is_built(bad):
+    """MONAI's sliding window would take it and fail at its first call (a bundle's first validation)."""
+    for build in (lambda: FINEInferer(ROI, sw_batch_size=bad), lambda: FINEInferer(ROI, bad)):  # keyword, positional
+        with pytest.raises(ValueError, match=f"sw_batch_size must be a positive integer.*got {bad!r}"):
+            build()
+
+
 def test_untraceable_input_is_refused_naming_the_transform():
     """A grid change after a crop has no roi_box frame: the inferer refuses it, as CropLocationd does."""
     from monai.transforms import CropForeground, Spacing

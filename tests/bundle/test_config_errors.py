@@ -63,6 +63,7 @@ def _weights(root: Path, **kw) -> Path:
                                       "larger size it takes is [32, 32, 16].")),
         ({"roi_size": [32, 32]}, "roi_size must be 3 positive multiples of the network stride"),
         ({"scan_memory": "maybe"}, "scan_memory must be a boolean (true/True/1 or false/False/0), got 'maybe'"),
+        ({"sw_batch_size": 0}, "sw_batch_size must be a positive integer (windows per batch), got 0."),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_refused_before_work_naming_the_id(data_dir, tmp_path, override, message):
